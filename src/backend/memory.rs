@@ -1,0 +1,436 @@
+//! [`MemoryStore`]: the revocation ledger of a single process.
+//!
+//! It owns three maps (tokens by `jti`, sessions by `sid`, cutoffs by subject) behind one
+//! `RwLock`, and answers every check synchronously. It is the right backend for a single
+//! instance, for tests of an application, and for the demo server. It is not durable: its
+//! revocations die with the process, and other processes never see them; use the Postgres store
+//! (through the cache tier) for that.
+
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::{
+    RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, StoreError, TokenFacts, Verdict,
+    from_unix_seconds, unix_seconds,
+};
+
+/// How long past its token's expiry a revocation is kept before writes sweep it away, unless
+/// configured otherwise. Larger than any sane validation leeway.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// An in-process revocation store: cheap to clone (clones share one ledger), safe to use from
+/// any number of tasks.
+///
+/// Checks take a read lock and never wait on I/O, so the layer answers them on its fast path.
+/// Writes take the write lock briefly. Expired records are swept away by
+/// [`purge_expired`](RevocationStore::purge_expired), and also automatically during writes once
+/// the ledger has doubled since the last sweep, so memory stays proportional to the live set
+/// without a background task.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_jwt_revocation::{MemoryStore, RevocationStore};
+///
+/// # async fn demo() -> Result<(), tower_jwt_revocation::StoreError> {
+/// let store = MemoryStore::new();
+/// let exp = SystemTime::now() + Duration::from_secs(900);
+/// assert!(store.revoke("jti-1", Some("alice"), exp, Some("logout"), None).await?);
+/// assert!(!store.revoke("jti-1", Some("alice"), exp, None, None).await?); // idempotent
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    ledger: Arc<RwLock<Ledger>>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    tokens: HashMap<String, Entry>,
+    sessions: HashMap<String, Entry>,
+    subjects: HashMap<String, Cutoff>,
+    retention: Option<Duration>,
+    /// Entry count right after the last sweep; the next automatic sweep runs at twice that.
+    swept_len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    subject: Option<String>,
+    expires_at: SystemTime,
+    revoked_at: SystemTime,
+    reason: Option<String>,
+    revoked_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Cutoff {
+    /// Unix seconds; see [`super::subject_cutoff_covers`].
+    not_before: u64,
+    revoked_at: SystemTime,
+    reason: Option<String>,
+    revoked_by: Option<String>,
+}
+
+impl MemoryStore {
+    /// An empty store that keeps records for one hour past their token's expiry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store that keeps records for `retention` past their token's expiry before the
+    /// automatic sweep removes them. Keep it above the validation leeway.
+    pub fn with_retention(retention: Duration) -> Self {
+        let store = Self::new();
+        store.write().retention = Some(retention);
+        store
+    }
+
+    /// How many token and session revocations are held (subject cutoffs not counted).
+    pub fn len(&self) -> usize {
+        let ledger = self.read();
+        ledger.tokens.len() + ledger.sessions.len()
+    }
+
+    /// Whether no token or session revocation is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The answer for one token, from memory.
+    pub fn verdict(&self, facts: &TokenFacts<'_>) -> Verdict {
+        let ledger = self.read();
+        let token = facts.jti.is_some_and(|jti| ledger.tokens.contains_key(jti));
+        let session = facts
+            .session_id
+            .is_some_and(|sid| ledger.sessions.contains_key(sid));
+        let cutoff = facts
+            .subject
+            .and_then(|sub| ledger.subjects.get(sub))
+            .map(|c| c.not_before);
+        Verdict::from_lookups(token, session, cutoff, facts.issued_at)
+    }
+
+    // A panic while holding the lock cannot leave the maps half-updated (every write is a single
+    // insert or retain), so a poisoned lock is still safe to use.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Ledger> {
+        self.ledger.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Ledger> {
+        self.ledger.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(
+        &self,
+        kind: RevocationKind,
+        key: &str,
+        entry: impl FnOnce() -> Entry,
+    ) -> Result<bool, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidInput("empty revocation key"));
+        }
+        let mut ledger = self.write();
+        let map = match kind {
+            RevocationKind::Session => &mut ledger.sessions,
+            _ => &mut ledger.tokens,
+        };
+        if map.contains_key(key) {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), entry());
+        let len = ledger.tokens.len() + ledger.sessions.len();
+        if len >= 2 * ledger.swept_len.max(512) {
+            let margin = ledger.retention.unwrap_or(DEFAULT_RETENTION);
+            ledger.sweep(SystemTime::now(), margin);
+        }
+        Ok(true)
+    }
+}
+
+impl Ledger {
+    fn sweep(&mut self, now: SystemTime, margin: Duration) -> u64 {
+        let before = self.tokens.len() + self.sessions.len();
+        let live = |e: &mut Entry| e.expires_at + margin >= now;
+        self.tokens.retain(|_, e| live(e));
+        self.sessions.retain(|_, e| live(e));
+        self.swept_len = self.tokens.len() + self.sessions.len();
+        (before - self.swept_len) as u64
+    }
+}
+
+fn entry(
+    subject: Option<&str>,
+    expires_at: SystemTime,
+    reason: Option<&str>,
+    revoked_by: Option<&str>,
+) -> Entry {
+    Entry {
+        subject: subject.map(str::to_owned),
+        expires_at,
+        revoked_at: SystemTime::now(),
+        reason: reason.map(str::to_owned),
+        revoked_by: revoked_by.map(str::to_owned),
+    }
+}
+
+impl RevocationBackend for MemoryStore {
+    type Future = Ready<Result<Verdict, StoreError>>;
+
+    fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        Some(Ok(self.verdict(facts)))
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        ready(Ok(self.verdict(facts)))
+    }
+}
+
+impl RevocationStore for MemoryStore {
+    async fn revoke(
+        &self,
+        jti: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.insert(RevocationKind::Token, jti, || {
+            entry(subject, expires_at, reason, revoked_by)
+        })
+    }
+
+    async fn revoke_session(
+        &self,
+        sid: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.insert(RevocationKind::Session, sid, || {
+            entry(subject, expires_at, reason, revoked_by)
+        })
+    }
+
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        not_before: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if subject.is_empty() {
+            return Err(StoreError::InvalidInput("empty subject"));
+        }
+        let not_before = unix_seconds(not_before);
+        let mut ledger = self.write();
+        let cutoff = ledger
+            .subjects
+            .entry(subject.to_owned())
+            .or_insert_with(|| Cutoff {
+                not_before,
+                revoked_at: SystemTime::now(),
+                reason: None,
+                revoked_by: None,
+            });
+        // The cutoff only ever moves forward; an earlier one is already covered by it.
+        if not_before >= cutoff.not_before {
+            cutoff.not_before = not_before;
+            cutoff.revoked_at = SystemTime::now();
+            cutoff.reason = reason.map(str::to_owned);
+            cutoff.revoked_by = revoked_by.map(str::to_owned);
+        }
+        Ok(())
+    }
+
+    async fn list_by_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let ledger = self.read();
+        let record = |kind, key: &String, e: &Entry| RevocationRecord {
+            kind,
+            key: key.clone(),
+            subject: e.subject.clone(),
+            expires_at: Some(e.expires_at),
+            not_before: None,
+            revoked_at: e.revoked_at,
+            reason: e.reason.clone(),
+            revoked_by: e.revoked_by.clone(),
+        };
+        let of_subject = |e: &&Entry| e.subject.as_deref() == Some(subject);
+        let mut records: Vec<RevocationRecord> = ledger
+            .tokens
+            .iter()
+            .filter(|(_, e)| of_subject(e))
+            .map(|(k, e)| record(RevocationKind::Token, k, e))
+            .chain(
+                ledger
+                    .sessions
+                    .iter()
+                    .filter(|(_, e)| of_subject(e))
+                    .map(|(k, e)| record(RevocationKind::Session, k, e)),
+            )
+            .collect();
+        if let Some(c) = ledger.subjects.get(subject) {
+            records.push(RevocationRecord {
+                kind: RevocationKind::Subject,
+                key: subject.to_owned(),
+                subject: Some(subject.to_owned()),
+                expires_at: None,
+                not_before: Some(from_unix_seconds(c.not_before)),
+                revoked_at: c.revoked_at,
+                reason: c.reason.clone(),
+                revoked_by: c.revoked_by.clone(),
+            });
+        }
+        records.sort_by(|a, b| b.revoked_at.cmp(&a.revoked_at));
+        records.truncate(limit);
+        Ok(records)
+    }
+
+    async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
+        Ok(self.write().sweep(SystemTime::now(), margin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::RevokedBy;
+
+    fn facts<'a>(jti: &'a str, sid: Option<&'a str>, sub: &'a str, iat: u64) -> TokenFacts<'a> {
+        TokenFacts {
+            jti: Some(jti),
+            session_id: sid,
+            subject: Some(sub),
+            issued_at: Some(iat),
+            expires_at: Some(iat + 600),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // The store's futures never wait on anything, so one poll completes them.
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("MemoryStore future was pending"),
+        }
+    }
+
+    fn in_an_hour() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn revoking_twice_keeps_one_record() {
+        let store = MemoryStore::new();
+        assert!(block_on(store.revoke("a", Some("alice"), in_an_hour(), Some("first"), None)).unwrap());
+        assert!(!block_on(store.revoke("a", Some("alice"), in_an_hour(), Some("second"), None)).unwrap());
+        let list = block_on(store.list_by_subject("alice", 10)).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].reason.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn each_revocation_kind_is_enforced() {
+        let store = MemoryStore::new();
+        block_on(store.revoke("t1", Some("alice"), in_an_hour(), None, None)).unwrap();
+        block_on(store.revoke_session("s1", Some("bob"), in_an_hour(), None, None)).unwrap();
+        block_on(store.revoke_subject("carol", from_unix_seconds(1_000), None, None)).unwrap();
+
+        assert_eq!(
+            store.verdict(&facts("t1", None, "alice", 1)),
+            Verdict::Revoked(RevokedBy::Token)
+        );
+        assert_eq!(store.verdict(&facts("t2", None, "alice", 1)), Verdict::Active);
+        assert_eq!(
+            store.verdict(&facts("t3", Some("s1"), "bob", 1)),
+            Verdict::Revoked(RevokedBy::Session)
+        );
+        assert_eq!(store.verdict(&facts("t4", Some("s2"), "bob", 1)), Verdict::Active);
+        assert_eq!(
+            store.verdict(&facts("t5", None, "carol", 999)),
+            Verdict::Revoked(RevokedBy::Subject)
+        );
+        assert_eq!(
+            store.verdict(&facts("t6", None, "carol", 1_000)),
+            Verdict::Revoked(RevokedBy::Subject)
+        );
+        assert_eq!(store.verdict(&facts("t7", None, "carol", 1_001)), Verdict::Active);
+    }
+
+    #[test]
+    fn an_earlier_subject_cutoff_does_not_move_it_back() {
+        let store = MemoryStore::new();
+        block_on(store.revoke_subject("carol", from_unix_seconds(2_000), Some("late"), None)).unwrap();
+        block_on(store.revoke_subject("carol", from_unix_seconds(1_000), Some("early"), None)).unwrap();
+        assert_eq!(
+            store.verdict(&facts("t", None, "carol", 1_500)),
+            Verdict::Revoked(RevokedBy::Subject)
+        );
+        let list = block_on(store.list_by_subject("carol", 10)).unwrap();
+        assert_eq!(list[0].not_before, Some(from_unix_seconds(2_000)));
+        assert_eq!(list[0].reason.as_deref(), Some("late"));
+    }
+
+    #[test]
+    fn purge_removes_only_records_past_expiry_plus_margin() {
+        let store = MemoryStore::new();
+        let now = SystemTime::now();
+        let long_ago = now - Duration::from_secs(7200);
+        let recently = now - Duration::from_secs(30);
+        block_on(store.revoke("old", None, long_ago, None, None)).unwrap();
+        block_on(store.revoke_session("old-session", None, long_ago, None, None)).unwrap();
+        block_on(store.revoke("recent", None, recently, None, None)).unwrap();
+        block_on(store.revoke("live", None, in_an_hour(), None, None)).unwrap();
+
+        assert_eq!(block_on(store.purge_expired(Duration::from_secs(60))).unwrap(), 2);
+        assert_eq!(store.len(), 2);
+        assert_eq!(block_on(store.purge_expired(Duration::ZERO)).unwrap(), 1);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn writes_sweep_expired_records_automatically() {
+        let store = MemoryStore::with_retention(Duration::ZERO);
+        let past = SystemTime::now() - Duration::from_secs(10);
+        for i in 0..5_000 {
+            block_on(store.revoke(&format!("expired-{i}"), None, past, None, None)).unwrap();
+        }
+        assert!(store.len() < 1_100, "ledger kept {} expired records", store.len());
+    }
+
+    #[test]
+    fn list_is_newest_first_and_limited() {
+        let store = MemoryStore::new();
+        for jti in ["a", "b", "c"] {
+            block_on(store.revoke(jti, Some("alice"), in_an_hour(), None, None)).unwrap();
+            std::thread::sleep(Duration::from_millis(2)); // distinct revoked_at, not synchronisation
+        }
+        block_on(store.revoke("x", Some("mallory"), in_an_hour(), None, None)).unwrap();
+        let keys: Vec<_> = block_on(store.list_by_subject("alice", 2))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(keys, ["c", "b"]);
+    }
+
+    #[test]
+    fn empty_keys_are_refused() {
+        let store = MemoryStore::new();
+        assert!(matches!(
+            block_on(store.revoke("", None, in_an_hour(), None, None)),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            block_on(store.revoke_subject("", SystemTime::now(), None, None)),
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
+}

@@ -1,0 +1,267 @@
+//! The backend chain: what a token's revocation status is, and how revocations are written.
+//!
+//! This module owns the two traits every tier implements and the vocabulary they share:
+//!
+//! - [`RevocationBackend`] is the read side, asked on every request. It has a synchronous fast
+//!   path ([`RevocationBackend::try_check`]) that an in-memory tier answers without allocating or
+//!   awaiting, and an async slow path ([`RevocationBackend::check`]) for tiers that must ask
+//!   something remote.
+//! - [`RevocationStore`] is the write side, called from the application's handlers and admin
+//!   tools: revoke one token, one session, or every token a subject was issued up to a moment.
+//!
+//! Which token facts are revoked, and the one rule that decides a subject cutoff
+//! ([`subject_cutoff_covers`]), live here so that every backend answers the same way. Storage
+//! lives in the backends ([`MemoryStore`] here; Postgres and the cache tier in their own
+//! modules).
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A boxed error from a backend's client library, kept as the [`StoreError`]'s source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the backend needs to know about a verified token, borrowed from its claims.
+///
+/// Times are JWT NumericDates: whole seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenFacts<'a> {
+    /// The token's id (`jti`), or the id the layer derived for it under
+    /// [`MissingJti::HashSigningInput`](crate::MissingJti::HashSigningInput).
+    pub jti: Option<&'a str>,
+    /// The session the token belongs to (`sid`).
+    pub session_id: Option<&'a str>,
+    /// The token's subject (`sub`).
+    pub subject: Option<&'a str>,
+    /// When the token was issued (`iat`).
+    pub issued_at: Option<u64>,
+    /// When the token expires (`exp`).
+    pub expires_at: Option<u64>,
+}
+
+/// A backend's answer for one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not revoked: the request may go on.
+    Active,
+    /// Revoked, and by which kind of revocation.
+    Revoked(RevokedBy),
+}
+
+/// Which revocation caught a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevokedBy {
+    /// The token itself, by its `jti`.
+    Token,
+    /// Its session, by its `sid`.
+    Session,
+    /// Its subject's cutoff: it was issued at or before the subject's `not_before`.
+    Subject,
+}
+
+impl Verdict {
+    /// Combines the three lookups every backend makes into one verdict, in a fixed order of
+    /// precedence (token, then session, then subject), so all backends report the same cause.
+    pub fn from_lookups(
+        token_revoked: bool,
+        session_revoked: bool,
+        subject_cutoff: Option<u64>,
+        issued_at: Option<u64>,
+    ) -> Self {
+        if token_revoked {
+            Verdict::Revoked(RevokedBy::Token)
+        } else if session_revoked {
+            Verdict::Revoked(RevokedBy::Session)
+        } else if subject_cutoff.is_some_and(|cutoff| subject_cutoff_covers(cutoff, issued_at)) {
+            Verdict::Revoked(RevokedBy::Subject)
+        } else {
+            Verdict::Active
+        }
+    }
+}
+
+/// The subject-cutoff rule: does a cutoff at `not_before` (Unix seconds) revoke a token issued
+/// at `issued_at`?
+///
+/// A token is revoked when `iat <= not_before`. JWT `iat` has one-second resolution and
+/// cutoffs are stored truncated to the second, so a token issued *in the same second* as a
+/// "log out everywhere", even a moment after it, is revoked too. That is the safe side of the
+/// ambiguity: a token minted just before the cutoff must never survive it, and the cost is that a
+/// client who logs in again within that second has to log in once more. A token without `iat`
+/// cannot show it was issued after the cutoff, so it is covered.
+///
+/// ```
+/// use tower_jwt_revocation::backend::subject_cutoff_covers;
+/// assert!(subject_cutoff_covers(1_000, Some(999)));
+/// assert!(subject_cutoff_covers(1_000, Some(1_000)));
+/// assert!(!subject_cutoff_covers(1_000, Some(1_001)));
+/// assert!(subject_cutoff_covers(1_000, None));
+/// ```
+pub fn subject_cutoff_covers(not_before: u64, issued_at: Option<u64>) -> bool {
+    issued_at.is_none_or(|iat| iat <= not_before)
+}
+
+/// Whole seconds since the Unix epoch; times before it count as 0.
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The `SystemTime` of a Unix timestamp in seconds.
+pub fn from_unix_seconds(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
+/// Why a backend could not answer.
+///
+/// Every variant means "unknown", never "not revoked": the layer hands it to its
+/// [`FailurePolicy`](crate::FailurePolicy). The display text is safe to log; it never contains a
+/// token or a connection secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or failed to answer (connection refused, closed, I/O).
+    #[error("revocation store unavailable")]
+    Unavailable(#[source] BoxError),
+    /// The store did not answer within the configured time.
+    #[error("revocation store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The store answered with an error that is not about reachability (a query or schema error).
+    #[error("revocation store query failed")]
+    Query(#[source] BoxError),
+    /// The arguments cannot be stored (for example an empty `jti`).
+    #[error("invalid revocation: {0}")]
+    InvalidInput(&'static str),
+}
+
+/// The read side of a backend, asked on every request.
+///
+/// Implementations answer from what they hold in [`try_check`](Self::try_check) when they can:
+/// the layer calls it first and only falls back to [`check`](Self::check) on `None`, so a tier
+/// that answers from memory costs the request no allocation and no `.await`.
+pub trait RevocationBackend: Send + Sync + 'static {
+    /// The future of the slow path.
+    type Future: Future<Output = Result<Verdict, StoreError>> + Send + 'static;
+
+    /// The synchronous fast path: `Some` when the answer is known without waiting, `None` when
+    /// the caller must use [`check`](Self::check).
+    fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>>;
+
+    /// The asynchronous slow path. The returned future owns what it needs (it is `'static`).
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future;
+}
+
+/// Which kind of key a revocation record is filed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// One token, keyed by `jti`.
+    Token,
+    /// One session, keyed by `sid`.
+    Session,
+    /// A subject cutoff, keyed by `sub`.
+    Subject,
+}
+
+/// One stored revocation, as listed by [`RevocationStore::list_by_subject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// What is revoked.
+    pub kind: RevocationKind,
+    /// The `jti`, `sid` or subject the revocation is keyed by.
+    pub key: String,
+    /// The subject the revoked token or session belonged to, when known.
+    pub subject: Option<String>,
+    /// For tokens and sessions: how long the revocation must be kept (the token's own expiry).
+    pub expires_at: Option<SystemTime>,
+    /// For subject cutoffs: tokens issued at or before this moment are revoked.
+    pub not_before: Option<SystemTime>,
+    /// When the revocation was recorded.
+    pub revoked_at: SystemTime,
+    /// Free-text reason given by the revoker.
+    pub reason: Option<String>,
+    /// Who revoked (an admin's id, a service name).
+    pub revoked_by: Option<String>,
+}
+
+/// The write side of a backend: what handlers and admin tools call.
+///
+/// Every method returns `Ok` only once the revocation is as durable as the store can make it
+/// (in memory for [`MemoryStore`]; committed for a database store), and every later
+/// [`RevocationBackend::check`] of the same store sees it.
+pub trait RevocationStore: Send + Sync + 'static {
+    /// Revokes one token by `jti`. `expires_at` is the token's own expiry: the record is kept at
+    /// least until then. Idempotent: returns `true` if this call created the revocation, `false`
+    /// if the token was already revoked (the first record is kept as it was).
+    fn revoke(
+        &self,
+        jti: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Revokes every token carrying `sid`. `expires_at` must cover the expiry of the session's
+    /// last access token. Idempotent like [`revoke`](Self::revoke).
+    fn revoke_session(
+        &self,
+        sid: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Revokes every token of `subject` issued at or before `not_before` (see
+    /// [`subject_cutoff_covers`] for the same-second rule). A later call with an earlier
+    /// `not_before` never moves the cutoff back.
+    fn revoke_subject(
+        &self,
+        subject: &str,
+        not_before: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The revocations filed for `subject` (tokens, sessions and its cutoff), newest first, at
+    /// most `limit` of them.
+    fn list_by_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RevocationRecord>, StoreError>> + Send;
+
+    /// Deletes token and session revocations whose `expires_at` is more than `margin` in the
+    /// past, and returns how many were deleted. `margin` should be at least the validation
+    /// leeway, so a record is never dropped while its token could still be accepted.
+    fn purge_expired(&self, margin: Duration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_beats_session_beats_subject() {
+        assert_eq!(
+            Verdict::from_lookups(true, true, Some(10), Some(5)),
+            Verdict::Revoked(RevokedBy::Token)
+        );
+        assert_eq!(
+            Verdict::from_lookups(false, true, Some(10), Some(5)),
+            Verdict::Revoked(RevokedBy::Session)
+        );
+        assert_eq!(
+            Verdict::from_lookups(false, false, Some(10), Some(5)),
+            Verdict::Revoked(RevokedBy::Subject)
+        );
+        assert_eq!(
+            Verdict::from_lookups(false, false, Some(10), Some(11)),
+            Verdict::Active
+        );
+        assert_eq!(Verdict::from_lookups(false, false, None, None), Verdict::Active);
+    }
+}

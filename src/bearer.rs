@@ -1,0 +1,184 @@
+//! Finding the bearer token in a request (RFC 6750 §2.1).
+//!
+//! This module owns one question: which token, if any, did the client present? It reads the
+//! `Authorization` header and nothing else: a token in the query string is ignored on purpose
+//! (RFC 6750 §2.3 lets servers refuse it, and URLs end up in logs). It does not look inside the
+//! token; [`crate::decode`] does that.
+//!
+//! The grammar accepted is the RFC's: `Bearer` (any case), one or more spaces, then a `token68`
+//! (`A-Z a-z 0-9 - . _ ~ + /`, then optional trailing `=`), with surrounding optional whitespace
+//! allowed as HTTP allows it around any field value. Anything else that claims the `Bearer`
+//! scheme is a malformed request, not "no token": a client that sent a broken credential gets a
+//! `400 invalid_request` and learns why, instead of a bare challenge.
+
+use http::{HeaderMap, header::AUTHORIZATION};
+
+/// The default upper bound on a token's length in bytes (8 KiB).
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Why a request's credentials are malformed (answered with `400 invalid_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MalformedBearer {
+    /// More than one `Authorization` header: which one counts is ambiguous.
+    #[error("more than one Authorization header")]
+    MultipleHeaders,
+    /// `Bearer` with no token after it.
+    #[error("empty bearer token")]
+    EmptyToken,
+    /// The token or its separator has characters outside RFC 6750's `token68` grammar.
+    #[error("bearer token has invalid characters")]
+    InvalidCharacters,
+    /// The token is longer than the configured bound.
+    #[error("bearer token too long")]
+    TooLong,
+}
+
+/// Returns the bearer token of a request: `Ok(None)` when there is none (no `Authorization`
+/// header, or one with another scheme such as `Basic`), `Err` when the request is malformed.
+///
+/// The returned slice borrows from `headers`; no allocation happens here.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+/// use tower_jwt_revocation::bearer::{bearer_token, DEFAULT_MAX_TOKEN_LEN};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc.def.ghi"));
+/// assert_eq!(bearer_token(&headers, DEFAULT_MAX_TOKEN_LEN), Ok(Some("abc.def.ghi")));
+/// ```
+pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<Option<&str>, MalformedBearer> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(MalformedBearer::MultipleHeaders);
+    }
+    parse_credentials(value.as_bytes(), max_len)
+}
+
+/// Parses one `Authorization` field value. Split out so fuzzing and tests reach it with
+/// arbitrary bytes, including bytes a `HeaderValue` could not hold.
+pub fn parse_credentials(value: &[u8], max_len: usize) -> Result<Option<&str>, MalformedBearer> {
+    let value = value.trim_ascii();
+    const SCHEME: &[u8] = b"bearer";
+    let is_bearer = value.len() >= SCHEME.len()
+        && value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
+        && value.get(SCHEME.len()).is_none_or(|b| !is_scheme_char(*b));
+    if !is_bearer {
+        // Another scheme (`Basic ...`) or garbage that names no scheme we own: for this layer
+        // the request simply carries no bearer token.
+        return Ok(None);
+    }
+    let rest = &value[SCHEME.len()..];
+    if rest.is_empty() {
+        return Err(MalformedBearer::EmptyToken);
+    }
+    // RFC 6750: `"Bearer" 1*SP b64token`; a tab or other separator is not SP.
+    if rest[0] != b' ' {
+        return Err(MalformedBearer::InvalidCharacters);
+    }
+    let token = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    if token.is_empty() {
+        return Err(MalformedBearer::EmptyToken);
+    }
+    if token.len() > max_len {
+        return Err(MalformedBearer::TooLong);
+    }
+    if !is_token68(token) {
+        return Err(MalformedBearer::InvalidCharacters);
+    }
+    // Checked above: every byte is ASCII, so this cannot fail; the error arm is never taken.
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| MalformedBearer::InvalidCharacters)
+}
+
+/// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_token68(token: &[u8]) -> bool {
+    let body_len = token.len() - token.iter().rev().take_while(|b| **b == b'=').count();
+    body_len > 0
+        && token[..body_len]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// Characters that may continue an auth-scheme name (RFC 9110 `token`): `Bearerx` is another
+/// scheme, not `Bearer` followed by garbage.
+fn is_scheme_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const MAX: usize = 32;
+
+    #[test]
+    fn credentials_parse_per_rfc_6750() {
+        use MalformedBearer::*;
+        let cases: &[(&[u8], Result<Option<&str>, MalformedBearer>)] = &[
+            (b"Bearer abc.def.ghi", Ok(Some("abc.def.ghi"))),
+            (b"bearer abc", Ok(Some("abc"))),
+            (b"BEARER abc", Ok(Some("abc"))),
+            (b"BeArEr abc", Ok(Some("abc"))),
+            (b"Bearer   abc", Ok(Some("abc"))),
+            (b"  Bearer abc  ", Ok(Some("abc"))),
+            (b"Bearer abc\t", Ok(Some("abc"))),
+            (b"Bearer a-b_c~d+e/f.g==", Ok(Some("a-b_c~d+e/f.g=="))),
+            (b"Bearer abc=", Ok(Some("abc="))),
+            (b"Basic dXNlcjpwYXNz", Ok(None)),
+            (b"Bearerabc", Ok(None)),
+            (b"Digest username=x", Ok(None)),
+            (b"", Ok(None)),
+            (b"Bearer", Err(EmptyToken)),
+            (b"Bearer ", Err(EmptyToken)),
+            (b"Bearer    ", Err(EmptyToken)),
+            (b"Bearer\tabc", Err(InvalidCharacters)),
+            (b"Bearer,abc", Err(InvalidCharacters)),
+            (b"Bearer abc def", Err(InvalidCharacters)),
+            (b"Bearer abc\tdef", Err(InvalidCharacters)),
+            (b"Bearer ab\"c", Err(InvalidCharacters)),
+            (b"Bearer abc,", Err(InvalidCharacters)),
+            (b"Bearer ===", Err(InvalidCharacters)),
+            (b"Bearer a=b", Err(InvalidCharacters)),
+            (b"Bearer \xffabc", Err(InvalidCharacters)),
+            (b"Bearer caf\xc3\xa9", Err(InvalidCharacters)),
+            (
+                b"Bearer abcdefghijklmnopqrstuvwxyz012345",
+                Ok(Some("abcdefghijklmnopqrstuvwxyz012345")),
+            ),
+            (b"Bearer abcdefghijklmnopqrstuvwxyz0123456", Err(TooLong)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse_credentials(input, MAX),
+                *expected,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn headers_need_exactly_one_authorization() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers, MAX), Ok(None));
+
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&headers, MAX), Ok(Some("abc")));
+
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&headers, MAX), Err(MalformedBearer::MultipleHeaders));
+    }
+
+    #[test]
+    fn another_header_with_the_token_is_not_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&headers, MAX), Ok(None));
+    }
+}

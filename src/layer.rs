@@ -1,0 +1,443 @@
+//! [`JwtRevocationLayer`]: the configuration of the request path, checked once, shared by every
+//! service the layer wraps.
+//!
+//! This module owns the builder, the two policies a deployment must decide on
+//! ([`FailurePolicy`] and [`MissingJti`](crate::MissingJti)), the decision that turns a backend
+//! answer into "pass" or a [`Rejection`], and the counters that record those decisions. The
+//! per-request work itself is in [`crate::service`]; token parsing and verification are in
+//! [`crate::bearer`] and [`crate::decode`].
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, Response};
+use jsonwebtoken::{DecodingKey, Validation};
+use tower::Layer;
+
+use crate::backend::{RevocationBackend, StoreError, Verdict};
+use crate::bearer::DEFAULT_MAX_TOKEN_LEN;
+use crate::decode::{DefaultClaims, KeySet, KeySource, MissingJti, Verifier};
+use crate::reject::{DefaultReject, Reject, RejectSettings, Rejection};
+use crate::service::JwtRevocation;
+
+/// What the layer does with a verified token when the backend cannot say whether it is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Refuse the request with 503 and `Retry-After` (gRPC: UNAVAILABLE). The default: an
+    /// outage of the store never lets a revoked token back in. The price is availability: while
+    /// the store is down, every request whose answer is not cached fails.
+    #[default]
+    Closed,
+    /// Let the request through as if the token were not revoked, counting it in
+    /// [`Metrics::fail_open_passes`] and logging a `warn` event. Keeps the service up through a
+    /// store outage, at the price that a revoked but unexpired token is accepted meanwhile.
+    Open,
+}
+
+/// A configuration the layer refuses to build with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Neither a decoding key nor a key set was given.
+    #[error("no decoding key configured")]
+    NoKey,
+    /// The key set is empty.
+    #[error("the key set has no keys")]
+    EmptyKeySet,
+    /// `Validation::algorithms` is empty.
+    #[error("the algorithm allow-list is empty")]
+    NoAlgorithms,
+    /// A key fits none of the allowed algorithms (for example an HMAC secret with `RS256`).
+    #[error("key {kid:?} fits none of the allowed algorithms {algorithms:?}")]
+    KeyAlgorithmMismatch {
+        /// The key's id (`None` for a single key).
+        kid: Option<String>,
+        /// The allow-list.
+        algorithms: Vec<jsonwebtoken::Algorithm>,
+    },
+    /// The required `typ` is empty.
+    #[error("the required typ is empty")]
+    EmptyTyp,
+    /// The realm has characters a quoted-string cannot carry (`"`, `\`, controls, non-ASCII).
+    #[error("the realm must be printable ASCII without quotes or backslashes")]
+    InvalidRealm,
+    /// The token length bound is zero.
+    #[error("the maximum token length must be positive")]
+    ZeroMaxTokenLen,
+}
+
+/// Counts of the layer's decisions since it was built, shared by every clone of the layer and
+/// its services. Read with [`JwtRevocationLayer::metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Requests passed to the inner service with verified, unrevoked claims.
+    pub authorized: u64,
+    /// Requests without a token passed through by an `optional()` layer.
+    pub anonymous: u64,
+    /// 401s for a missing token.
+    pub rejected_missing: u64,
+    /// 400s for malformed credentials.
+    pub rejected_malformed: u64,
+    /// 401s for tokens that did not verify.
+    pub rejected_invalid: u64,
+    /// 401s for revoked tokens.
+    pub rejected_revoked: u64,
+    /// Backend errors, whatever the policy did with them.
+    pub store_errors: u64,
+    /// Requests let through by [`FailurePolicy::Open`] during a backend error.
+    pub fail_open_passes: u64,
+    /// Checks the backend could not answer on its synchronous fast path.
+    pub slow_checks: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    authorized: AtomicU64,
+    anonymous: AtomicU64,
+    rejected_missing: AtomicU64,
+    rejected_malformed: AtomicU64,
+    rejected_invalid: AtomicU64,
+    rejected_revoked: AtomicU64,
+    store_errors: AtomicU64,
+    fail_open_passes: AtomicU64,
+    slow_checks: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    // Counters are statistics, not synchronisation: relaxed is enough.
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> Metrics {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Metrics {
+            authorized: read(&self.authorized),
+            anonymous: read(&self.anonymous),
+            rejected_missing: read(&self.rejected_missing),
+            rejected_malformed: read(&self.rejected_malformed),
+            rejected_invalid: read(&self.rejected_invalid),
+            rejected_revoked: read(&self.rejected_revoked),
+            store_errors: read(&self.store_errors),
+            fail_open_passes: read(&self.fail_open_passes),
+            slow_checks: read(&self.slow_checks),
+        }
+    }
+}
+
+/// Everything a request needs, built once and shared by `Arc`.
+#[derive(Debug)]
+pub(crate) struct Shared<S, R> {
+    pub(crate) backend: S,
+    pub(crate) verifier: Verifier,
+    pub(crate) policy: FailurePolicy,
+    pub(crate) optional: bool,
+    pub(crate) max_token_len: usize,
+    pub(crate) settings: RejectSettings,
+    pub(crate) reject: R,
+    pub(crate) counters: Counters,
+}
+
+impl<S, R> Shared<S, R> {
+    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy.
+    /// The one place this decision is made, for the fast and the slow path alike.
+    pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+        match answer {
+            Ok(Verdict::Active) => {
+                bump(&self.counters.authorized);
+                Ok(())
+            }
+            Ok(Verdict::Revoked(by)) => Err(Rejection::Revoked(by)),
+            Err(error) => {
+                bump(&self.counters.store_errors);
+                match self.policy {
+                    FailurePolicy::Closed => {
+                        tracing::warn!(%error, policy = "closed", "revocation check failed; refusing request");
+                        Err(Rejection::Unavailable)
+                    }
+                    FailurePolicy::Open => {
+                        bump(&self.counters.fail_open_passes);
+                        tracing::warn!(%error, policy = "open", "revocation check failed; letting request through");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn count_anonymous(&self) {
+        bump(&self.counters.anonymous);
+    }
+
+    pub(crate) fn count_slow_check(&self) {
+        bump(&self.counters.slow_checks);
+    }
+
+    /// Builds the response for a rejection: the default one, then the hook.
+    pub(crate) fn reject<B: Default>(&self, rejection: Rejection, request_headers: &HeaderMap) -> Response<B>
+    where
+        R: Reject<B>,
+    {
+        let counter = match rejection {
+            Rejection::MissingToken => Some(&self.counters.rejected_missing),
+            Rejection::Malformed(_) => Some(&self.counters.rejected_malformed),
+            Rejection::Invalid(_) => Some(&self.counters.rejected_invalid),
+            Rejection::Revoked(_) => Some(&self.counters.rejected_revoked),
+            // Already counted as a store error by `decide`.
+            Rejection::Unavailable => None,
+        };
+        if let Some(counter) = counter {
+            bump(counter);
+        }
+        tracing::debug!(
+            reason = rejection.description(),
+            status = rejection.status().as_u16(),
+            "request rejected"
+        );
+        let response = rejection.to_response(request_headers, &self.settings);
+        self.reject.reject(&rejection, response)
+    }
+}
+
+/// A Tower layer that validates the bearer JWT of every request and refuses revoked tokens.
+///
+/// `S` is the backend ([`MemoryStore`](crate::MemoryStore), or a chain such as a cache over a
+/// database store), `C` the application's own claim type, `R` the rejection hook. Build it
+/// with [`JwtRevocationLayer::builder`]; cloning it is cheap and clones share configuration,
+/// backend and [`Metrics`].
+///
+/// ```
+/// use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+/// use tower_jwt_revocation::{JwtRevocationLayer, MemoryStore};
+///
+/// let layer = JwtRevocationLayer::builder(MemoryStore::new())
+///     .decoding_key(DecodingKey::from_secret(b"a long and random secret"))
+///     .validation(Validation::new(Algorithm::HS256))
+///     .build()
+///     .expect("valid configuration");
+/// # let _ = layer;
+/// ```
+pub struct JwtRevocationLayer<S, C = DefaultClaims, R = DefaultReject> {
+    shared: Arc<Shared<S, R>>,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<S, C, R> Clone for JwtRevocationLayer<S, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, C, R: std::fmt::Debug> std::fmt::Debug for JwtRevocationLayer<S, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtRevocationLayer")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S: RevocationBackend> JwtRevocationLayer<S> {
+    /// Starts a configuration over `backend`. At least a decoding key (or key set) must be set
+    /// before [`build`](JwtRevocationBuilder::build).
+    pub fn builder(backend: S) -> JwtRevocationBuilder<S> {
+        JwtRevocationBuilder::new(backend)
+    }
+}
+
+impl<S, C, R> JwtRevocationLayer<S, C, R> {
+    /// The backend the layer checks against.
+    pub fn backend(&self) -> &S {
+        &self.shared.backend
+    }
+
+    /// The decision counts so far.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl<Inner, S, C, R> Layer<Inner> for JwtRevocationLayer<S, C, R> {
+    type Service = JwtRevocation<Inner, S, C, R>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        JwtRevocation::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// The configuration of a [`JwtRevocationLayer`]. Every setter takes and returns the builder;
+/// [`build`](Self::build) checks the whole configuration.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
+    backend: S,
+    keys: Option<KeySource>,
+    validation: Validation,
+    required_typ: Option<String>,
+    policy: FailurePolicy,
+    missing_jti: MissingJti,
+    optional: bool,
+    max_token_len: usize,
+    settings: RejectSettings,
+    reject: R,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<S> JwtRevocationBuilder<S> {
+    fn new(backend: S) -> Self {
+        let mut validation = Validation::default();
+        // `jsonwebtoken` skips `nbf` by default; a token that says it is not valid yet is not.
+        validation.validate_nbf = true;
+        Self {
+            backend,
+            keys: None,
+            validation,
+            required_typ: None,
+            policy: FailurePolicy::default(),
+            missing_jti: MissingJti::default(),
+            optional: false,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            settings: RejectSettings::default(),
+            reject: DefaultReject,
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<S, C, R> JwtRevocationBuilder<S, C, R> {
+    /// Verifies every token with this key.
+    pub fn decoding_key(mut self, key: DecodingKey) -> Self {
+        self.keys = Some(KeySource::Single(key));
+        self
+    }
+
+    /// Verifies each token with the key its header's `kid` names; a token with no or an
+    /// unknown `kid` is refused.
+    pub fn key_set(mut self, keys: KeySet) -> Self {
+        self.keys = Some(KeySource::Set(keys));
+        self
+    }
+
+    /// The `jsonwebtoken` validation: algorithm allow-list, `iss`, `aud`, leeway, required
+    /// claims. The default is `Validation::default()` (HS256, `exp` required, 60 s leeway) with
+    /// `nbf` checking switched on.
+    pub fn validation(mut self, validation: Validation) -> Self {
+        self.validation = validation;
+        self
+    }
+
+    /// Requires the header's `typ` to be this media type (RFC 8725 §3.11), such as `at+jwt`;
+    /// compared case-insensitively, with or without `application/`.
+    pub fn required_typ(mut self, typ: impl Into<String>) -> Self {
+        self.required_typ = Some(typ.into());
+        self
+    }
+
+    /// What to do when the backend cannot answer. Default [`FailurePolicy::Closed`].
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// What to do with a token that has no `jti`. Default [`MissingJti::Reject`].
+    pub fn missing_jti(mut self, missing_jti: MissingJti) -> Self {
+        self.missing_jti = missing_jti;
+        self
+    }
+
+    /// Lets requests without any bearer token through, with no claims in their extensions.
+    /// A token that is present is still verified and checked, and refused if bad.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// The `realm` of the `WWW-Authenticate` challenge.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.settings.realm = Some(realm.into());
+        self
+    }
+
+    /// The `Retry-After` of a 503 under [`FailurePolicy::Closed`] (whole seconds, at least 1).
+    /// Default 5 s.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.settings.retry_after = retry_after;
+        self
+    }
+
+    /// The longest token accepted, in bytes; longer ones get 400 `invalid_request`. Default
+    /// 8 KiB.
+    pub fn max_token_len(mut self, max_token_len: usize) -> Self {
+        self.max_token_len = max_token_len;
+        self
+    }
+
+    /// Deserializes the application's own claims into `C2` (the registered ones stay typed
+    /// fields of [`Claims`](crate::Claims)).
+    pub fn claims<C2>(self) -> JwtRevocationBuilder<S, C2, R> {
+        JwtRevocationBuilder {
+            backend: self.backend,
+            keys: self.keys,
+            validation: self.validation,
+            required_typ: self.required_typ,
+            policy: self.policy,
+            missing_jti: self.missing_jti,
+            optional: self.optional,
+            max_token_len: self.max_token_len,
+            settings: self.settings,
+            reject: self.reject,
+            _claims: PhantomData,
+        }
+    }
+
+    /// Customises rejection responses with a [`Reject`] hook (any
+    /// `Fn(&Rejection, Response<B>) -> Response<B>`).
+    pub fn on_reject<R2>(self, reject: R2) -> JwtRevocationBuilder<S, C, R2> {
+        JwtRevocationBuilder {
+            backend: self.backend,
+            keys: self.keys,
+            validation: self.validation,
+            required_typ: self.required_typ,
+            policy: self.policy,
+            missing_jti: self.missing_jti,
+            optional: self.optional,
+            max_token_len: self.max_token_len,
+            settings: self.settings,
+            reject,
+            _claims: PhantomData,
+        }
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<JwtRevocationLayer<S, C, R>, ConfigError> {
+        let keys = self.keys.ok_or(ConfigError::NoKey)?;
+        if let Some(realm) = &self.settings.realm
+            && !realm
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(ConfigError::InvalidRealm);
+        }
+        if self.max_token_len == 0 {
+            return Err(ConfigError::ZeroMaxTokenLen);
+        }
+        let verifier = Verifier::new(keys, &self.validation, self.required_typ, self.missing_jti)?;
+        Ok(JwtRevocationLayer {
+            shared: Arc::new(Shared {
+                backend: self.backend,
+                verifier,
+                policy: self.policy,
+                optional: self.optional,
+                max_token_len: self.max_token_len,
+                settings: self.settings,
+                reject: self.reject,
+                counters: Counters::default(),
+            }),
+            _claims: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! JWT revocation enforcement for any Tower server (axum, tonic, bare hyper), as one layer.
+//!
+//! [`JwtRevocationLayer`] takes the bearer token of every request, verifies it with
+//! [`jsonwebtoken`], and asks a backend whether it was revoked: by its `jti` (logout), by its
+//! session `sid` ("revoke session #3 of user X") or by its subject's cutoff ("log out
+//! everywhere"). A verified, unrevoked token's [`Claims`] go into the request's extensions and
+//! the request goes on; anything else is answered with the RFC 6750 response (or a gRPC status
+//! for gRPC requests) without reaching the inner service.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+//! use tower_jwt_revocation::{Claims, JwtRevocationLayer, MemoryStore};
+//!
+//! async fn me(claims: Claims) -> String {
+//!     format!("hello {}", claims.sub.unwrap_or_default())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new(); // handlers keep a clone to revoke with
+//! let auth = JwtRevocationLayer::builder(store.clone())
+//!     .decoding_key(DecodingKey::from_secret(b"a long and random secret"))
+//!     .validation(Validation::new(Algorithm::HS256))
+//!     .build()?;
+//! let app: Router = Router::new().route("/me", get(me)).layer(auth);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The request path, in order (each step in its own module):
+//! 1. [`bearer`]: exactly one `Authorization: Bearer <token68>` header, bounded length.
+//! 2. [`decode`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
+//! 3. [`backend`]: the revocation check, through the synchronous fast path when the backend
+//!    can answer from memory, so a cache hit costs no allocation and no `.await`.
+//! 4. [`reject`]: the response of every refusal, built in one place.
+//!
+//! Features: `rust_crypto` (default) or `aws_lc_rs` select `jsonwebtoken`'s crypto backend;
+//! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod bearer;
+pub mod decode;
+#[cfg(feature = "axum")]
+pub mod extract;
+mod future;
+mod layer;
+pub mod reject;
+mod service;
+
+pub use backend::{
+    MemoryStore, RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, RevokedBy, StoreError,
+    TokenFacts, Verdict,
+};
+pub use decode::{Claims, DefaultClaims, InvalidToken, KeySet, MissingJti};
+pub use future::ResponseFuture;
+pub use layer::{ConfigError, FailurePolicy, JwtRevocationBuilder, JwtRevocationLayer, Metrics};
+pub use reject::{DefaultReject, Reject, Rejection};
+pub use service::JwtRevocation;
+
+/// The `jsonwebtoken` this crate is built with, for keys and `Validation` of the same version.
+pub use jsonwebtoken;

@@ -1,0 +1,287 @@
+//! Rejection responses: what a refused request gets back.
+//!
+//! This module owns the one mapping from "why the request was refused" ([`Rejection`]) to a
+//! response, shared by every decision point of the layer. For plain HTTP that is the RFC 6750
+//! status and `WWW-Authenticate` challenge (or `503` with `Retry-After` when the store is down
+//! and the policy is closed). For a gRPC request (`content-type: application/grpc*`) it is a
+//! trailers-only gRPC response (HTTP 200, `grpc-status` 16 UNAUTHENTICATED or 14 UNAVAILABLE,
+//! `grpc-message`), because gRPC clients read statuses from there, not from the HTTP status.
+//!
+//! The default body is empty, so the layer works with any `ResBody: Default`. To add a body (or
+//! change anything else), give the layer a [`Reject`] hook; [`Rejection::json_body`] has the
+//! usual JSON rendering ready.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::backend::RevokedBy;
+use crate::bearer::MalformedBearer;
+use crate::decode::InvalidToken;
+
+/// Why the layer refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No bearer token (no `Authorization` header, or another scheme): 401 with a bare
+    /// challenge.
+    MissingToken,
+    /// The credentials are malformed: 400 `invalid_request`.
+    Malformed(MalformedBearer),
+    /// The token does not verify: 401 `invalid_token`.
+    Invalid(InvalidToken),
+    /// The token is revoked: 401 `invalid_token`, "token revoked".
+    Revoked(RevokedBy),
+    /// The revocation store could not answer and the policy is
+    /// [`FailurePolicy::Closed`](crate::FailurePolicy::Closed): 503 with `Retry-After`.
+    Unavailable,
+}
+
+impl Rejection {
+    /// The HTTP status of the plain-HTTP response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
+            Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The RFC 6750 error code, if the case has one.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Rejection::MissingToken | Rejection::Unavailable => None,
+            Rejection::Malformed(_) => Some("invalid_request"),
+            Rejection::Invalid(_) | Rejection::Revoked(_) => Some("invalid_token"),
+        }
+    }
+
+    /// A short, fixed description. It never contains the token or an internal error's text.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Rejection::MissingToken => "bearer token required",
+            Rejection::Malformed(MalformedBearer::MultipleHeaders) => "more than one Authorization header",
+            Rejection::Malformed(MalformedBearer::EmptyToken) => "empty bearer token",
+            Rejection::Malformed(MalformedBearer::InvalidCharacters) => "malformed bearer token",
+            Rejection::Malformed(MalformedBearer::TooLong) => "bearer token too long",
+            Rejection::Invalid(invalid) => invalid.description(),
+            Rejection::Revoked(_) => "token revoked",
+            Rejection::Unavailable => "authorization temporarily unavailable",
+        }
+    }
+
+    /// The gRPC status code: 16 UNAUTHENTICATED, or 14 UNAVAILABLE for a store outage.
+    pub fn grpc_status(&self) -> u16 {
+        match self {
+            Rejection::Unavailable => 14,
+            _ => 16,
+        }
+    }
+
+    /// A small JSON rendering, `{"error": ..., "error_description": ...}`, for hooks that want
+    /// a body. The error is the RFC 6750 code, `unauthorized` for a missing token, or
+    /// `temporarily_unavailable` for an outage.
+    pub fn json_body(&self) -> String {
+        let error = self.error_code().unwrap_or(match self {
+            Rejection::Unavailable => "temporarily_unavailable",
+            _ => "unauthorized",
+        });
+        serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
+    }
+
+    /// The `WWW-Authenticate` challenge, or `None` for an outage (RFC 6750 has no code for it).
+    pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
+        if *self == Rejection::Unavailable {
+            return None;
+        }
+        let mut params = Vec::with_capacity(3);
+        if let Some(realm) = realm {
+            params.push(format!("realm=\"{realm}\""));
+        }
+        if let Some(code) = self.error_code() {
+            params.push(format!("error=\"{code}\""));
+            params.push(format!("error_description=\"{}\"", self.description()));
+        }
+        let value = if params.is_empty() {
+            "Bearer".to_owned()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        };
+        // Descriptions are fixed ASCII and realms are checked when the layer is built, so the
+        // value is always a valid header; `ok()` is the fallback that cannot be taken.
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// The default response for this rejection, as HTTP or as gRPC depending on the request's
+    /// `content-type`.
+    pub fn to_response<B: Default>(
+        &self,
+        request_headers: &HeaderMap,
+        settings: &RejectSettings,
+    ) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        if is_grpc(request_headers) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            if let Ok(message) = HeaderValue::from_str(&percent_encode(self.description())) {
+                headers.insert("grpc-message", message);
+            }
+            return response;
+        }
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        if let Some(challenge) = self.www_authenticate(settings.realm.as_deref()) {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
+        if *self == Rejection::Unavailable {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(settings.retry_after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+/// The layer-wide settings rejections are rendered with.
+#[derive(Debug, Clone)]
+pub struct RejectSettings {
+    /// The `realm` of the challenge, if configured.
+    pub realm: Option<String>,
+    /// The `Retry-After` of a 503.
+    pub retry_after: Duration,
+}
+
+impl Default for RejectSettings {
+    fn default() -> Self {
+        Self {
+            realm: None,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Customises rejection responses. The layer builds the default response first and hands it to
+/// the hook with the reason, so a hook only changes what it cares about.
+///
+/// Any `Fn(&Rejection, Response<B>) -> Response<B>` is a hook:
+///
+/// ```
+/// use http::{Response, header::CONTENT_TYPE};
+/// use tower_jwt_revocation::Rejection;
+///
+/// let json = |rejection: &Rejection, mut response: Response<String>| {
+///     *response.body_mut() = rejection.json_body();
+///     response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().unwrap());
+///     response
+/// };
+/// # let _ = json;
+/// ```
+pub trait Reject<B>: Send + Sync + 'static {
+    /// Returns the response to send for `rejection`; `response` is the default one.
+    fn reject(&self, rejection: &Rejection, response: Response<B>) -> Response<B>;
+}
+
+/// The hook that keeps the default response as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultReject;
+
+impl<B> Reject<B> for DefaultReject {
+    fn reject(&self, _: &Rejection, response: Response<B>) -> Response<B> {
+        response
+    }
+}
+
+impl<B, F> Reject<B> for F
+where
+    F: Fn(&Rejection, Response<B>) -> Response<B> + Send + Sync + 'static,
+{
+    fn reject(&self, rejection: &Rejection, response: Response<B>) -> Response<B> {
+        self(rejection, response)
+    }
+}
+
+/// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().get(..16))
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"application/grpc"))
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(rejection: Rejection, realm: Option<&str>) -> Option<String> {
+        rejection
+            .www_authenticate(realm)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        assert_eq!(
+            challenge(Rejection::MissingToken, None).as_deref(),
+            Some("Bearer")
+        );
+        assert_eq!(
+            challenge(Rejection::MissingToken, Some("api")).as_deref(),
+            Some(r#"Bearer realm="api""#)
+        );
+        assert_eq!(
+            challenge(Rejection::Revoked(RevokedBy::Token), Some("api")).as_deref(),
+            Some(r#"Bearer realm="api", error="invalid_token", error_description="token revoked""#)
+        );
+        assert_eq!(
+            challenge(Rejection::Malformed(MalformedBearer::MultipleHeaders), None).as_deref(),
+            Some(r#"Bearer error="invalid_request", error_description="more than one Authorization header""#)
+        );
+        assert_eq!(challenge(Rejection::Unavailable, None), None);
+    }
+
+    #[test]
+    fn grpc_requests_get_trailers_only_statuses() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        let settings = RejectSettings::default();
+        let revoked: Response<()> = Rejection::Revoked(RevokedBy::Session).to_response(&headers, &settings);
+        assert_eq!(revoked.status(), StatusCode::OK);
+        assert_eq!(revoked.headers()["grpc-status"], "16");
+        assert_eq!(revoked.headers()["grpc-message"], "token revoked");
+        let down: Response<()> = Rejection::Unavailable.to_response(&headers, &settings);
+        assert_eq!(down.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("a b%c\u{e9}"), "a b%25c%C3%A9");
+    }
+
+    #[test]
+    fn outage_sets_retry_after() {
+        let settings = RejectSettings {
+            realm: None,
+            retry_after: Duration::from_secs(7),
+        };
+        let res: Response<()> = Rejection::Unavailable.to_response(&HeaderMap::new(), &settings);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[RETRY_AFTER], "7");
+        assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+}

@@ -1,0 +1,141 @@
+//! [`JwtRevocation`]: the service the layer wraps around an inner service.
+//!
+//! This module owns the order of the request path: bearer syntax, then signature and time
+//! claims, then revocation, so a malformed, forged or expired token never costs a store lookup.
+//! A backend that answers on its fast path ([`RevocationBackend::try_check`]) lets the request go
+//! straight to the inner service inside `call`; only a backend that must wait gets a
+//! [`ResponseFuture`] in its checking state, and only then is the inner service moved into the
+//! future.
+
+use std::marker::PhantomData;
+use std::mem;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use serde::de::DeserializeOwned;
+use tower::Service;
+
+use crate::backend::RevocationBackend;
+use crate::bearer::bearer_token;
+use crate::decode::{Claims, DefaultClaims};
+use crate::future::{Pending, ResponseFuture};
+use crate::layer::Shared;
+use crate::reject::{DefaultReject, Reject, Rejection};
+
+/// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
+///
+/// It never changes the inner service's error type: a refused request is answered with a
+/// response, not an error, so an `Infallible` router stays `Infallible`. On success the verified
+/// [`Claims<C>`] are in the request's extensions.
+pub struct JwtRevocation<Inner, S, C = DefaultClaims, R = DefaultReject> {
+    inner: Inner,
+    shared: Arc<Shared<S, R>>,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
+    pub(crate) fn new(inner: Inner, shared: Arc<Shared<S, R>>) -> Self {
+        Self {
+            inner,
+            shared,
+            _claims: PhantomData,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl<Inner: Clone, S, C, R> Clone for JwtRevocation<Inner, S, C, R> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), Arc::clone(&self.shared))
+    }
+}
+
+impl<Inner: std::fmt::Debug, S, C, R> std::fmt::Debug for JwtRevocation<Inner, S, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtRevocation")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Inner, S, C, R, ReqBody, ResBody> Service<Request<ReqBody>> for JwtRevocation<Inner, S, C, R>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: RevocationBackend,
+    C: DeserializeOwned + Clone + Send + Sync + 'static,
+    R: Reject<ResBody>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = Inner::Error;
+    type Future = ResponseFuture<Inner, ReqBody, S, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let token = match bearer_token(request.headers(), shared.max_token_len) {
+            Ok(Some(token)) => token,
+            Ok(None) if shared.optional => {
+                shared.count_anonymous();
+                return ResponseFuture::inner(self.inner.call(request));
+            }
+            Ok(None) => return self.rejected(Rejection::MissingToken, &request),
+            Err(malformed) => return self.rejected(Rejection::Malformed(malformed), &request),
+        };
+        let claims: Claims<C> = match shared.verifier.verify(token) {
+            Ok(claims) => claims,
+            Err(invalid) => return self.rejected(Rejection::Invalid(invalid), &request),
+        };
+        match shared.backend.try_check(&claims.facts()) {
+            Some(answer) => match shared.decide(answer) {
+                Ok(()) => {
+                    request.extensions_mut().insert(claims);
+                    ResponseFuture::inner(self.inner.call(request))
+                }
+                Err(rejection) => self.rejected(rejection, &request),
+            },
+            None => {
+                shared.count_slow_check();
+                let check = shared.backend.check(&claims.facts());
+                // The inner service was made ready by `poll_ready`; that instance goes into the
+                // future and a fresh clone stays here for the next `poll_ready` (see tower's
+                // docs on cloning services in `call`).
+                let fresh = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, fresh);
+                ResponseFuture::checking(
+                    check,
+                    Pending {
+                        inner: ready,
+                        request,
+                        claims,
+                    },
+                    Arc::clone(&self.shared),
+                )
+            }
+        }
+    }
+}
+
+impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
+    fn rejected<ReqBody, ResBody>(
+        &self,
+        rejection: Rejection,
+        request: &Request<ReqBody>,
+    ) -> ResponseFuture<Inner, ReqBody, S, C, R>
+    where
+        Inner: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: RevocationBackend,
+        R: Reject<ResBody>,
+        ResBody: Default,
+    {
+        ResponseFuture::rejected(self.shared.reject(rejection, request.headers()))
+    }
+}

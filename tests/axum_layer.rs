@@ -1,0 +1,511 @@
+//! The layer around a real axum `Router`: every row of the rejection table, each policy, and
+//! what handlers receive.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::routing::get;
+use common::*;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use serde_json::json;
+use tower::ServiceExt;
+use tower_jwt_revocation::jsonwebtoken::{Algorithm, Header, Validation};
+use tower_jwt_revocation::{
+    Claims, FailurePolicy, JwtRevocationBuilder, JwtRevocationLayer, MemoryStore, MissingJti,
+    RevocationBackend, RevocationStore, backend::from_unix_seconds,
+};
+
+async fn whoami(claims: Claims) -> String {
+    format!(
+        "sub={} jti={}",
+        claims.sub.as_deref().unwrap_or_default(),
+        claims.token_id().unwrap_or("-")
+    )
+}
+
+async fn maybe(claims: Option<Claims>) -> String {
+    match claims {
+        Some(c) => format!("sub={}", c.sub.unwrap_or_default()),
+        None => "anonymous".to_owned(),
+    }
+}
+
+fn builder<S: RevocationBackend>(backend: S) -> JwtRevocationBuilder<S> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    JwtRevocationLayer::builder(backend)
+        .decoding_key(tower_jwt_revocation::jsonwebtoken::DecodingKey::from_secret(
+            SECRET,
+        ))
+        .validation(validation)
+}
+
+fn app<S: RevocationBackend>(layer: JwtRevocationLayer<S>) -> Router {
+    Router::new()
+        .route("/me", get(whoami))
+        .route("/maybe", get(maybe))
+        .layer(layer)
+}
+
+fn get_with(path: &str, authorization: &[&str]) -> Request<Body> {
+    let mut req = Request::get(path);
+    for value in authorization {
+        req = req.header(AUTHORIZATION, *value);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+struct Answer {
+    status: StatusCode,
+    challenge: Option<String>,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let res: Response<Body> = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let challenge = headers
+        .get(WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = String::from_utf8(to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    Answer {
+        status,
+        challenge,
+        headers,
+        body,
+    }
+}
+
+async fn bearer(app: &Router, token: &str) -> Answer {
+    send(app, get_with("/me", &[&format!("Bearer {token}")])).await
+}
+
+fn invalid_token(description: &str) -> Option<String> {
+    Some(format!(
+        r#"Bearer error="invalid_token", error_description="{description}""#
+    ))
+}
+
+#[tokio::test]
+async fn valid_token_reaches_the_handler_with_its_claims() {
+    let app = app(builder(MemoryStore::new()).build().unwrap());
+    let answer = bearer(&app, &mint(claims("j1", "alice"))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "sub=alice jti=j1");
+}
+
+#[tokio::test]
+async fn missing_or_foreign_scheme_gets_a_bare_challenge() {
+    let app = app(builder(MemoryStore::new()).build().unwrap());
+    for auth in [&[][..], &["Basic dXNlcjpwYXNz"][..]] {
+        let answer = send(&app, get_with("/me", auth)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(answer.challenge.as_deref(), Some("Bearer"), "{auth:?}");
+    }
+    let with_realm = self::app(builder(MemoryStore::new()).realm("demo").build().unwrap());
+    let answer = send(&with_realm, get_with("/me", &[])).await;
+    assert_eq!(answer.challenge.as_deref(), Some(r#"Bearer realm="demo""#));
+}
+
+#[tokio::test]
+async fn malformed_credentials_are_a_bad_request() {
+    let app = app(builder(MemoryStore::new()).max_token_len(1024).build().unwrap());
+    let token = mint(claims("j1", "alice"));
+    let long = "a".repeat(1025);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![format!("Bearer {token}"), format!("Bearer {token}")],
+            "more than one Authorization header",
+        ),
+        (vec!["Bearer ".into()], "empty bearer token"),
+        (vec!["Bearer".into()], "empty bearer token"),
+        (vec!["Bearer abc def".into()], "malformed bearer token"),
+        (vec!["Bearer abc\"def".into()], "malformed bearer token"),
+        (vec![format!("Bearer {long}")], "bearer token too long"),
+    ];
+    for (headers, description) in cases {
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let answer = send(&app, get_with("/me", &refs)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{description}");
+        assert_eq!(
+            answer.challenge,
+            Some(format!(
+                r#"Bearer error="invalid_request", error_description="{description}""#
+            ))
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_that_do_not_verify_are_invalid_tokens() {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    validation.set_issuer(&["https://issuer.test"]);
+    validation.set_audience(&["api"]);
+    let store = SlowPath::new(MemoryStore::new());
+    let app = app(builder(store.clone())
+        .validation(validation)
+        .required_typ("JWT")
+        .build()
+        .unwrap());
+    let good =
+        || json!({"jti": "j", "sub": "a", "iss": "https://issuer.test", "aud": "api", "exp": now() + 600});
+    let with = |patch: serde_json::Value| {
+        let mut c = good();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let none_alg = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(serde_json::to_vec(&good()).unwrap().as_slice())
+    );
+    let cases = [
+        (
+            mint_with(Header::default(), good(), b"another-secret-another-secret"),
+            "invalid signature",
+        ),
+        (mint(with(json!({"exp": now() - 10}))), "token expired"),
+        (mint(with(json!({"nbf": now() + 600}))), "token not yet valid"),
+        (
+            mint(with(json!({"iss": "https://evil.test"}))),
+            "issuer not accepted",
+        ),
+        (mint(with(json!({"aud": "other"}))), "audience not accepted"),
+        (
+            mint_with(Header::new(Algorithm::HS384), good(), SECRET),
+            "algorithm not accepted",
+        ),
+        (
+            mint_with(
+                Header {
+                    typ: Some("at+jwt".into()),
+                    ..Header::default()
+                },
+                good(),
+                SECRET,
+            ),
+            "token type not accepted",
+        ),
+        (none_alg, "malformed token"),
+        ("abc.def.ghi".to_owned(), "malformed token"),
+        (
+            mint(json!({"jti": "j", "iss": "https://issuer.test", "aud": "api"})),
+            "missing required claim",
+        ),
+        (mint(with(json!({"exp": "tomorrow"}))), "malformed token"),
+    ];
+    for (token, description) in cases {
+        let answer = bearer(&app, &token).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{description}");
+        assert_eq!(answer.challenge, invalid_token(description));
+        let leaked = token.split('.').filter(|part| part.len() > 8).any(|part| {
+            answer.body.contains(part)
+                || answer
+                    .headers
+                    .values()
+                    .any(|v| v.to_str().unwrap_or("").contains(part))
+        });
+        assert!(!leaked, "the response echoes the token");
+    }
+    assert_eq!(bearer(&app, &mint(good())).await.status, StatusCode::OK);
+    // Only the one good token reached the store: forged and expired ones cost no lookup.
+    assert_eq!(store.checks(), 1);
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_rejected_by_jti_session_and_subject() {
+    for slow in [false, true] {
+        let store = MemoryStore::new();
+        let app = if slow {
+            self::app(builder(SlowPath::new(store.clone())).build().unwrap())
+        } else {
+            self::app(builder(store.clone()).build().unwrap())
+        };
+        let by_jti = mint(claims("t1", "alice"));
+        let by_sid = mint(json!({"jti": "t2", "sub": "bob", "sid": "s1", "iat": now(), "exp": now() + 600}));
+        let other = mint(claims("t3", "alice"));
+        for token in [&by_jti, &by_sid, &other] {
+            assert_eq!(bearer(&app, token).await.status, StatusCode::OK, "slow={slow}");
+        }
+        store
+            .revoke("t1", Some("alice"), in_an_hour(), Some("logout"), None)
+            .await
+            .unwrap();
+        store
+            .revoke_session("s1", Some("bob"), in_an_hour(), None, None)
+            .await
+            .unwrap();
+        for token in [&by_jti, &by_sid] {
+            let answer = bearer(&app, token).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "slow={slow}");
+            assert_eq!(answer.challenge, invalid_token("token revoked"));
+        }
+        assert_eq!(bearer(&app, &other).await.status, StatusCode::OK, "slow={slow}");
+    }
+}
+
+#[tokio::test]
+async fn subject_cutoff_revokes_tokens_issued_up_to_its_second_and_not_after() {
+    let store = MemoryStore::new();
+    let app = app(builder(store.clone()).build().unwrap());
+    let cutoff = now() - 100;
+    let issued =
+        |jti: &str, iat: u64| mint(json!({"jti": jti, "sub": "carol", "iat": iat, "exp": now() + 600}));
+    let before = issued("before", cutoff - 1);
+    let same_second = issued("same", cutoff);
+    let after = issued("after", cutoff + 1);
+    let no_iat = mint(json!({"jti": "no-iat", "sub": "carol", "exp": now() + 600}));
+    let someone_else = mint(json!({"jti": "dave", "sub": "dave", "iat": cutoff - 1, "exp": now() + 600}));
+
+    store
+        .revoke_subject("carol", from_unix_seconds(cutoff), Some("password change"), None)
+        .await
+        .unwrap();
+    for token in [&before, &same_second, &no_iat] {
+        assert_eq!(
+            bearer(&app, token).await.challenge,
+            invalid_token("token revoked")
+        );
+    }
+    assert_eq!(bearer(&app, &after).await.status, StatusCode::OK);
+    assert_eq!(bearer(&app, &someone_else).await.status, StatusCode::OK);
+
+    // An earlier cutoff later on does not bring the revoked tokens back.
+    store
+        .revoke_subject("carol", from_unix_seconds(cutoff - 50), None, None)
+        .await
+        .unwrap();
+    assert_eq!(bearer(&app, &before).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(bearer(&app, &after).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_jti_policies() {
+    let no_jti = mint(json!({"sub": "erin", "sid": "s9", "iat": now(), "exp": now() + 600}));
+
+    let reject = app(builder(MemoryStore::new()).build().unwrap());
+    assert_eq!(
+        bearer(&reject, &no_jti).await.challenge,
+        invalid_token("token has no jti")
+    );
+
+    let store = MemoryStore::new();
+    let allow = app(builder(store.clone())
+        .missing_jti(MissingJti::Allow)
+        .build()
+        .unwrap());
+    let answer = bearer(&allow, &no_jti).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "sub=erin jti=-")
+    );
+    store
+        .revoke_session("s9", Some("erin"), in_an_hour(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        bearer(&allow, &no_jti).await.challenge,
+        invalid_token("token revoked")
+    );
+
+    let store = MemoryStore::new();
+    let hashed = app(builder(store.clone())
+        .missing_jti(MissingJti::HashSigningInput)
+        .build()
+        .unwrap());
+    let answer = bearer(&hashed, &no_jti).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let id = answer.body.strip_prefix("sub=erin jti=").unwrap().to_owned();
+    assert!(id.starts_with("sha256:"), "{id}");
+    store
+        .revoke(&id, Some("erin"), in_an_hour(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        bearer(&hashed, &no_jti).await.challenge,
+        invalid_token("token revoked")
+    );
+}
+
+#[tokio::test]
+async fn store_errors_follow_the_failure_policy() {
+    for slow in [false, true] {
+        let backend = FailingBackend { slow };
+        let closed_layer = builder(backend.clone())
+            .retry_after(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let closed = app(closed_layer.clone());
+        let answer = bearer(&closed, &mint(claims("j", "a"))).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "slow={slow}");
+        assert_eq!(answer.headers.get(RETRY_AFTER).unwrap(), "3");
+        assert_eq!(answer.challenge, None);
+        assert!(
+            !answer.body.contains("refused") && !answer.body.contains("250"),
+            "internal error text leaked"
+        );
+        assert_eq!(closed_layer.metrics().store_errors, 1);
+        assert_eq!(closed_layer.metrics().authorized, 0);
+
+        let open_layer = builder(backend)
+            .failure_policy(FailurePolicy::Open)
+            .build()
+            .unwrap();
+        let open = app(open_layer.clone());
+        let answer = bearer(&open, &mint(claims("j", "a"))).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "sub=a jti=j"),
+            "slow={slow}"
+        );
+        assert_eq!(open_layer.metrics().fail_open_passes, 1);
+        assert_eq!(open_layer.metrics().store_errors, 1);
+        // Policy only applies to store errors: a bad token is still refused.
+        assert_eq!(
+            bearer(&open, "abc.def.ghi").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn optional_layer_lets_anonymous_requests_through_but_not_bad_tokens() {
+    let store = MemoryStore::new();
+    let layer = builder(store.clone()).optional().build().unwrap();
+    let app = app(layer.clone());
+    let anonymous = send(&app, get_with("/maybe", &[])).await;
+    assert_eq!(
+        (anonymous.status, anonymous.body.as_str()),
+        (StatusCode::OK, "anonymous")
+    );
+    // A handler that requires claims still refuses the anonymous request, with the challenge.
+    let required = send(&app, get_with("/me", &[])).await;
+    assert_eq!(
+        (required.status, required.challenge.as_deref()),
+        (StatusCode::UNAUTHORIZED, Some("Bearer"))
+    );
+
+    let token = mint(claims("j1", "frank"));
+    let known = send(&app, get_with("/maybe", &[&format!("Bearer {token}")])).await;
+    assert_eq!(known.body, "sub=frank");
+    store.revoke("j1", None, in_an_hour(), None, None).await.unwrap();
+    let revoked = send(&app, get_with("/maybe", &[&format!("Bearer {token}")])).await;
+    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
+    let garbage = send(&app, get_with("/maybe", &["Bearer abc.def.ghi"])).await;
+    assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(layer.metrics().anonymous, 2);
+}
+
+#[tokio::test]
+async fn rejection_hook_shapes_the_response() {
+    let layer = builder(MemoryStore::new())
+        .on_reject(
+            |rejection: &tower_jwt_revocation::Rejection, mut res: Response<Body>| {
+                res.headers_mut()
+                    .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+                *res.body_mut() = Body::from(rejection.json_body());
+                res
+            },
+        )
+        .build()
+        .unwrap();
+    let app = Router::new().route("/me", get(whoami)).layer(layer);
+    let answer = bearer(&app, "abc.def.ghi").await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.headers[CONTENT_TYPE], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "invalid_token", "error_description": "malformed token"})
+    );
+    assert!(answer.challenge.is_some(), "the hook keeps the default challenge");
+}
+
+#[tokio::test]
+async fn grpc_requests_get_a_grpc_status() {
+    let store = MemoryStore::new();
+    let app = app(builder(store.clone()).build().unwrap());
+    store.revoke("g1", None, in_an_hour(), None, None).await.unwrap();
+    let req = Request::get("/me")
+        .header(CONTENT_TYPE, "application/grpc")
+        .header(AUTHORIZATION, format!("Bearer {}", mint(claims("g1", "a"))))
+        .body(Body::empty())
+        .unwrap();
+    let answer = send(&app, req).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["grpc-status"], "16");
+    assert_eq!(answer.headers["grpc-message"], "token revoked");
+}
+
+#[tokio::test]
+async fn bad_configurations_fail_when_the_layer_is_built() {
+    use tower_jwt_revocation::ConfigError;
+    let no_key = JwtRevocationLayer::builder(MemoryStore::new()).build();
+    assert!(matches!(no_key, Err(ConfigError::NoKey)));
+    let mut empty = Validation::new(Algorithm::HS256);
+    empty.algorithms.clear();
+    assert!(matches!(
+        builder(MemoryStore::new()).validation(empty).build(),
+        Err(ConfigError::NoAlgorithms)
+    ));
+    let rsa = builder(MemoryStore::new())
+        .validation(Validation::new(Algorithm::RS256))
+        .build();
+    assert!(matches!(rsa, Err(ConfigError::KeyAlgorithmMismatch { .. })));
+    let realm = builder(MemoryStore::new()).realm("a\"b").build();
+    assert!(matches!(realm, Err(ConfigError::InvalidRealm)));
+}
+
+#[tokio::test]
+async fn revocation_outlives_the_request_that_made_it() {
+    // Revoking through the store a handler shares with the layer takes effect on the next request.
+    let store = MemoryStore::new();
+    let logout_store = store.clone();
+    let logout = move |claims: Claims| {
+        let store = logout_store.clone();
+        async move {
+            let exp = claims.exp.map(from_unix_seconds).unwrap_or_else(SystemTime::now);
+            store
+                .revoke(
+                    claims.token_id().unwrap(),
+                    claims.sub.as_deref(),
+                    exp,
+                    Some("logout"),
+                    None,
+                )
+                .await
+                .unwrap();
+            StatusCode::NO_CONTENT
+        }
+    };
+    let app = Router::new()
+        .route("/me", get(whoami))
+        .route("/logout", axum::routing::post(logout))
+        .layer(builder(store).build().unwrap());
+    let token = mint(claims("l1", "gina"));
+    let req = Request::post("/logout")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        bearer(&app, &token).await.challenge,
+        invalid_token("token revoked")
+    );
+}

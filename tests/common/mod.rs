@@ -1,0 +1,97 @@
+//! Shared fixtures of the integration tests: token minting, layers, and backends whose whole
+//! job is to misbehave in one specific way.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tower_jwt_revocation::jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use tower_jwt_revocation::{RevocationBackend, StoreError, TokenFacts, Verdict};
+
+pub const SECRET: &[u8] = b"integration-test-secret-of-decent-length";
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn in_an_hour() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(3600)
+}
+
+/// Signs `claims` with HS256 and [`SECRET`].
+pub fn mint(claims: Value) -> String {
+    mint_with(Header::new(Algorithm::HS256), claims, SECRET)
+}
+
+pub fn mint_with(header: Header, claims: Value, secret: &[u8]) -> String {
+    tower_jwt_revocation::decode::install_crypto_provider();
+    encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// Standard claims of a fresh token for `sub` with id `jti`, valid for ten minutes.
+pub fn claims(jti: &str, sub: &str) -> Value {
+    json!({"jti": jti, "sub": sub, "iat": now(), "exp": now() + 600})
+}
+
+/// A backend whose every check fails, on the fast path or (with `slow`) the slow path.
+#[derive(Clone, Default)]
+pub struct FailingBackend {
+    pub slow: bool,
+}
+
+impl RevocationBackend for FailingBackend {
+    type Future = std::future::Ready<Result<Verdict, StoreError>>;
+
+    fn try_check(&self, _: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        (!self.slow).then(|| Err(StoreError::Timeout(Duration::from_millis(250))))
+    }
+
+    fn check(&self, _: &TokenFacts<'_>) -> Self::Future {
+        std::future::ready(Err(StoreError::Unavailable("connection refused".into())))
+    }
+}
+
+/// Wraps a backend so that it never answers on the fast path, and its slow path yields to the
+/// runtime once before answering: every check goes through the layer's waiting state.
+/// It also counts how often it was asked.
+#[derive(Clone)]
+pub struct SlowPath<B> {
+    pub inner: B,
+    pub checks: Arc<AtomicUsize>,
+}
+
+impl<B> SlowPath<B> {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            checks: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+}
+
+impl<B: RevocationBackend + Clone> RevocationBackend for SlowPath<B> {
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
+
+    fn try_check(&self, _: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        None
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let answer = self.inner.try_check(facts);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            answer.unwrap_or(Err(StoreError::InvalidInput(
+                "the wrapped backend has no fast path",
+            )))
+        })
+    }
+}
