@@ -11,6 +11,7 @@
 //! algorithm list, an HMAC key with an RSA algorithm) is found in [`Verifier::new`] instead.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ConfigError;
-use crate::backend::TokenFacts;
+use crate::backend::{TokenFacts, unix_seconds};
 
 /// The claim type used when the application names none: every claim the token carries beyond
 /// the registered ones, as JSON.
@@ -164,6 +165,9 @@ pub enum InvalidToken {
     /// No `jti`, and [`MissingJti::Reject`] is configured.
     #[error("token has no jti")]
     MissingJti,
+    /// `exp` is missing or further in the future than the configured maximum lifetime.
+    #[error("token lifetime too long")]
+    Lifetime,
 }
 
 impl InvalidToken {
@@ -182,6 +186,7 @@ impl InvalidToken {
             InvalidToken::MissingClaim => "missing required claim",
             InvalidToken::Type => "token type not accepted",
             InvalidToken::MissingJti => "token has no jti",
+            InvalidToken::Lifetime => "token lifetime too long",
         }
     }
 
@@ -260,6 +265,7 @@ pub struct Verifier {
     keys: Keys,
     required_typ: Option<String>,
     missing_jti: MissingJti,
+    max_lifetime: Option<u64>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -272,6 +278,7 @@ impl std::fmt::Debug for Verifier {
             .field("kids", &kids)
             .field("required_typ", &self.required_typ)
             .field("missing_jti", &self.missing_jti)
+            .field("max_lifetime", &self.max_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -287,11 +294,16 @@ pub enum KeySource {
 
 impl Verifier {
     /// Checks the configuration and prepares per-key validations.
+    ///
+    /// `max_lifetime`, when set, refuses tokens whose `exp` lies further than that (plus the
+    /// leeway) in the future, or that have no `exp`: it is what lets a revocation whose token
+    /// expiry is unknown (an admin revoking a bare `jti`) be kept for a bounded time.
     pub fn new(
         keys: KeySource,
         validation: &Validation,
         required_typ: Option<String>,
         missing_jti: MissingJti,
+        max_lifetime: Option<Duration>,
     ) -> Result<Self, ConfigError> {
         install_crypto_provider();
         if validation.algorithms.is_empty() {
@@ -321,6 +333,7 @@ impl Verifier {
             keys,
             required_typ,
             missing_jti,
+            max_lifetime: max_lifetime.map(|d| d.as_secs()),
         })
     }
 
@@ -350,6 +363,12 @@ impl Verifier {
             }
         }
         let mut claims = data.claims;
+        if let Some(max_lifetime) = self.max_lifetime {
+            let latest = unix_seconds(SystemTime::now()) + max_lifetime + keyed.validation.leeway;
+            if claims.exp.is_none_or(|exp| exp > latest) {
+                return Err(InvalidToken::Lifetime);
+            }
+        }
         if claims.jti.is_none() {
             match self.missing_jti {
                 MissingJti::Reject => return Err(InvalidToken::MissingJti),
@@ -405,6 +424,7 @@ mod tests {
             &Validation::new(Algorithm::HS256),
             typ.map(str::to_owned),
             missing_jti,
+            None,
         )
         .unwrap()
     }
@@ -471,6 +491,22 @@ mod tests {
     }
 
     #[test]
+    fn max_lifetime_bounds_exp() {
+        let v = Verifier::new(
+            KeySource::Single(DecodingKey::from_secret(SECRET)),
+            &Validation::new(Algorithm::HS256),
+            None,
+            MissingJti::Reject,
+            Some(Duration::from_secs(600)),
+        )
+        .unwrap();
+        let ok = token(Header::default(), json!({"jti": "j", "exp": now() + 600}));
+        assert!(v.verify::<DefaultClaims>(&ok).is_ok());
+        let long = token(Header::default(), json!({"jti": "j", "exp": now() + 601 + 60}));
+        assert_eq!(v.verify::<DefaultClaims>(&long), Err(InvalidToken::Lifetime));
+    }
+
+    #[test]
     fn key_set_selects_by_kid() {
         let set = KeySet::new()
             .with_key("k1", DecodingKey::from_secret(SECRET))
@@ -480,6 +516,7 @@ mod tests {
             &Validation::new(Algorithm::HS256),
             None,
             MissingJti::Reject,
+            None,
         )
         .unwrap();
         let claims = json!({"jti": "j", "exp": now() + 60});
@@ -511,7 +548,7 @@ mod tests {
         let mut empty = Validation::new(Algorithm::HS256);
         empty.algorithms.clear();
         assert_eq!(
-            Verifier::new(hmac(), &empty, None, MissingJti::Reject).err(),
+            Verifier::new(hmac(), &empty, None, MissingJti::Reject, None).err(),
             Some(ConfigError::NoAlgorithms)
         );
         assert!(matches!(
@@ -519,7 +556,8 @@ mod tests {
                 hmac(),
                 &Validation::new(Algorithm::RS256),
                 None,
-                MissingJti::Reject
+                MissingJti::Reject,
+                None,
             ),
             Err(ConfigError::KeyAlgorithmMismatch { .. })
         ));
@@ -528,7 +566,8 @@ mod tests {
                 KeySource::Set(KeySet::new()),
                 &Validation::new(Algorithm::HS256),
                 None,
-                MissingJti::Reject
+                MissingJti::Reject,
+                None,
             )
             .err(),
             Some(ConfigError::EmptyKeySet)
@@ -538,7 +577,8 @@ mod tests {
                 hmac(),
                 &Validation::new(Algorithm::HS256),
                 Some(" ".into()),
-                MissingJti::Reject
+                MissingJti::Reject,
+                None,
             )
             .err(),
             Some(ConfigError::EmptyTyp)

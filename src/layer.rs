@@ -278,6 +278,7 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     keys: Option<KeySource>,
     validation: Validation,
     required_typ: Option<String>,
+    max_lifetime: Option<Duration>,
     policy: FailurePolicy,
     missing_jti: MissingJti,
     optional: bool,
@@ -297,6 +298,7 @@ impl<S> JwtRevocationBuilder<S> {
             keys: None,
             validation,
             required_typ: None,
+            max_lifetime: None,
             policy: FailurePolicy::default(),
             missing_jti: MissingJti::default(),
             optional: false,
@@ -334,6 +336,15 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// compared case-insensitively, with or without `application/`.
     pub fn required_typ(mut self, typ: impl Into<String>) -> Self {
         self.required_typ = Some(typ.into());
+        self
+    }
+
+    /// Refuses tokens that expire further than `max_lifetime` (plus the leeway) in the future,
+    /// or have no `exp`. It bounds how long any accepted token can live, so a revocation whose
+    /// token expiry is unknown (an admin revoking a bare `jti`) can be kept for exactly that
+    /// long and no longer.
+    pub fn max_token_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime = Some(max_lifetime);
         self
     }
 
@@ -384,6 +395,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             keys: self.keys,
             validation: self.validation,
             required_typ: self.required_typ,
+            max_lifetime: self.max_lifetime,
             policy: self.policy,
             missing_jti: self.missing_jti,
             optional: self.optional,
@@ -402,6 +414,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             keys: self.keys,
             validation: self.validation,
             required_typ: self.required_typ,
+            max_lifetime: self.max_lifetime,
             policy: self.policy,
             missing_jti: self.missing_jti,
             optional: self.optional,
@@ -425,7 +438,13 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         if self.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);
         }
-        let verifier = Verifier::new(keys, &self.validation, self.required_typ, self.missing_jti)?;
+        let verifier = Verifier::new(
+            keys,
+            &self.validation,
+            self.required_typ,
+            self.missing_jti,
+            self.max_lifetime,
+        )?;
         Ok(JwtRevocationLayer {
             shared: Arc::new(Shared {
                 backend: self.backend,

@@ -1,0 +1,224 @@
+//! The demo server's routes over HTTP semantics, driven through its real router.
+
+#[allow(dead_code)]
+#[path = "../examples/server.rs"]
+mod server;
+
+mod common;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use common::{mint_with, now};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tower_jwt_revocation::MemoryStore;
+use tower_jwt_revocation::jsonwebtoken::Header;
+
+const SECRET: &[u8] = b"demo-test-secret-demo-test-secret";
+
+fn demo() -> Router {
+    let config = server::Config {
+        secret: SECRET.to_vec(),
+        admin_subjects: vec!["root".into()],
+    };
+    server::app(MemoryStore::new(), config)
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(json) => {
+            req = req.header(CONTENT_TYPE, "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    let res = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let bytes = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (status, headers, json)
+}
+
+async fn login(app: &Router, sub: &str) -> String {
+    let (status, headers, body) = call(app, "POST", "/login", None, Some(json!({"sub": sub}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[CACHE_CONTROL], "no-store");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn healthz_needs_no_token() {
+    assert_eq!(
+        call(&demo(), "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn login_me_logout_round_trip() {
+    let app = demo();
+    let token = login(&app, "alice").await;
+    let (status, _, me) = call(&app, "GET", "/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["sub"], "alice");
+    assert!(me["jti"].is_string() && me["iat"].is_u64() && me["exp"].is_u64());
+
+    assert_eq!(
+        call(&app, "POST", "/logout", Some(&token), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, headers, body) = call(&app, "GET", "/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers[WWW_AUTHENTICATE],
+        r#"Bearer realm="demo", error="invalid_token", error_description="token revoked""#
+    );
+    assert_eq!(
+        body,
+        json!({"error": "invalid_token", "error_description": "token revoked"})
+    );
+
+    let (status, _, list) = call(
+        &app,
+        "GET",
+        "/revocations",
+        Some(&login(&app, "alice").await),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list[0]["kind"], "token");
+    assert_eq!(list[0]["key"], me["jti"]);
+    assert_eq!(list[0]["reason"], "logout");
+}
+
+#[tokio::test]
+async fn logout_all_revokes_every_earlier_token_of_the_caller_only() {
+    let app = demo();
+    let first = login(&app, "bob").await;
+    let second = login(&app, "bob").await;
+    let other = login(&app, "carol").await;
+    assert_eq!(
+        call(&app, "POST", "/logout-all", Some(&second), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    for token in [&first, &second] {
+        assert_eq!(
+            call(&app, "GET", "/me", Some(token), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&other), None).await.0,
+        StatusCode::OK
+    );
+    // A token issued after the cutoff's second (minted here with a later iat) is accepted.
+    let later = mint_with(
+        Header::default(),
+        json!({"jti": "later", "sub": "bob", "iat": now() + 1, "exp": now() + 600}),
+        SECRET,
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&later), None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn admin_route_needs_an_admin_claim() {
+    let app = demo();
+    let victim = login(&app, "dave").await;
+    let (_, _, me) = call(&app, "GET", "/me", Some(&victim), None).await;
+    let path = format!("/admin/tokens/{}", me["jti"].as_str().unwrap());
+
+    let plain = login(&app, "eve").await;
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(&plain), None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&victim), None).await.0,
+        StatusCode::OK
+    );
+
+    let admin = login(&app, "root").await;
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(&admin), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&victim), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn tokens_from_another_issuer_with_the_secret_work_like_logins() {
+    let app = demo();
+    let foreign = mint_with(
+        Header::default(),
+        json!({"jti": "ext-1", "sub": "frank", "iat": now(), "exp": now() + 300, "admin": true}),
+        SECRET,
+    );
+    let (status, _, me) = call(&app, "GET", "/me", Some(&foreign), None).await;
+    assert_eq!((status, me["sub"].as_str()), (StatusCode::OK, Some("frank")));
+    assert_eq!(
+        call(&app, "DELETE", "/admin/tokens/someone", Some(&foreign), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // A token living longer than the server's maximum lifetime is refused.
+    let too_long = mint_with(
+        Header::default(),
+        json!({"jti": "ext-2", "sub": "frank", "exp": now() + 86_400}),
+        SECRET,
+    );
+    let (status, _, body) = call(&app, "GET", "/me", Some(&too_long), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_description"], "token lifetime too long");
+}
+
+#[tokio::test]
+async fn bad_input_gets_4xx_never_5xx() {
+    let app = demo();
+    let (status, _, body) = call(&app, "GET", "/me", None, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    assert_eq!(
+        call(&app, "POST", "/login", None, Some(json!({"user": "x"})))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        call(&app, "POST", "/login", None, Some(json!({"sub": ""})))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some("not a token"), None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
