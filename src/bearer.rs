@@ -117,10 +117,12 @@ mod tests {
 
     const MAX: usize = 32;
 
+    type Case = (&'static [u8], Result<Option<&'static str>, MalformedBearer>);
+
     #[test]
     fn credentials_parse_per_rfc_6750() {
         use MalformedBearer::*;
-        let cases: &[(&[u8], Result<Option<&str>, MalformedBearer>)] = &[
+        let cases: &[Case] = &[
             (b"Bearer abc.def.ghi", Ok(Some("abc.def.ghi"))),
             (b"bearer abc", Ok(Some("abc"))),
             (b"BEARER abc", Ok(Some("abc"))),

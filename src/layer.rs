@@ -290,9 +290,11 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
 
 impl<S> JwtRevocationBuilder<S> {
     fn new(backend: S) -> Self {
-        let mut validation = Validation::default();
         // `jsonwebtoken` skips `nbf` by default; a token that says it is not valid yet is not.
-        validation.validate_nbf = true;
+        let validation = Validation {
+            validate_nbf: true,
+            ..Validation::default()
+        };
         Self {
             backend,
             keys: None,

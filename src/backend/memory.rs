@@ -287,7 +287,7 @@ impl RevocationStore for MemoryStore {
                 revoked_by: c.revoked_by.clone(),
             });
         }
-        records.sort_by(|a, b| b.revoked_at.cmp(&a.revoked_at));
+        records.sort_by_key(|r| std::cmp::Reverse(r.revoked_at));
         records.truncate(limit);
         Ok(records)
     }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every test of the crate.
+#
+# Postgres is found the way the integration tests need it: $DATABASE_URL if set, else a server
+# answering on 127.0.0.1:5432 (user postgres, trust auth), else a throwaway cluster this script
+# creates in a temporary directory with initdb + pg_ctl and removes on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+find_pg_bin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin /usr/local/pgsql/bin; do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+  done
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
+  return 1
+}
+
+start_throwaway_postgres() {
+  local bin
+  if ! bin=$(find_pg_bin); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "test.sh: installing PostgreSQL server binaries" >&2
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+      bin=$(find_pg_bin) || { echo "test.sh: no initdb after install" >&2; exit 1; }
+    else
+      echo "test.sh: no Postgres reachable and no initdb found; set DATABASE_URL" >&2
+      exit 1
+    fi
+  fi
+  PG_TMP=$(mktemp -d /tmp/jwt-revocation-pg.XXXXXX)
+  local port=55432
+  while port_open 127.0.0.1 "$port"; do port=$((port + 1)); done
+  # initdb refuses to run as root: run the cluster as the postgres user when we are root.
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$PG_TMP"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bin/initdb" -D "$PG_TMP/data" -U postgres --auth=trust -E UTF8 >/dev/null
+  "${run[@]}" "$bin/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/log" -w \
+    -o "-p $port -k $PG_TMP -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
+  PG_STOP=("${run[@]}" "$bin/pg_ctl" -D "$PG_TMP/data" -m immediate stop)
+  trap 'set +e; "${PG_STOP[@]}" >/dev/null 2>&1; rm -rf "$PG_TMP"' EXIT
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "test.sh: started a throwaway Postgres on port $port" >&2
+}
+
+# TEST_PG=throwaway forces the throwaway cluster even when 5432 answers (to test this script).
+if [ "${TEST_PG:-}" = throwaway ]; then
+  unset DATABASE_URL
+  start_throwaway_postgres
+elif [ -z "${DATABASE_URL:-}" ]; then
+  if port_open 127.0.0.1 5432; then
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    start_throwaway_postgres
+  fi
+fi
+echo "test.sh: DATABASE_URL=${DATABASE_URL}" >&2
+
+cargo test "$@"
