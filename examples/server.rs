@@ -8,7 +8,8 @@
 //! - `BIND_ADDR` (default `127.0.0.1:3000`)
 //! - `JWT_SECRET` (HS256 secret; a development default with a loud warning when unset)
 //! - `ADMIN_SUBJECTS` (comma-separated subjects whose `/login` tokens carry `"admin": true`)
-//! - `DATABASE_URL` (reserved for the Postgres store; this build keeps revocations in memory)
+//! - `DATABASE_URL` (when set: the durable Postgres ledger, migrated at start; otherwise an
+//!   in-memory store that forgets every revocation when the process exits)
 //!
 //! Routes: `GET /healthz`, `POST /login`, `GET /me`, `POST /logout`, `POST /logout-all`,
 //! `GET /revocations`, `DELETE /admin/tokens/{jti}`. Tokens minted by any other HS256 issuer
@@ -28,7 +29,8 @@ use serde_json::{Value, json};
 use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
-    Claims, JwtRevocationLayer, MemoryStore, Rejection, RevocationBackend, RevocationStore, StoreError,
+    Claims, JwtRevocationLayer, MemoryStore, PgStore, Rejection, RevocationBackend, RevocationStore,
+    StoreError, spawn_purger,
 };
 
 /// Lifetime of the access tokens `/login` issues.
@@ -278,14 +280,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let config = Config::from_env();
     let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    if std::env::var_os("DATABASE_URL").is_some() {
-        tracing::warn!(
-            "DATABASE_URL is set, but this build has no Postgres store yet: revocations stay in memory"
-        );
-    }
-    let app = app(MemoryStore::new(), config);
     let listener = tokio::net::TcpListener::bind(&bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, store = "memory", "demo server listening");
+    let addr = listener.local_addr()?;
+    // Revocations are purged an hour after their token's expiry, far past any validation leeway.
+    let (purge_every, purge_margin) = (Duration::from_secs(600), Duration::from_secs(3600));
+    let (app, _purger) = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = PgStore::connect(&url).await?;
+            store.migrate().await?;
+            tracing::info!(%addr, store = "postgres", "demo server listening");
+            (
+                app(store.clone(), config),
+                spawn_purger(store, purge_every, purge_margin)?,
+            )
+        }
+        Err(_) => {
+            let store = MemoryStore::new();
+            tracing::info!(%addr, store = "memory", "demo server listening (revocations are lost on exit)");
+            (
+                app(store.clone(), config),
+                spawn_purger(store, purge_every, purge_margin)?,
+            )
+        }
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -36,7 +36,8 @@
 //! 4. [`reject`]: the response of every refusal, built in one place.
 //!
 //! Features: `rust_crypto` (default) or `aws_lc_rs` select `jsonwebtoken`'s crypto backend;
-//! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor.
+//! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor; `postgres` adds
+//! [`PgStore`](backend::postgres::PgStore), the durable ledger shared by every instance.
 
 #![warn(missing_docs)]
 
@@ -50,9 +51,11 @@ mod layer;
 pub mod reject;
 mod service;
 
+#[cfg(feature = "postgres")]
+pub use backend::postgres::{FeedItem, PgStore, Purger, Subscription, spawn_purger};
 pub use backend::{
-    MemoryStore, RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, RevokedBy, StoreError,
-    TokenFacts, Verdict,
+    MemoryStore, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord, RevocationStore,
+    RevokedBy, StoreError, TokenFacts, Verdict,
 };
 pub use decode::{Claims, DefaultClaims, InvalidToken, KeySet, MissingJti};
 pub use future::ResponseFuture;

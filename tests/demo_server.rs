@@ -222,3 +222,44 @@ async fn bad_input_gets_4xx_never_5xx() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
+    use tower_jwt_revocation::PgStore;
+    let config = || server::Config {
+        secret: SECRET.to_vec(),
+        admin_subjects: vec![],
+    };
+    let fresh_pool = || async {
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await
+            .unwrap()
+    };
+
+    let first = server::app(PgStore::new(fresh_pool().await), config());
+    let token = login(&first, "olga").await;
+    assert_eq!(
+        call(&first, "GET", "/me", Some(&token), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&first, "POST", "/logout", Some(&token), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    drop(first);
+
+    let restarted = server::app(PgStore::new(fresh_pool().await), config());
+    let (status, _, body) = call(&restarted, "GET", "/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_description"], "token revoked");
+    let (_, _, list) = call(
+        &restarted,
+        "GET",
+        "/revocations",
+        Some(&login(&restarted, "olga").await),
+        None,
+    )
+    .await;
+    assert_eq!(list[0]["reason"], "logout");
+}

@@ -15,6 +15,8 @@
 //! modules).
 
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use memory::MemoryStore;
 
@@ -184,6 +186,16 @@ pub struct RevocationRecord {
     pub reason: Option<String>,
     /// Who revoked (an admin's id, a service name).
     pub revoked_by: Option<String>,
+}
+
+/// One change to a durable ledger, in the ledger's global order (`seq`), as a change feed
+/// delivers it to the caches of every instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationEvent {
+    /// The ledger's change number: strictly increasing in commit order.
+    pub seq: i64,
+    /// The revocation as it now stands.
+    pub record: RevocationRecord,
 }
 
 /// The write side of a backend: what handlers and admin tools call.

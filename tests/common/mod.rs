@@ -95,3 +95,19 @@ impl<B: RevocationBackend + Clone> RevocationBackend for SlowPath<B> {
         })
     }
 }
+
+/// Polls `condition` every 10 ms until it holds; fails the test after 5 s.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
