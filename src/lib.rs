@@ -51,11 +51,13 @@ mod layer;
 pub mod reject;
 mod service;
 
+#[cfg(feature = "moka")]
+pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
 #[cfg(feature = "postgres")]
-pub use backend::postgres::{FeedItem, PgStore, Purger, Subscription, spawn_purger};
+pub use backend::postgres::{PgStore, Purger, Subscription, spawn_purger};
 pub use backend::{
-    MemoryStore, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord, RevocationStore,
-    RevokedBy, StoreError, TokenFacts, Verdict,
+    FeedItem, Ledger, Lookup, MemoryStore, RevocationBackend, RevocationEvent, RevocationKind,
+    RevocationRecord, RevocationStore, RevokedBy, Snapshot, StoreError, TokenFacts, Verdict,
 };
 pub use decode::{Claims, DefaultClaims, InvalidToken, KeySet, MissingJti};
 pub use future::ResponseFuture;

@@ -15,6 +15,8 @@
 //! modules).
 
 mod memory;
+#[cfg(feature = "moka")]
+pub mod moka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
@@ -250,6 +252,76 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// past, and returns how many were deleted. `margin` should be at least the validation
     /// leeway, so a record is never dropped while its token could still be accepted.
     fn purge_expired(&self, margin: Duration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// What a ledger holds for one token's keys, answered per key, so a cache can remember each key
+/// on its own (a session's revocation applies to every token carrying its `sid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lookup {
+    /// The `jti` is revoked.
+    pub token_revoked: bool,
+    /// The `sid` is revoked.
+    pub session_revoked: bool,
+    /// The subject's cutoff (Unix seconds), if it has one.
+    pub subject_cutoff: Option<u64>,
+}
+
+impl Lookup {
+    /// The verdict for a token issued at `issued_at`.
+    pub fn verdict(&self, issued_at: Option<u64>) -> Verdict {
+        Verdict::from_lookups(
+            self.token_revoked,
+            self.session_revoked,
+            self.subject_cutoff,
+            issued_at,
+        )
+    }
+}
+
+/// Every live revocation of a ledger at one moment, and the `seq` of that moment: what a
+/// mirroring cache loads before following the change feed from `seq` on.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Token and session revocations whose token has not expired, and every subject cutoff.
+    pub records: Vec<RevocationRecord>,
+    /// The ledger's last `seq` included in `records`.
+    pub seq: i64,
+}
+
+/// What a change feed reports.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A committed revocation, in `seq` order.
+    Event(RevocationEvent),
+    /// Every revocation committed before this moment has been delivered (sent after each
+    /// catch-up and each heartbeat).
+    InSync {
+        /// The last `seq` delivered.
+        last_seq: i64,
+    },
+    /// The feed's connection failed: until the next `InSync`, revocations committed meanwhile
+    /// may not have been delivered yet (they will be, after the reconnect).
+    Disconnected(StoreError),
+}
+
+/// A durable, shared ledger that a cache tier can sit in front of: per-key lookups, a snapshot
+/// of the live set, and a change feed. [`PgStore`](postgres::PgStore) is one; a Redis or HTTP
+/// ledger can be another.
+pub trait Ledger: RevocationStore + Clone {
+    /// The future of [`lookup`](Self::lookup); it owns what it needs.
+    type LookupFuture: Future<Output = Result<Lookup, StoreError>> + Send + 'static;
+    /// The change feed.
+    type Feed: futures_core::Stream<Item = FeedItem> + Send + Unpin + 'static;
+
+    /// Answers the three keys of `facts` (one round trip for a remote ledger).
+    fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture;
+
+    /// Every live revocation, consistent with one `seq`.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    /// A change feed delivering every revocation after `after` (or after the current end when
+    /// `None`), reconnecting and catching up by itself.
+    fn feed(&self, after: Option<i64>) -> Result<Self::Feed, StoreError>;
 }
 
 #[cfg(test)]

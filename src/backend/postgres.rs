@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord, RevocationStore, StoreError,
-    TokenFacts, Verdict,
+    FeedItem, Ledger, Lookup, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord,
+    RevocationStore, Snapshot, StoreError, TokenFacts, Verdict,
 };
 
 /// The crate's migrations, for `sqlx::test(migrator = ...)` or running them yourself.
@@ -48,6 +48,19 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 const PURGE_BATCH: i64 = 1_000;
 const CATCH_UP_BATCH: i64 = 1_000;
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The columns of `jwt_revocation_log` as [`record_from_row`] reads them; a macro so that
+/// queries are assembled with `concat!` at compile time, never at run time.
+macro_rules! log_select {
+    () => {
+        "SELECT kind, key, subject, \
+    extract(epoch FROM expires_at)::float8 AS expires_at, \
+    extract(epoch FROM not_before)::float8 AS not_before, \
+    extract(epoch FROM revoked_at)::float8 AS revoked_at, \
+    reason, revoked_by, seq FROM jwt_revocation_log"
+    };
+}
 
 /// A revocation ledger on a Postgres pool. Cheap to clone (clones share the pool).
 ///
@@ -68,6 +81,7 @@ pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
     heartbeat: Duration,
+    listener_name: std::borrow::Cow<'static, str>,
 }
 
 impl PgStore {
@@ -91,6 +105,7 @@ impl PgStore {
             pool,
             timeout: DEFAULT_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
+            listener_name: LISTENER_APPLICATION_NAME.into(),
         }
     }
 
@@ -106,6 +121,14 @@ impl PgStore {
     #[must_use]
     pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// The `application_name` of the change feed's connection (default
+    /// [`LISTENER_APPLICATION_NAME`]), to tell instances apart in `pg_stat_activity`.
+    #[must_use]
+    pub fn with_listener_name(mut self, name: impl Into<String>) -> Self {
+        self.listener_name = name.into().into();
         self
     }
 
@@ -139,16 +162,9 @@ impl PgStore {
     /// Every revocation with `seq` greater than `seq`, in `seq` order, at most `limit`: the
     /// catch-up read of the change feed, public for consumers that track their own position.
     pub async fn events_since(&self, seq: i64, limit: i64) -> Result<Vec<RevocationEvent>, StoreError> {
-        let query = sqlx::query(
-            "SELECT kind, key, subject, \
-                    extract(epoch FROM expires_at)::float8 AS expires_at, \
-                    extract(epoch FROM not_before)::float8 AS not_before, \
-                    extract(epoch FROM revoked_at)::float8 AS revoked_at, \
-                    reason, revoked_by, seq \
-               FROM jwt_revocation_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(seq)
-        .bind(limit);
+        let query = sqlx::query(concat!(log_select!(), " WHERE seq > $1 ORDER BY seq LIMIT $2"))
+            .bind(seq)
+            .bind(limit);
         let rows = self.bounded(query.fetch_all(&self.pool)).await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -174,7 +190,7 @@ impl PgStore {
             .connect_options()
             .as_ref()
             .clone()
-            .application_name(LISTENER_APPLICATION_NAME);
+            .application_name(&self.listener_name);
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(self.timeout)
@@ -229,9 +245,13 @@ fn classify(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(Box::new(error)),
         sqlx::Error::Database(db)
             if db.code().is_some_and(|code| {
-                // 08: connection exception; 57P0x: shutdown / cannot connect now; 53300: too
-                // many connections; 3D000: the database does not exist (dropped or not created).
-                code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "3D000"
+                // 08: connection exception; 28: authentication refused; 57P0x: shutdown /
+                // cannot connect now; 53300: too many connections; 55000: the database does not
+                // accept connections; 3D000: the database does not exist.
+                code.starts_with("08")
+                    || code.starts_with("28")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "53300" | "55000" | "3D000")
             }) =>
         {
             StoreError::Unavailable(Box::new(error))
@@ -310,22 +330,63 @@ impl RevocationBackend for PgStore {
     }
 
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        let lookup = self.lookup(facts);
+        let issued_at = facts.issued_at;
+        Box::pin(async move { Ok(lookup.await?.verdict(issued_at)) })
+    }
+}
+
+impl Ledger for PgStore {
+    type LookupFuture = Pin<Box<dyn Future<Output = Result<Lookup, StoreError>> + Send>>;
+    type Feed = Subscription;
+
+    fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture {
         let pool = self.pool.clone();
         let timeout = self.timeout;
         let jti = facts.jti.map(str::to_owned);
         let sid = facts.session_id.map(str::to_owned);
         let sub = facts.subject.map(str::to_owned);
-        let issued_at = facts.issued_at;
         Box::pin(async move {
             let query = sqlx::query(CHECK_SQL).bind(jti).bind(sid).bind(sub);
             let row = bounded(timeout, query.fetch_one(&pool)).await?;
             let get_err = |e: sqlx::Error| StoreError::Query(Box::new(e));
-            let token: bool = row.try_get("token").map_err(get_err)?;
-            let session: bool = row.try_get("session").map_err(get_err)?;
             let cutoff: Option<i64> = row.try_get("cutoff").map_err(get_err)?;
-            let cutoff = cutoff.map(|c| u64::try_from(c).unwrap_or(0));
-            Ok(Verdict::from_lookups(token, session, cutoff, issued_at))
+            Ok(Lookup {
+                token_revoked: row.try_get("token").map_err(get_err)?,
+                session_revoked: row.try_get("session").map_err(get_err)?,
+                subject_cutoff: cutoff.map(|c| u64::try_from(c).unwrap_or(0)),
+            })
         })
+    }
+
+    /// Reads the live set and its `seq` in one `REPEATABLE READ` transaction, so that following
+    /// the feed from that `seq` misses nothing. Bounded by 30 s or the store's timeout, whichever
+    /// is longer (a live set of a million rows takes seconds).
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let read = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+            let seq: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0)::int8 FROM jwt_revocation_log")
+                .fetch_one(&mut *tx)
+                .await?;
+            let rows = sqlx::query(concat!(
+                log_select!(),
+                " WHERE expires_at IS NULL OR expires_at > now() ORDER BY seq"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((seq, rows))
+        };
+        let (seq, rows) = bounded(self.timeout.max(SNAPSHOT_TIMEOUT), read).await?;
+        let records = rows.iter().map(record_from_row).collect::<Result<_, _>>()?;
+        Ok(Snapshot { records, seq })
+    }
+
+    fn feed(&self, after: Option<i64>) -> Result<Subscription, StoreError> {
+        self.subscribe_after(after)
     }
 }
 
@@ -389,14 +450,10 @@ impl RevocationStore for PgStore {
         subject: &str,
         limit: usize,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
-        let query = sqlx::query(
-            "SELECT kind, key, subject, \
-                    extract(epoch FROM expires_at)::float8 AS expires_at, \
-                    extract(epoch FROM not_before)::float8 AS not_before, \
-                    extract(epoch FROM revoked_at)::float8 AS revoked_at, \
-                    reason, revoked_by \
-               FROM jwt_revocation_log WHERE subject = $1 ORDER BY revoked_at DESC, seq DESC LIMIT $2",
-        )
+        let query = sqlx::query(concat!(
+            log_select!(),
+            " WHERE subject = $1 ORDER BY revoked_at DESC, seq DESC LIMIT $2"
+        ))
         .bind(subject)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows = self.bounded(query.fetch_all(&self.pool)).await?;
@@ -427,22 +484,6 @@ impl RevocationStore for PgStore {
         }
         Ok(deleted)
     }
-}
-
-/// What a change feed reports.
-#[derive(Debug)]
-pub enum FeedItem {
-    /// A committed revocation, in `seq` order.
-    Event(RevocationEvent),
-    /// Every revocation committed before this moment has been delivered (sent after each
-    /// catch-up and each heartbeat).
-    InSync {
-        /// The last `seq` delivered.
-        last_seq: i64,
-    },
-    /// The feed's connection failed: until the next `InSync`, revocations committed meanwhile
-    /// may not have been delivered yet (they will be, after the reconnect).
-    Disconnected(StoreError),
 }
 
 /// A change feed of the ledger, from [`PgStore::subscribe`].

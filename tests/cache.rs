@@ -1,0 +1,307 @@
+//! `MokaCache<PgStore>` against a real Postgres: two tiers on separate pools play two server
+//! instances.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use common::*;
+use http::header::AUTHORIZATION;
+use http::{Request, StatusCode};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tower::ServiceExt;
+use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+use tower_jwt_revocation::{
+    CacheMode, Claims, FailurePolicy, JwtRevocationLayer, MokaCache, PgStore, RevocationBackend,
+    RevocationStore, TokenFacts, Verdict,
+};
+
+struct Instance {
+    cache: MokaCache<PgStore>,
+    app: Router,
+}
+
+async fn instance(pool: &PgPool, name: &str, mode: CacheMode, policy: FailurePolicy) -> Instance {
+    let own_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let store = PgStore::new(own_pool)
+        .with_timeout(Duration::from_millis(500))
+        .with_heartbeat(Duration::from_millis(100))
+        .with_listener_name(name);
+    let cache = MokaCache::builder(store)
+        .mode(mode)
+        .max_staleness(Duration::from_secs(1))
+        .negative_ttl(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    assert!(
+        cache.wait_in_sync(Duration::from_secs(5)).await,
+        "{name} never got in sync"
+    );
+    async fn me(claims: Claims) -> String {
+        claims.sub.unwrap_or_default()
+    }
+    let layer = JwtRevocationLayer::builder(cache.clone())
+        .decoding_key(DecodingKey::from_secret(SECRET))
+        .failure_policy(policy)
+        .build()
+        .unwrap();
+    Instance {
+        cache,
+        app: Router::new().route("/me", get(me)).layer(layer),
+    }
+}
+
+impl Instance {
+    async fn status(&self, token: &str) -> StatusCode {
+        let req = Request::get("/me")
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        self.app.clone().oneshot(req).await.unwrap().status()
+    }
+
+    async fn becomes(&self, token: &str, expected: StatusCode) {
+        wait_until(&format!("the instance answers {expected}"), || async {
+            self.status(token).await == expected
+        })
+        .await;
+    }
+}
+
+async fn maintenance(pool: &PgPool) -> (PgConnection, String) {
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let options = pool.connect_options().as_ref().clone().database("postgres");
+    (PgConnection::connect_with(&options).await.unwrap(), db)
+}
+
+async fn allow_connections(conn: &mut PgConnection, db: &str, allow: bool) {
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {allow}"))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+async fn terminate(conn: &mut PgConnection, db: &str, application_name: Option<&str>) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND ($2::text IS NULL OR application_name = $2)",
+    )
+    .bind(db)
+    .bind(application_name)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_revocation_on_one_instance_is_enforced_on_the_other(pool: PgPool) {
+    for mode in [CacheMode::Lookup, CacheMode::Mirror] {
+        let a = instance(&pool, "a", mode, FailurePolicy::Closed).await;
+        let b = instance(&pool, "b", mode, FailurePolicy::Closed).await;
+        let jti = format!("cross-{mode:?}");
+        let token = mint(claims(&jti, "alice"));
+        // B has seen the token and (in lookup mode) cached it as not revoked.
+        assert_eq!(b.status(&token).await, StatusCode::OK);
+        assert_eq!(a.status(&token).await, StatusCode::OK);
+
+        a.cache
+            .revoke(&jti, Some("alice"), in_an_hour(), Some("logout"), None)
+            .await
+            .unwrap();
+        // Read-your-writes on A, without waiting.
+        assert_eq!(a.status(&token).await, StatusCode::UNAUTHORIZED, "{mode:?}");
+        b.becomes(&token, StatusCode::UNAUTHORIZED).await;
+        assert!(b.cache.metrics().events_applied >= 1);
+
+        // A row written with plain SQL reaches both.
+        let psql_jti = format!("psql-{mode:?}");
+        let psql_token = mint(claims(&psql_jti, "bob"));
+        assert_eq!(a.status(&psql_token).await, StatusCode::OK);
+        assert_eq!(b.status(&psql_token).await, StatusCode::OK);
+        sqlx::query("INSERT INTO jwt_revocations (jti, subject, expires_at) VALUES ($1, 'bob', now() + interval '1 hour')")
+            .bind(&psql_jti)
+            .execute(&pool)
+            .await
+            .unwrap();
+        a.becomes(&psql_token, StatusCode::UNAUTHORIZED).await;
+        b.becomes(&psql_token, StatusCode::UNAUTHORIZED).await;
+
+        // Sessions and subject cutoffs travel the same way.
+        let session_token = mint(
+            json!({"jti": format!("s-{mode:?}"), "sub": "carl", "sid": format!("sid-{mode:?}"),
+            "iat": now() - 10, "exp": now() + 600}),
+        );
+        assert_eq!(b.status(&session_token).await, StatusCode::OK);
+        a.cache
+            .revoke_session(&format!("sid-{mode:?}"), None, in_an_hour(), None, None)
+            .await
+            .unwrap();
+        b.becomes(&session_token, StatusCode::UNAUTHORIZED).await;
+        let subject_token = mint(
+            json!({"jti": format!("u-{mode:?}"), "sub": format!("dora-{mode:?}"), "iat": now() - 10, "exp": now() + 600}),
+        );
+        assert_eq!(b.status(&subject_token).await, StatusCode::OK);
+        a.cache
+            .revoke_subject(
+                &format!("dora-{mode:?}"),
+                std::time::SystemTime::now(),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        b.becomes(&subject_token, StatusCode::UNAUTHORIZED).await;
+    }
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn revocations_made_while_the_listener_is_down_are_enforced_after_it_reconnects(pool: PgPool) {
+    let a = instance(&pool, "a", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let b = instance(&pool, "b", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let queried = mint(claims("while-down-queried", "erin"));
+    let caught_up = mint(claims("while-down-caught-up", "erin"));
+    for token in [&queried, &caught_up] {
+        assert_eq!(b.status(token).await, StatusCode::OK); // cached as not revoked on B
+    }
+
+    let (mut admin, db) = maintenance(&pool).await;
+    allow_connections(&mut admin, &db, false).await;
+    assert_eq!(terminate(&mut admin, &db, Some("b")).await, 1, "B's listener");
+    wait_until("B notices its feed is down", || async { !b.cache.is_in_sync() }).await;
+
+    // Revoked while B's feed is down. B's pool still has its open connections.
+    a.cache
+        .revoke("while-down-queried", None, in_an_hour(), None, None)
+        .await
+        .unwrap();
+    a.cache
+        .revoke("while-down-caught-up", None, in_an_hour(), None, None)
+        .await
+        .unwrap();
+    let calls = b.cache.metrics().backend_calls;
+    assert_eq!(
+        b.status(&queried).await,
+        StatusCode::UNAUTHORIZED,
+        "B asked the ledger, not its stale negative"
+    );
+    assert_eq!(b.cache.metrics().backend_calls, calls + 1);
+
+    allow_connections(&mut admin, &db, true).await;
+    assert!(b.cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert!(b.cache.metrics().resyncs >= 1);
+    // The other revocation arrived through the catch-up: answered from memory, no query.
+    let calls = b.cache.metrics().backend_calls;
+    assert_eq!(b.status(&caught_up).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.cache.metrics().backend_calls, calls);
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn concurrent_misses_for_one_token_make_one_query(pool: PgPool) {
+    let b = instance(&pool, "b", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let before = b.cache.metrics();
+    let checks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = b.cache.clone();
+            tokio::spawn(async move {
+                let facts = TokenFacts {
+                    jti: Some("brand-new"),
+                    subject: Some("fay"),
+                    ..TokenFacts::default()
+                };
+                match cache.try_check(&facts) {
+                    Some(answer) => answer,
+                    None => cache.check(&facts).await,
+                }
+            })
+        })
+        .collect();
+    for check in checks {
+        assert_eq!(check.await.unwrap().unwrap(), Verdict::Active);
+    }
+    let after = b.cache.metrics();
+    assert_eq!(after.backend_calls - before.backend_calls, 1);
+    assert_eq!(after.active - before.active, 100);
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn mirror_answers_unrevoked_tokens_without_queries(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    for i in 0..50 {
+        store
+            .revoke(&format!("old-{i}"), None, in_an_hour(), None, None)
+            .await
+            .unwrap();
+    }
+    let b = instance(&pool, "b", CacheMode::Mirror, FailurePolicy::Closed).await;
+    assert!(b.cache.metrics().mirroring);
+    let before = b.cache.metrics();
+    for i in 0..10_000 {
+        let jti = format!("fresh-{i}");
+        let facts = TokenFacts {
+            jti: Some(&jti),
+            subject: Some("gus"),
+            issued_at: Some(now()),
+            ..TokenFacts::default()
+        };
+        assert_eq!(b.cache.try_check(&facts).unwrap().unwrap(), Verdict::Active);
+    }
+    let revoked = TokenFacts {
+        jti: Some("old-7"),
+        ..TokenFacts::default()
+    };
+    assert!(matches!(
+        b.cache.try_check(&revoked),
+        Some(Ok(Verdict::Revoked(_)))
+    ));
+    let after = b.cache.metrics();
+    assert_eq!(after.backend_calls, before.backend_calls);
+    assert_eq!(after.misses, before.misses);
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn with_the_database_unreachable_memory_answers_within_the_staleness_bound(pool: PgPool) {
+    let mirror = instance(&pool, "mirror", CacheMode::Mirror, FailurePolicy::Closed).await;
+    let lookup = instance(&pool, "lookup", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let revoked = mint(claims("gone", "hal"));
+    let cached_ok = mint(claims("cached-ok", "hal"));
+    let never_seen = mint(claims("never-seen", "hal"));
+    mirror
+        .cache
+        .revoke("gone", Some("hal"), in_an_hour(), None, None)
+        .await
+        .unwrap();
+    lookup.becomes(&revoked, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(lookup.status(&cached_ok).await, StatusCode::OK);
+
+    let (mut admin, db) = maintenance(&pool).await;
+    allow_connections(&mut admin, &db, false).await;
+    terminate(&mut admin, &db, None).await;
+
+    // Mirror: still answers from memory (max_staleness is 1 s) ...
+    assert_eq!(mirror.status(&never_seen).await, StatusCode::OK);
+    assert_eq!(mirror.status(&revoked).await, StatusCode::UNAUTHORIZED);
+    // ... then, past the bound, the failure policy decides; revoked entries still reject.
+    mirror.becomes(&never_seen, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(mirror.status(&revoked).await, StatusCode::UNAUTHORIZED);
+
+    // Lookup: a miss follows the policy; a cached revocation is still enforced.
+    assert_eq!(lookup.status(&never_seen).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(lookup.status(&revoked).await, StatusCode::UNAUTHORIZED);
+
+    allow_connections(&mut admin, &db, true).await;
+    assert!(lookup.cache.wait_in_sync(Duration::from_secs(5)).await);
+    lookup.becomes(&never_seen, StatusCode::OK).await;
+}
