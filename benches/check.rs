@@ -6,7 +6,15 @@
 //! - `decode_only`: a minimal hand-written middleware that takes the bearer token and verifies
 //!   it with `jsonwebtoken` (same key, same `Validation`, same claim type): the floor any JWT
 //!   layer pays;
-//! - `layer_memory`: `JwtRevocationLayer` over `MemoryStore` holding 10 000 revocations.
+//! - `layer_memory`: `JwtRevocationLayer` over `MemoryStore` holding 10 000 revocations;
+//! - `layer_cache_hit`: the layer over `MokaCache<PgStore>` in lookup mode, warm;
+//! - `layer_mirror`: the same in mirror mode;
+//! - `naive_pg`: a hand-written middleware that verifies the JWT and then asks Postgres
+//!   `SELECT EXISTS(... WHERE jti = $1)` on every request, as most hand-rolled revocation does.
+//!
+//! The Postgres benches find the database the way the tests do (`DATABASE_URL`, else
+//! `127.0.0.1:5432`) and use their own database `tower_jwt_revocation_bench`; without Postgres
+//! they are skipped with a message.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -19,7 +27,9 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
-use tower_jwt_revocation::{Claims, JwtRevocationLayer, MemoryStore, RevocationStore};
+use tower_jwt_revocation::{
+    CacheMode, Claims, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationStore,
+};
 
 const SECRET: &[u8] = b"benchmark-secret-benchmark-secret!!";
 
@@ -59,8 +69,41 @@ fn request(token: &str) -> Request<()> {
         .unwrap()
 }
 
+/// A pool on the bench database, created and migrated if needed; `None` without Postgres.
+async fn bench_pool() -> Option<sqlx::PgPool> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&url).ok()?;
+    let mut conn = admin.connect().await.ok()?;
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tower_jwt_revocation_bench')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .ok()?;
+    if !exists {
+        sqlx::query("CREATE DATABASE tower_jwt_revocation_bench")
+            .execute(&mut conn)
+            .await
+            .ok()?;
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(admin.database("tower_jwt_revocation_bench"))
+        .await
+        .ok()?;
+    PgStore::new(pool.clone()).migrate().await.ok()?;
+    Some(pool)
+}
+
 fn bench_check(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let token = realistic_token();
     let mut group = c.benchmark_group("check_hs256");
     group.measurement_time(Duration::from_secs(3));
@@ -112,6 +155,81 @@ fn bench_check(c: &mut Criterion) {
     group.bench_function("layer_memory", |b| {
         b.iter(|| rt.block_on(one(&mut layered, request(&token))))
     });
+    match rt.block_on(bench_pool()) {
+        None => eprintln!("SKIPPED layer_cache_hit, layer_mirror, naive_pg: no Postgres (set DATABASE_URL)"),
+        Some(pool) => {
+            let store = PgStore::new(pool.clone());
+            rt.block_on(async {
+                let exp = SystemTime::now() + Duration::from_secs(3600);
+                for i in 0..1_000 {
+                    store
+                        .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
+                        .await
+                        .unwrap();
+                }
+            });
+            for (name, mode) in [
+                ("layer_cache_hit", CacheMode::Lookup),
+                ("layer_mirror", CacheMode::Mirror),
+            ] {
+                let cache = rt.block_on(async {
+                    let cache = MokaCache::builder(store.clone()).mode(mode).start().unwrap();
+                    assert!(
+                        cache.wait_in_sync(Duration::from_secs(10)).await,
+                        "cache never in sync"
+                    );
+                    cache
+                });
+                let layer = JwtRevocationLayer::builder(cache.clone())
+                    .decoding_key(DecodingKey::from_secret(SECRET))
+                    .validation(validation())
+                    .build()
+                    .unwrap();
+                let mut layered = layer.layer(service_fn(inner));
+                rt.block_on(one(&mut layered, request(&token))); // warm: the miss, then hits
+                group.bench_function(name, |b| {
+                    b.iter(|| rt.block_on(one(&mut layered, request(&token))))
+                });
+                let m = cache.metrics();
+                eprintln!(
+                    "{name}: backend_calls={} hits={} misses={}",
+                    m.backend_calls, m.hits, m.misses
+                );
+            }
+
+            let key = DecodingKey::from_secret(SECRET);
+            let v = validation();
+            let naive_pool = pool.clone();
+            let mut naive_pg = service_fn(move |mut req: Request<()>| {
+                let verified = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .and_then(|t| decode::<Claims>(t, &key, &v).ok());
+                let pool = naive_pool.clone();
+                async move {
+                    let Some(data) = verified else {
+                        return Ok(Response::builder().status(401).body(()).unwrap());
+                    };
+                    let revoked: bool =
+                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1)")
+                            .bind(data.claims.jti.clone())
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap_or(true);
+                    if revoked {
+                        return Ok(Response::builder().status(401).body(()).unwrap());
+                    }
+                    req.extensions_mut().insert(data.claims);
+                    inner(req).await
+                }
+            });
+            group.bench_function("naive_pg", |b| {
+                b.iter(|| rt.block_on(one(&mut naive_pg, request(&token))))
+            });
+        }
+    }
     group.finish();
 }
 

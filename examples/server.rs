@@ -10,6 +10,9 @@
 //! - `ADMIN_SUBJECTS` (comma-separated subjects whose `/login` tokens carry `"admin": true`)
 //! - `DATABASE_URL` (when set: the durable Postgres ledger, migrated at start; otherwise an
 //!   in-memory store that forgets every revocation when the process exits)
+//! - `REVOCATION_CACHE` (with `DATABASE_URL`): `lookup` (default), `mirror`, or `off` (every check
+//!   queries Postgres)
+//! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
 //!
 //! Routes: `GET /healthz`, `POST /login`, `GET /me`, `POST /logout`, `POST /logout-all`,
 //! `GET /revocations`, `DELETE /admin/tokens/{jti}`. Tokens minted by any other HS256 issuer
@@ -29,8 +32,8 @@ use serde_json::{Value, json};
 use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
-    Claims, JwtRevocationLayer, MemoryStore, PgStore, Rejection, RevocationBackend, RevocationStore,
-    StoreError, spawn_purger,
+    CacheMode, Claims, FailurePolicy, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, Rejection,
+    RevocationBackend, RevocationStore, StoreError, spawn_purger,
 };
 
 /// Lifetime of the access tokens `/login` issues.
@@ -47,11 +50,13 @@ pub struct Config {
     pub secret: Vec<u8>,
     /// Subjects whose `/login` tokens carry `"admin": true`.
     pub admin_subjects: Vec<String>,
+    /// What the layer does while the store cannot answer.
+    pub failure_policy: FailurePolicy,
 }
 
 impl Config {
-    /// Reads `JWT_SECRET` and `ADMIN_SUBJECTS`.
-    pub fn from_env() -> Self {
+    /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS` and `FAILURE_POLICY`.
+    pub fn from_env() -> Result<Self, String> {
         let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
             tracing::warn!(
                 "JWT_SECRET is not set: using a PUBLIC DEVELOPMENT SECRET. Anyone can mint tokens for this \
@@ -66,10 +71,32 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
-        Self {
+        let failure_policy = match std::env::var("FAILURE_POLICY").as_deref() {
+            Err(_) | Ok("closed") => FailurePolicy::Closed,
+            Ok("open") => FailurePolicy::Open,
+            Ok(other) => {
+                return Err(format!(
+                    "FAILURE_POLICY must be `closed` or `open`, not {other:?}"
+                ));
+            }
+        };
+        Ok(Self {
             secret: secret.into_bytes(),
             admin_subjects,
-        }
+            failure_policy,
+        })
+    }
+}
+
+/// `REVOCATION_CACHE`: `None` for `off`.
+fn cache_mode_from_env() -> Result<Option<CacheMode>, String> {
+    match std::env::var("REVOCATION_CACHE").as_deref() {
+        Err(_) | Ok("lookup") => Ok(Some(CacheMode::Lookup)),
+        Ok("mirror") => Ok(Some(CacheMode::Mirror)),
+        Ok("off") => Ok(None),
+        Ok(other) => Err(format!(
+            "REVOCATION_CACHE must be `lookup`, `mirror` or `off`, not {other:?}"
+        )),
     }
 }
 
@@ -91,6 +118,7 @@ where
         .decoding_key(DecodingKey::from_secret(&config.secret))
         .validation(validation)
         .max_token_lifetime(MAX_TOKEN_LIFETIME)
+        .failure_policy(config.failure_policy)
         .realm("demo")
         .on_reject(json_rejection)
         .build()
@@ -278,21 +306,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = Config::from_env();
+    let config = Config::from_env()?;
     let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     let addr = listener.local_addr()?;
     // Revocations are purged an hour after their token's expiry, far past any validation leeway.
     let (purge_every, purge_margin) = (Duration::from_secs(600), Duration::from_secs(3600));
+    let cache_mode = cache_mode_from_env()?;
     let (app, _purger) = match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let store = PgStore::connect(&url).await?;
             store.migrate().await?;
-            tracing::info!(%addr, store = "postgres", "demo server listening");
-            (
-                app(store.clone(), config),
-                spawn_purger(store, purge_every, purge_margin)?,
-            )
+            let purger = spawn_purger(store.clone(), purge_every, purge_margin)?;
+            let app = match cache_mode {
+                Some(mode) => {
+                    let cache = MokaCache::builder(store).mode(mode).start()?;
+                    tracing::info!(%addr, store = "postgres", cache = ?mode, "demo server listening");
+                    app(cache, config)
+                }
+                None => {
+                    tracing::info!(%addr, store = "postgres", cache = "off", "demo server listening");
+                    app(store, config)
+                }
+            };
+            (app, purger)
         }
         Err(_) => {
             let store = MemoryStore::new();

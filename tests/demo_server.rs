@@ -22,6 +22,7 @@ fn demo() -> Router {
     let config = server::Config {
         secret: SECRET.to_vec(),
         admin_subjects: vec!["root".into()],
+        failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
     };
     server::app(MemoryStore::new(), config)
 }
@@ -225,10 +226,11 @@ async fn bad_input_gets_4xx_never_5xx() {
 
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
-    use tower_jwt_revocation::PgStore;
+    use tower_jwt_revocation::{MokaCache, PgStore};
     let config = || server::Config {
         secret: SECRET.to_vec(),
         admin_subjects: vec![],
+        failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -237,7 +239,13 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
             .unwrap()
     };
 
-    let first = server::app(PgStore::new(fresh_pool().await), config());
+    // The first run uses the cache tier, as the demo does by default with DATABASE_URL.
+    let first = server::app(
+        MokaCache::builder(PgStore::new(fresh_pool().await))
+            .start()
+            .unwrap(),
+        config(),
+    );
     let token = login(&first, "olga").await;
     assert_eq!(
         call(&first, "GET", "/me", Some(&token), None).await.0,
