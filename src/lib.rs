@@ -37,7 +37,8 @@
 //!
 //! Features: `rust_crypto` (default) or `aws_lc_rs` select `jsonwebtoken`'s crypto backend;
 //! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor; `postgres` adds
-//! [`PgStore`](backend::postgres::PgStore), the durable ledger shared by every instance.
+//! `PgStore`, the durable ledger shared by every instance; `moka` adds `MokaCache`, the
+//! in-process tier that answers most checks from memory.
 
 #![warn(missing_docs)]
 

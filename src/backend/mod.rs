@@ -305,7 +305,7 @@ pub enum FeedItem {
 }
 
 /// A durable, shared ledger that a cache tier can sit in front of: per-key lookups, a snapshot
-/// of the live set, and a change feed. [`PgStore`](postgres::PgStore) is one; a Redis or HTTP
+/// of the live set, and a change feed. `PgStore` (feature `postgres`) is one; a Redis or HTTP
 /// ledger can be another.
 pub trait Ledger: RevocationStore + Clone {
     /// The future of [`lookup`](Self::lookup); it owns what it needs.
