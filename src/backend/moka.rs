@@ -69,44 +69,75 @@ pub enum CacheMode {
     Mirror,
 }
 
-/// What the tier knows about one key.
+/// A revoked token or session, kept until `until` (moka drops the entry then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    /// Revoked; trusted until `until` (moka drops the entry then).
-    Revoked { until: Option<Instant> },
-    /// The subject's cutoff (Unix seconds).
-    Cutoff(u64),
-    /// Not revoked as of the time it was stored (negative entry).
-    Clear,
+struct Revoked {
+    until: Option<Instant>,
 }
 
-struct Expiry {
-    negative_ttl: Duration,
-}
+struct RevokedExpiry;
 
-impl Expiry {
-    fn ttl(&self, value: &Known, now: Instant) -> Option<Duration> {
-        match value {
-            Known::Revoked { until } => until.map(|until| until.saturating_duration_since(now)),
-            Known::Cutoff(_) => None,
-            Known::Clear => Some(self.negative_ttl),
-        }
-    }
-}
-
-impl moka::Expiry<String, Known> for Expiry {
-    fn expire_after_create(&self, _: &String, value: &Known, created_at: Instant) -> Option<Duration> {
-        self.ttl(value, created_at)
+impl moka::Expiry<String, Revoked> for RevokedExpiry {
+    fn expire_after_create(&self, _: &String, value: &Revoked, created_at: Instant) -> Option<Duration> {
+        value
+            .until
+            .map(|until| until.saturating_duration_since(created_at))
     }
 
     fn expire_after_update(
         &self,
         _: &String,
-        value: &Known,
+        value: &Revoked,
         updated_at: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        self.ttl(value, updated_at)
+        value
+            .until
+            .map(|until| until.saturating_duration_since(updated_at))
+    }
+}
+
+/// The key of a negative ("not revoked") entry: a token's three keys together, because the
+/// answer "not revoked" is about all three at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TokenKeys {
+    jti: Option<String>,
+    sid: Option<String>,
+    sub: Option<String>,
+}
+
+/// [`TokenKeys`] borrowed from a request's claims, to look up without allocating. Its `Hash`
+/// equals the owned key's (same fields, same order, `&str` hashes as `String`).
+#[derive(Hash)]
+struct TokenKeysRef<'a> {
+    jti: Option<&'a str>,
+    sid: Option<&'a str>,
+    sub: Option<&'a str>,
+}
+
+impl moka::Equivalent<TokenKeys> for TokenKeysRef<'_> {
+    fn equivalent(&self, key: &TokenKeys) -> bool {
+        self.jti == key.jti.as_deref() && self.sid == key.sid.as_deref() && self.sub == key.sub.as_deref()
+    }
+}
+
+impl TokenKeys {
+    fn of(facts: &TokenFacts<'_>) -> Self {
+        Self {
+            jti: facts.jti.map(str::to_owned),
+            sid: facts.session_id.map(str::to_owned),
+            sub: facts.subject.map(str::to_owned),
+        }
+    }
+
+    fn facts(&self, issued_at: Option<u64>, expires_at: Option<u64>) -> TokenFacts<'_> {
+        TokenFacts {
+            jti: self.jti.as_deref(),
+            session_id: self.sid.as_deref(),
+            subject: self.sub.as_deref(),
+            issued_at,
+            expires_at,
+        }
     }
 }
 
@@ -198,20 +229,24 @@ impl SyncState {
 }
 
 type SharedLookup = Result<Lookup, Arc<StoreError>>;
-type FlightKey = (Option<String>, Option<String>, Option<String>);
 
 struct Tier<B> {
     backend: B,
-    tokens: Cache<String, Known>,
-    sessions: Cache<String, Known>,
-    subjects: Cache<String, Known>,
+    /// Revoked `jti`s (positive entries).
+    tokens: Cache<String, Revoked>,
+    /// Revoked `sid`s (positive entries).
+    sessions: Cache<String, Revoked>,
+    /// Subject cutoffs, Unix seconds (positive entries; they never expire by time).
+    cutoffs: Cache<String, u64>,
+    /// Tokens whose three keys were all clear when last asked (negative entries).
+    clear: Cache<TokenKeys, ()>,
     mode: CacheMode,
     max_capacity: u64,
     /// Mirror mode loaded and still trustworthy (not fallen back).
     mirroring: Arc<AtomicBool>,
     sync: SyncState,
     counters: Counters,
-    flights: Mutex<HashMap<FlightKey, Arc<OnceCell<SharedLookup>>>>,
+    flights: Mutex<HashMap<TokenKeys, Arc<OnceCell<SharedLookup>>>>,
     feed_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -226,13 +261,6 @@ impl<B> Drop for Tier<B> {
             task.abort();
         }
     }
-}
-
-/// What memory says about one key.
-enum Answer {
-    Revoked,
-    Clear,
-    Unknown,
 }
 
 /// A cache tier over a [`Ledger`]. Build it with [`MokaCache::builder`]; clones share one cache.
@@ -321,30 +349,45 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let mirroring = Arc::new(AtomicBool::new(false));
-        let cache = |mirroring: Arc<AtomicBool>| {
-            Cache::builder()
-                .max_capacity(self.max_capacity)
-                .expire_after(Expiry {
-                    negative_ttl: self.negative_ttl,
-                })
-                .eviction_listener(move |_key, value: Known, cause| {
-                    let positive = !matches!(value, Known::Clear);
-                    if cause == moka::notification::RemovalCause::Size
-                        && positive
-                        && mirroring.swap(false, Ordering::AcqRel)
-                    {
+        let clear = Cache::builder()
+            .max_capacity(self.max_capacity)
+            .time_to_live(self.negative_ttl)
+            .build();
+        // Losing a positive entry to capacity pressure must not leave a negative that relied on
+        // it: drop every negative (they are re-asked), and stop trusting a mirror that is no
+        // longer complete.
+        let on_positive_evicted = {
+            let (mirroring, clear) = (Arc::clone(&mirroring), clear.clone());
+            move |cause: moka::notification::RemovalCause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    clear.invalidate_all();
+                    if mirroring.swap(false, Ordering::AcqRel) {
                         tracing::warn!(
                             "revocation mirror exceeded max_capacity; falling back to lookup mode"
                         );
                     }
-                })
+                }
+            }
+        };
+        let revoked = || {
+            let evicted = on_positive_evicted.clone();
+            Cache::builder()
+                .max_capacity(self.max_capacity)
+                .expire_after(RevokedExpiry)
+                .eviction_listener(move |_, _, cause| evicted(cause))
                 .build()
         };
+        let evicted = on_positive_evicted.clone();
+        let cutoffs = Cache::builder()
+            .max_capacity(self.max_capacity)
+            .eviction_listener(move |_, _, cause| evicted(cause))
+            .build();
         let tier = Arc::new(Tier {
             backend: self.backend,
-            tokens: cache(Arc::clone(&mirroring)),
-            sessions: cache(Arc::clone(&mirroring)),
-            subjects: cache(Arc::clone(&mirroring)),
+            tokens: revoked(),
+            sessions: revoked(),
+            cutoffs,
+            clear,
             mode: self.mode,
             max_capacity: self.max_capacity,
             mirroring,
@@ -466,40 +509,37 @@ impl<B> Tier<B> {
         self.mirroring.load(Ordering::Acquire) && self.sync.within_staleness()
     }
 
-    /// What memory says about `key`, for the fast path.
-    fn answer(
-        &self,
-        cache: &Cache<String, Known>,
-        key: Option<&str>,
-        issued_at: Option<u64>,
-        trust: bool,
-        mirror: bool,
-    ) -> Answer {
-        let Some(key) = key else { return Answer::Clear };
-        match cache.get(key) {
-            Some(Known::Revoked { .. }) => Answer::Revoked,
-            Some(Known::Cutoff(cutoff)) if subject_cutoff_covers(cutoff, issued_at) => Answer::Revoked,
-            Some(Known::Cutoff(_) | Known::Clear) if trust || mirror => Answer::Clear,
-            None if mirror => Answer::Clear,
-            _ => Answer::Unknown,
-        }
-    }
-
-    fn answer_from_memory(&self, facts: &TokenFacts<'_>, trust: bool, mirror: bool) -> Option<Verdict> {
-        let token = self.answer(&self.tokens, facts.jti, facts.issued_at, trust, mirror);
-        if matches!(token, Answer::Revoked) {
+    /// The answer memory can give: revoked entries always; "not revoked" when `trust_clear`
+    /// and a negative entry exists, or when `mirror` (a complete mirror has no entry).
+    /// Positive checks use `contains_key`, which records no read: most keys are not revoked.
+    fn answer_from_memory(&self, facts: &TokenFacts<'_>, trust_clear: bool, mirror: bool) -> Option<Verdict> {
+        if facts.jti.is_some_and(|jti| self.tokens.contains_key(jti)) {
             return Some(Verdict::Revoked(RevokedBy::Token));
         }
-        let session = self.answer(&self.sessions, facts.session_id, facts.issued_at, trust, mirror);
-        if matches!(session, Answer::Revoked) {
+        if facts
+            .session_id
+            .is_some_and(|sid| self.sessions.contains_key(sid))
+        {
             return Some(Verdict::Revoked(RevokedBy::Session));
         }
-        let subject = self.answer(&self.subjects, facts.subject, facts.issued_at, trust, mirror);
-        match (token, session, subject) {
-            (_, _, Answer::Revoked) => Some(Verdict::Revoked(RevokedBy::Subject)),
-            (Answer::Clear, Answer::Clear, Answer::Clear) => Some(Verdict::Active),
-            _ => None,
+        if let Some(sub) = facts.subject
+            && self.cutoffs.contains_key(sub)
+            && self
+                .cutoffs
+                .get(sub)
+                .is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at))
+        {
+            return Some(Verdict::Revoked(RevokedBy::Subject));
         }
+        if mirror {
+            return Some(Verdict::Active);
+        }
+        let keys = TokenKeysRef {
+            jti: facts.jti,
+            sid: facts.session_id,
+            sub: facts.subject,
+        };
+        (trust_clear && self.clear.contains_key(&keys)).then_some(Verdict::Active)
     }
 
     fn count(&self, answer: &Result<Verdict, StoreError>) {
@@ -512,29 +552,18 @@ impl<B> Tier<B> {
         });
     }
 
-    fn put_revoked(&self, cache: &Cache<String, Known>, key: &str, until: Option<Instant>) {
-        cache.insert(key.to_owned(), Known::Revoked { until });
-    }
-
-    /// Stores "not revoked" unless something positive is already there: an event applied while
-    /// the lookup was in flight must win over the lookup's older answer.
-    fn put_clear(&self, cache: &Cache<String, Known>, key: &str) {
-        cache
-            .entry_by_ref(key)
-            .and_compute_with(|existing| match existing.map(|e| e.into_value()) {
-                Some(Known::Revoked { .. } | Known::Cutoff(_)) => Op::Nop,
-                _ => Op::Put(Known::Clear),
-            });
+    fn put_revoked(&self, cache: &Cache<String, Revoked>, key: &str, until: Option<Instant>) {
+        cache.insert(key.to_owned(), Revoked { until });
     }
 
     /// Moves a subject's cutoff forward (never back).
     fn put_cutoff(&self, subject: &str, cutoff: u64) {
-        self.subjects.entry_by_ref(subject).and_compute_with(|existing| {
-            match existing.map(|e| e.into_value()) {
-                Some(Known::Cutoff(current)) if current >= cutoff => Op::Nop,
-                _ => Op::Put(Known::Cutoff(cutoff)),
-            }
-        });
+        self.cutoffs
+            .entry_by_ref(subject)
+            .and_compute_with(|existing| match existing {
+                Some(current) if *current.value() >= cutoff => Op::Nop,
+                _ => Op::Put(cutoff),
+            });
     }
 
     /// Applies one ledger record (from the feed, a snapshot, or a local write).
@@ -563,27 +592,22 @@ impl<B> Tier<B> {
         }
     }
 
-    /// Remembers a lookup's per-key answers.
-    fn remember(&self, key: &FlightKey, lookup: &Lookup, exp: Option<u64>) {
-        let mirror = self.mirroring.load(Ordering::Acquire);
-        let (jti, sid, sub) = key;
-        for (cache, key, revoked) in [
-            (&self.tokens, jti, lookup.token_revoked),
-            (&self.sessions, sid, lookup.session_revoked),
-        ] {
-            let Some(key) = key else { continue };
-            if revoked {
-                self.put_revoked(cache, key, deadline_from_exp(exp));
-            } else if !mirror {
-                self.put_clear(cache, key);
-            }
+    /// Remembers a lookup's answers: each revoked key on its own, and "not revoked" for the
+    /// token's keys together. A revocation that lands while the lookup is in flight is applied
+    /// as a positive entry, and positives are checked before negatives, so the lookup's older
+    /// answer can never hide it.
+    fn remember(&self, keys: &TokenKeys, lookup: &Lookup, issued_at: Option<u64>, exp: Option<u64>) {
+        if let (true, Some(jti)) = (lookup.token_revoked, &keys.jti) {
+            self.put_revoked(&self.tokens, jti, deadline_from_exp(exp));
         }
-        if let Some(sub) = sub {
-            match lookup.subject_cutoff {
-                Some(cutoff) => self.put_cutoff(sub, cutoff),
-                None if !mirror => self.put_clear(&self.subjects, sub),
-                None => {}
-            }
+        if let (true, Some(sid)) = (lookup.session_revoked, &keys.sid) {
+            self.put_revoked(&self.sessions, sid, deadline_from_exp(exp));
+        }
+        if let (Some(cutoff), Some(sub)) = (lookup.subject_cutoff, &keys.sub) {
+            self.put_cutoff(sub, cutoff);
+        }
+        if lookup.verdict(issued_at) == Verdict::Active && !self.mirroring.load(Ordering::Acquire) {
+            self.clear.insert(keys.clone(), ());
         }
     }
 }
@@ -592,11 +616,10 @@ impl<B: Ledger> Tier<B> {
     /// The slow path: one ledger lookup per set of keys, however many checks wait for it.
     async fn check_slow(
         self: Arc<Self>,
-        key: FlightKey,
+        key: TokenKeys,
         issued_at: Option<u64>,
         expires_at: Option<u64>,
     ) -> Result<Verdict, StoreError> {
-        let facts = |key| facts_of(key, issued_at, expires_at);
         let (cell, joined) = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(&key) {
@@ -604,9 +627,11 @@ impl<B: Ledger> Tier<B> {
                 None => {
                     // A flight for these keys may have just ended: its answer is remembered before
                     // the flight is removed (under this lock), so look again before starting one.
-                    if let Some(verdict) =
-                        self.answer_from_memory(&facts(&key), self.sync.fresh(), self.trust_misses())
-                    {
+                    if let Some(verdict) = self.answer_from_memory(
+                        &key.facts(issued_at, expires_at),
+                        self.sync.fresh(),
+                        self.trust_misses(),
+                    ) {
                         return Ok(verdict);
                     }
                     let cell = Arc::new(OnceCell::new());
@@ -621,10 +646,10 @@ impl<B: Ledger> Tier<B> {
         let result = cell
             .get_or_init(|| async {
                 bump(&self.counters.backend_calls);
-                let lookup = self.backend.lookup(&facts(&key)).await;
+                let lookup = self.backend.lookup(&key.facts(issued_at, expires_at)).await;
                 if let Ok(lookup) = &lookup {
                     // Remembered before the flight ends, so a check arriving after it hits memory.
-                    self.remember(&key, lookup, expires_at);
+                    self.remember(&key, lookup, issued_at, expires_at);
                 }
                 lookup.map_err(Arc::new)
             })
@@ -646,7 +671,7 @@ impl<B: Ledger> Tier<B> {
                 // last proof of sync may still answer.
                 let stale_ok = self.sync.within_staleness();
                 match self.answer_from_memory(
-                    &facts(&key),
+                    &key.facts(issued_at, expires_at),
                     stale_ok,
                     stale_ok && self.mirroring.load(Ordering::Acquire),
                 ) {
@@ -655,16 +680,6 @@ impl<B: Ledger> Tier<B> {
                 }
             }
         }
-    }
-}
-
-fn facts_of(key: &FlightKey, issued_at: Option<u64>, expires_at: Option<u64>) -> TokenFacts<'_> {
-    TokenFacts {
-        jti: key.0.as_deref(),
-        session_id: key.1.as_deref(),
-        subject: key.2.as_deref(),
-        issued_at,
-        expires_at,
     }
 }
 
@@ -715,7 +730,8 @@ impl<B: Ledger> MokaCache<B> {
             resyncs: read(&c.resyncs),
             live_entries: self.tier.tokens.entry_count()
                 + self.tier.sessions.entry_count()
-                + self.tier.subjects.entry_count(),
+                + self.tier.cutoffs.entry_count()
+                + self.tier.clear.entry_count(),
             last_propagation_ms: read(&c.last_propagation_ms),
             max_propagation_ms: read(&c.max_propagation_ms),
             mirroring: self.tier.mirroring.load(Ordering::Acquire),
@@ -773,11 +789,7 @@ impl<B: Ledger> RevocationBackend for MokaCache<B> {
 
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
         let tier = Arc::clone(&self.tier);
-        let key = (
-            facts.jti.map(str::to_owned),
-            facts.session_id.map(str::to_owned),
-            facts.subject.map(str::to_owned),
-        );
+        let key = TokenKeys::of(facts);
         let (issued_at, expires_at) = (facts.issued_at, facts.expires_at);
         Box::pin(async move {
             let counted = Arc::clone(&tier);
