@@ -1,65 +1,89 @@
 //! The per-request cost of the layer, next to what a request would cost without it.
 //!
-//! One request through a tower service stack per iteration, all in one criterion group so the
-//! numbers compare within one run:
+//! One request through a tower service stack per iteration (`ready`, then `call`), all variants
+//! of one algorithm in one criterion group so the numbers compare within one run:
 //! - `bare`: the inner service alone;
 //! - `decode_only`: a minimal hand-written middleware that takes the bearer token and verifies
-//!   it with `jsonwebtoken` (same key, same `Validation`, same claim type): the floor any JWT
-//!   layer pays;
+//!   it with `jsonwebtoken` (same key, `Validation` and claim type): the floor any JWT layer pays;
 //! - `layer_memory`: `JwtRevocationLayer` over `MemoryStore` holding 10 000 revocations;
 //! - `layer_cache_hit`: the layer over `MokaCache<PgStore>` in lookup mode, warm;
 //! - `layer_mirror`: the same in mirror mode;
 //! - `naive_pg`: a hand-written middleware that verifies the JWT and then asks Postgres
 //!   `SELECT EXISTS(... WHERE jti = $1)` on every request, as most hand-rolled revocation does.
 //!
-//! The Postgres benches find the database the way the tests do (`DATABASE_URL`, else
+//! Groups `check_hs256` and `check_es256`, with a realistic token (11 claims). A third group,
+//! `try_check`, times the backends' synchronous fast path alone.
+//!
+//! The Postgres variants find the database the way the tests do (`DATABASE_URL`, else
 //! `127.0.0.1:5432`) and use their own database `tower_jwt_revocation_bench`; without Postgres
 //! they are skipped with a message.
+
+#[path = "../tests/common/baseline.rs"]
+mod baseline;
 
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use baseline::{DecodeOnly, Ok200};
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
 use http::{Request, Response, header::AUTHORIZATION};
 use serde_json::json;
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
 use tower_jwt_revocation::{
-    CacheMode, Claims, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationStore,
+    CacheMode, Claims, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationBackend,
+    RevocationStore, TokenFacts,
 };
 
 const SECRET: &[u8] = b"benchmark-secret-benchmark-secret!!";
+const JTI: &str = "6f1c2a8e-3b9d-4f57-9a3e-1d2c3b4a5f60";
 
-fn realistic_token() -> String {
+struct Alg {
+    name: &'static str,
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+fn algorithms() -> Vec<Alg> {
     tower_jwt_revocation::decode::install_crypto_provider();
+    vec![
+        Alg {
+            name: "hs256",
+            algorithm: Algorithm::HS256,
+            encoding: EncodingKey::from_secret(SECRET),
+            decoding: DecodingKey::from_secret(SECRET),
+        },
+        Alg {
+            name: "es256",
+            algorithm: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_pem(include_bytes!("../tests/keys/es256-private.pem")).unwrap(),
+            decoding: DecodingKey::from_ec_pem(include_bytes!("../tests/keys/es256-public.pem")).unwrap(),
+        },
+    ]
+}
+
+fn realistic_token(alg: &Alg) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    // About ten claims, as an access token from a real issuer carries.
+    // Eleven claims, as an access token from a real issuer carries.
     let claims = json!({
-        "jti": "6f1c2a8e-3b9d-4f57-9a3e-1d2c3b4a5f60", "sub": "user-1234567", "sid": "session-42",
+        "jti": JTI, "sub": "user-1234567", "sid": "session-42",
         "iss": "https://auth.example.test", "aud": "api", "iat": now, "nbf": now, "exp": now + 3600,
         "scope": "read write profile", "email": "someone@example.test", "tenant": "acme",
     });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
+    encode(&Header::new(alg.algorithm), &claims, &alg.encoding).unwrap()
 }
 
-fn validation() -> Validation {
-    let mut v = Validation::new(Algorithm::HS256);
+fn validation(alg: &Alg) -> Validation {
+    let mut v = Validation::new(alg.algorithm);
     v.set_issuer(&["https://auth.example.test"]);
     v.set_audience(&["api"]);
     v.validate_nbf = true;
     v
-}
-
-async fn inner(_req: Request<()>) -> Result<Response<()>, Infallible> {
-    Ok(Response::new(()))
 }
 
 fn request(token: &str) -> Request<()> {
@@ -67,6 +91,34 @@ fn request(token: &str) -> Request<()> {
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .body(())
         .unwrap()
+}
+
+/// One request as a server drives a service: `ready().await`, then `call`.
+async fn one<S>(service: &mut S, req: Request<()>) -> u16
+where
+    S: Service<Request<()>, Response = Response<()>, Error = Infallible>,
+{
+    let ready = service.ready().await.unwrap();
+    black_box(ready.call(req).await.unwrap().status().as_u16())
+}
+
+fn bench_service<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    mut service: S,
+    token: &str,
+) where
+    S: Service<Request<()>, Response = Response<()>, Error = Infallible>,
+{
+    assert_eq!(
+        rt.block_on(one(&mut service, request(token))),
+        200,
+        "{name} must accept the token"
+    );
+    group.bench_function(name, |b| {
+        b.iter(|| rt.block_on(one(&mut service, request(token))))
+    });
 }
 
 /// A pool on the bench database, created and migrated if needed; `None` without Postgres.
@@ -94,8 +146,75 @@ async fn bench_pool() -> Option<sqlx::PgPool> {
         .connect_with(admin.database("tower_jwt_revocation_bench"))
         .await
         .ok()?;
-    PgStore::new(pool.clone()).migrate().await.ok()?;
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.ok()?;
+    let exp = SystemTime::now() + Duration::from_secs(3600);
+    for i in 0..1_000 {
+        store
+            .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
+            .await
+            .ok()?;
+    }
     Some(pool)
+}
+
+async fn started_cache(store: &PgStore, mode: CacheMode) -> MokaCache<PgStore> {
+    let cache = MokaCache::builder(store.clone()).mode(mode).start().unwrap();
+    assert!(
+        cache.wait_in_sync(Duration::from_secs(10)).await,
+        "cache never in sync"
+    );
+    cache
+}
+
+/// Verifies the JWT, then one query per request.
+#[derive(Clone)]
+struct NaivePg {
+    pool: sqlx::PgPool,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Service<Request<()>> for NaivePg {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<()>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<()>) -> Self::Future {
+        let verified = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|t| decode::<Claims>(t, &self.key, &self.validation).ok());
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let unauthorized = || {
+                let mut res = Response::new(());
+                *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+                Ok(res)
+            };
+            let Some(data) = verified else {
+                return unauthorized();
+            };
+            let revoked: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1)")
+                    .bind(data.claims.jti.clone())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(true);
+            if revoked {
+                return unauthorized();
+            }
+            req.extensions_mut().insert(data.claims);
+            Ok(Response::new(()))
+        })
+    }
 }
 
 fn bench_check(c: &mut Criterion) {
@@ -104,142 +223,108 @@ fn bench_check(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let token = realistic_token();
-    let mut group = c.benchmark_group("check_hs256");
-    group.measurement_time(Duration::from_secs(3));
-
-    let mut bare = service_fn(inner);
-    group.bench_function("bare", |b| {
-        b.iter(|| rt.block_on(one(&mut bare, request(&token))))
-    });
-
-    let key = DecodingKey::from_secret(SECRET);
-    let v = validation();
-    let mut decode_only = service_fn(move |mut req: Request<()>| {
-        let verified = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .and_then(|t| decode::<Claims>(t, &key, &v).ok());
-        async move {
-            match verified {
-                Some(data) => {
-                    req.extensions_mut().insert(data.claims);
-                    inner(req).await
-                }
-                None => Ok(Response::builder().status(401).body(()).unwrap()),
-            }
-        }
-    });
-    group.bench_function("decode_only", |b| {
-        b.iter(|| rt.block_on(one(&mut decode_only, request(&token))))
-    });
-
-    let store = MemoryStore::new();
+    let pool = rt.block_on(bench_pool());
+    if pool.is_none() {
+        eprintln!(
+            "SKIPPED layer_cache_hit, layer_mirror, naive_pg and try_check/cache_*: no Postgres (set DATABASE_URL)"
+        );
+    }
+    let memory = MemoryStore::new();
     rt.block_on(async {
         let exp = SystemTime::now() + Duration::from_secs(3600);
         for i in 0..10_000 {
-            store
+            memory
                 .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
                 .await
                 .unwrap();
         }
     });
-    let layer = JwtRevocationLayer::builder(store)
-        .decoding_key(DecodingKey::from_secret(SECRET))
-        .validation(validation())
-        .build()
-        .unwrap();
-    let mut layered = layer.layer(service_fn(inner));
-    group.bench_function("layer_memory", |b| {
-        b.iter(|| rt.block_on(one(&mut layered, request(&token))))
-    });
-    match rt.block_on(bench_pool()) {
-        None => eprintln!("SKIPPED layer_cache_hit, layer_mirror, naive_pg: no Postgres (set DATABASE_URL)"),
-        Some(pool) => {
+
+    for alg in algorithms() {
+        let token = realistic_token(&alg);
+        let mut group = c.benchmark_group(format!("check_{}", alg.name));
+        group
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
+        let layer = |backend| {
+            JwtRevocationLayer::builder(backend)
+                .decoding_key(alg.decoding.clone())
+                .validation(validation(&alg))
+                .build()
+        };
+
+        bench_service(&mut group, &rt, "bare", Ok200, &token);
+        let decode_only = DecodeOnly {
+            inner: Ok200,
+            key: alg.decoding.clone(),
+            validation: validation(&alg),
+        };
+        bench_service(&mut group, &rt, "decode_only", decode_only, &token);
+        bench_service(
+            &mut group,
+            &rt,
+            "layer_memory",
+            layer(memory.clone()).unwrap().layer(Ok200),
+            &token,
+        );
+        if let Some(pool) = &pool {
             let store = PgStore::new(pool.clone());
-            rt.block_on(async {
-                let exp = SystemTime::now() + Duration::from_secs(3600);
-                for i in 0..1_000 {
-                    store
-                        .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
-                        .await
-                        .unwrap();
-                }
-            });
             for (name, mode) in [
                 ("layer_cache_hit", CacheMode::Lookup),
                 ("layer_mirror", CacheMode::Mirror),
             ] {
-                let cache = rt.block_on(async {
-                    let cache = MokaCache::builder(store.clone()).mode(mode).start().unwrap();
-                    assert!(
-                        cache.wait_in_sync(Duration::from_secs(10)).await,
-                        "cache never in sync"
-                    );
-                    cache
-                });
-                let layer = JwtRevocationLayer::builder(cache.clone())
-                    .decoding_key(DecodingKey::from_secret(SECRET))
-                    .validation(validation())
+                let cache = rt.block_on(started_cache(&store, mode));
+                let service = JwtRevocationLayer::builder(cache.clone())
+                    .decoding_key(alg.decoding.clone())
+                    .validation(validation(&alg))
                     .build()
-                    .unwrap();
-                let mut layered = layer.layer(service_fn(inner));
-                rt.block_on(one(&mut layered, request(&token))); // warm: the miss, then hits
-                group.bench_function(name, |b| {
-                    b.iter(|| rt.block_on(one(&mut layered, request(&token))))
-                });
+                    .unwrap()
+                    .layer(Ok200);
+                bench_service(&mut group, &rt, name, service, &token);
                 let m = cache.metrics();
                 eprintln!(
                     "{name}: backend_calls={} hits={} misses={}",
                     m.backend_calls, m.hits, m.misses
                 );
             }
+            let naive = NaivePg {
+                pool: pool.clone(),
+                key: alg.decoding.clone(),
+                validation: validation(&alg),
+            };
+            bench_service(&mut group, &rt, "naive_pg", naive, &token);
+        }
+        group.finish();
+    }
 
-            let key = DecodingKey::from_secret(SECRET);
-            let v = validation();
-            let naive_pool = pool.clone();
-            let mut naive_pg = service_fn(move |mut req: Request<()>| {
-                let verified = req
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .and_then(|t| decode::<Claims>(t, &key, &v).ok());
-                let pool = naive_pool.clone();
-                async move {
-                    let Some(data) = verified else {
-                        return Ok(Response::builder().status(401).body(()).unwrap());
-                    };
-                    let revoked: bool =
-                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1)")
-                            .bind(data.claims.jti.clone())
-                            .fetch_one(&pool)
-                            .await
-                            .unwrap_or(true);
-                    if revoked {
-                        return Ok(Response::builder().status(401).body(()).unwrap());
-                    }
-                    req.extensions_mut().insert(data.claims);
-                    inner(req).await
-                }
-            });
-            group.bench_function("naive_pg", |b| {
-                b.iter(|| rt.block_on(one(&mut naive_pg, request(&token))))
-            });
+    let facts = TokenFacts {
+        jti: Some(JTI),
+        session_id: Some("session-42"),
+        subject: Some("user-1234567"),
+        issued_at: Some(1),
+        expires_at: Some(u64::MAX / 4),
+    };
+    let mut group = c.benchmark_group("try_check");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1));
+    group.bench_function("memory", |b| b.iter(|| memory.try_check(black_box(&facts))));
+    if let Some(pool) = &pool {
+        let store = PgStore::new(pool.clone());
+        for (name, mode) in [
+            ("cache_lookup", CacheMode::Lookup),
+            ("cache_mirror", CacheMode::Mirror),
+        ] {
+            let cache = rt.block_on(started_cache(&store, mode));
+            rt.block_on(cache.check(&facts)).unwrap();
+            assert!(
+                cache.try_check(&facts).is_some(),
+                "{name} must answer from memory"
+            );
+            group.bench_function(name, |b| b.iter(|| cache.try_check(black_box(&facts))));
         }
     }
     group.finish();
-}
-
-/// One request as a server drives a service: `ready().await`, then `call`.
-async fn one<S>(service: &mut S, req: Request<()>) -> u16
-where
-    S: Service<Request<()>, Response = Response<()>, Error = Infallible>,
-{
-    let ready = service.ready().await.unwrap();
-    black_box(ready.call(req).await.unwrap().status().as_u16())
 }
 
 criterion_group!(benches, bench_check);

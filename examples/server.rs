@@ -15,7 +15,9 @@
 //! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
 //!
 //! Routes: `GET /healthz`, `POST /login`, `GET /me`, `POST /logout`, `POST /logout-all`,
-//! `GET /revocations`, `DELETE /admin/tokens/{jti}`. Tokens minted by any other HS256 issuer
+//! `GET /revocations`, `DELETE /admin/tokens/{jti}`; and `GET /baseline/me`, the same handler as
+//! `/me` behind a decode-only middleware (signature and time claims, no revocation check), so
+//! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
 
 use std::sync::Arc;
@@ -30,7 +32,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
-use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
+use tower_jwt_revocation::jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
+};
 use tower_jwt_revocation::{
     CacheMode, Claims, FailurePolicy, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, Rejection,
     RevocationBackend, RevocationStore, StoreError, spawn_purger,
@@ -114,6 +118,10 @@ where
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "sub"]);
+    let decode_only = Arc::new(DecodeOnly {
+        key: DecodingKey::from_secret(&config.secret),
+        validation: validation.clone(),
+    });
     let auth = JwtRevocationLayer::builder(store.clone())
         .decoding_key(DecodingKey::from_secret(&config.secret))
         .validation(validation)
@@ -136,11 +144,45 @@ where
         .route("/revocations", get(revocations::<S>))
         .route("/admin/tokens/{jti}", delete(admin_revoke::<S>))
         .route_layer(auth);
+    let baseline =
+        Router::new()
+            .route("/baseline/me", get(me))
+            .route_layer(axum::middleware::from_fn_with_state(
+                decode_only,
+                decode_only_auth,
+            ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(baseline)
         .route("/login", post(login::<S>))
         .merge(protected)
         .with_state(state)
+}
+
+/// The comparison baseline: verify the token, no revocation check.
+struct DecodeOnly {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+async fn decode_only_auth(
+    State(decode_only): State<Arc<DecodeOnly>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let claims = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| decode::<Claims>(token, &decode_only.key, &decode_only.validation).ok());
+    match claims {
+        Some(data) => {
+            request.extensions_mut().insert(data.claims);
+            next.run(request).await
+        }
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
 }
 
 fn json_rejection(rejection: &Rejection, mut response: Response<Body>) -> Response<Body> {

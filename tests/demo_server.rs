@@ -271,3 +271,34 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
     .await;
     assert_eq!(list[0]["reason"], "logout");
 }
+
+#[tokio::test]
+async fn baseline_route_verifies_tokens_but_checks_no_revocation() {
+    let app = demo();
+    let token = login(&app, "pat").await;
+    let (status, _, me) = call(&app, "GET", "/baseline/me", Some(&token), None).await;
+    assert_eq!((status, me["sub"].as_str()), (StatusCode::OK, Some("pat")));
+    assert_eq!(
+        call(&app, "GET", "/baseline/me", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/baseline/me", Some("abc.def.ghi"), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // It is a baseline: a logout is not enforced there, while /me enforces it.
+    assert_eq!(
+        call(&app, "POST", "/logout", Some(&token), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&token), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/baseline/me", Some(&token), None).await.0,
+        StatusCode::OK
+    );
+}

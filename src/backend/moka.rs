@@ -230,16 +230,20 @@ impl SyncState {
 
 type SharedLookup = Result<Lookup, Arc<StoreError>>;
 
+/// moka caches hashed with foldhash (randomly seeded per cache): keys come from verified tokens,
+/// and SipHash cost a third of a warm check here.
+type Map<K, V> = Cache<K, V, foldhash::fast::RandomState>;
+
 struct Tier<B> {
     backend: B,
     /// Revoked `jti`s (positive entries).
-    tokens: Cache<String, Revoked>,
+    tokens: Map<String, Revoked>,
     /// Revoked `sid`s (positive entries).
-    sessions: Cache<String, Revoked>,
+    sessions: Map<String, Revoked>,
     /// Subject cutoffs, Unix seconds (positive entries; they never expire by time).
-    cutoffs: Cache<String, u64>,
+    cutoffs: Map<String, u64>,
     /// Tokens whose three keys were all clear when last asked (negative entries).
-    clear: Cache<TokenKeys, ()>,
+    clear: Map<TokenKeys, ()>,
     mode: CacheMode,
     max_capacity: u64,
     /// Mirror mode loaded and still trustworthy (not fallen back).
@@ -352,7 +356,7 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         let clear = Cache::builder()
             .max_capacity(self.max_capacity)
             .time_to_live(self.negative_ttl)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         // Losing a positive entry to capacity pressure must not leave a negative that relied on
         // it: drop every negative (they are re-asked), and stop trusting a mirror that is no
         // longer complete.
@@ -375,13 +379,13 @@ impl<B: Ledger> MokaCacheBuilder<B> {
                 .max_capacity(self.max_capacity)
                 .expire_after(RevokedExpiry)
                 .eviction_listener(move |_, _, cause| evicted(cause))
-                .build()
+                .build_with_hasher(foldhash::fast::RandomState::default())
         };
         let evicted = on_positive_evicted.clone();
         let cutoffs = Cache::builder()
             .max_capacity(self.max_capacity)
             .eviction_listener(move |_, _, cause| evicted(cause))
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let tier = Arc::new(Tier {
             backend: self.backend,
             tokens: revoked(),
@@ -552,7 +556,7 @@ impl<B> Tier<B> {
         });
     }
 
-    fn put_revoked(&self, cache: &Cache<String, Revoked>, key: &str, until: Option<Instant>) {
+    fn put_revoked(&self, cache: &Map<String, Revoked>, key: &str, until: Option<Instant>) {
         cache.insert(key.to_owned(), Revoked { until });
     }
 

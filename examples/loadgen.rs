@@ -1,0 +1,243 @@
+//! A small HTTP load generator for the demo server, loopback only.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/me --login alice \
+//!     [--connections 16] [--duration 10] [--json]
+//! ```
+//!
+//! Opens N keep-alive HTTP/1.1 connections (hyper client), each sending `GET <url>` with the
+//! bearer token back to back for the fixed duration, then prints requests/s and p50/p99
+//! latency. `--login SUB` gets the token from the server's `POST /login`; `--token T` uses one
+//! you have. It refuses any address outside the loopback range: it is for measuring a server on
+//! this machine, nothing else.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+struct Args {
+    url: Uri,
+    token: Option<String>,
+    login: Option<String>,
+    connections: usize,
+    duration: Duration,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut url, mut token, mut login, mut connections, mut duration, mut json) =
+        (None, None, None, 16, Duration::from_secs(10), false);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--url" => url = Some(value()?.parse::<Uri>().map_err(|e| e.to_string())?),
+            "--token" => token = Some(value()?),
+            "--login" => login = Some(value()?),
+            "--connections" => connections = value()?.parse().map_err(|_| "--connections takes a number")?,
+            "--duration" => {
+                duration = Duration::from_secs(value()?.parse().map_err(|_| "--duration takes seconds")?)
+            }
+            "--json" => json = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let url = url.ok_or("--url is required")?;
+    if token.is_none() && login.is_none() {
+        return Err("one of --token or --login is required".into());
+    }
+    Ok(Args {
+        url,
+        token,
+        login,
+        connections: connections.max(1),
+        duration,
+        json,
+    })
+}
+
+/// The URL's socket address, which must be on the loopback range.
+fn loopback_addr(url: &Uri) -> Result<SocketAddr, String> {
+    let host = url.host().ok_or("the URL has no host")?;
+    let port = url.port_u16().unwrap_or(80);
+    let addr = (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or("no address")?;
+    let loopback = match addr.ip() {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => ip.is_loopback(),
+    };
+    if loopback {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address; refusing to send load there"
+        ))
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn login(addr: SocketAddr, url: &Uri, sub: &str) -> Result<String, String> {
+    let mut sender = connect(addr).await?;
+    let body = serde_json::json!({ "sub": sub }).to_string();
+    let req = Request::post("/login")
+        .header("host", url.authority().map(|a| a.as_str()).unwrap_or("localhost"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    json["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no access_token in {json}"))
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    non_2xx: u64,
+    errors: u64,
+}
+
+async fn run_connection(addr: SocketAddr, url: Uri, token: String, until: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let Ok(mut sender) = connect(addr).await else {
+        tally.errors += 1;
+        return tally;
+    };
+    let path = url
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let host = url
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_else(|| "localhost".into());
+    let authorization = format!("Bearer {token}");
+    while Instant::now() < until {
+        let req = Request::get(path.as_str())
+            .header("host", host.as_str())
+            .header("authorization", authorization.as_str())
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts are valid");
+        let started = Instant::now();
+        match sender.send_request(req).await {
+            Ok(res) => {
+                let ok = res.status().is_success();
+                if res.into_body().collect().await.is_err() {
+                    tally.errors += 1;
+                    break;
+                }
+                tally
+                    .latencies_us
+                    .push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                tally.non_2xx += u64::from(!ok);
+            }
+            Err(_) => {
+                tally.errors += 1;
+                break;
+            }
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            std::process::exit(2);
+        }
+    };
+    let addr = match loopback_addr(&args.url) {
+        Ok(addr) => addr,
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            std::process::exit(2);
+        }
+    };
+    let token = match (&args.token, &args.login) {
+        (Some(token), _) => token.clone(),
+        (None, Some(sub)) => match login(addr, &args.url, sub).await {
+            Ok(token) => token,
+            Err(message) => {
+                eprintln!("loadgen: login failed: {message}");
+                std::process::exit(1);
+            }
+        },
+        (None, None) => unreachable!("parse_args requires one"),
+    };
+    let started = Instant::now();
+    let until = started + args.duration;
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|_| tokio::spawn(run_connection(addr, args.url.clone(), token.clone(), until)))
+        .collect();
+    let mut all = Tally::default();
+    for task in tasks {
+        if let Ok(tally) = task.await {
+            all.latencies_us.extend(tally.latencies_us);
+            all.non_2xx += tally.non_2xx;
+            all.errors += tally.errors;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.latencies_us.sort_unstable();
+    let requests = all.latencies_us.len();
+    let rps = requests as f64 / elapsed;
+    let (p50, p99) = (
+        percentile(&all.latencies_us, 0.50),
+        percentile(&all.latencies_us, 0.99),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "url": args.url.to_string(), "connections": args.connections, "seconds": elapsed,
+                "requests": requests, "rps": rps, "p50_us": p50, "p99_us": p99,
+                "non_2xx": all.non_2xx, "errors": all.errors,
+            })
+        );
+    } else {
+        println!(
+            "{}: {requests} requests in {elapsed:.1} s over {} connections: {rps:.0} req/s, p50 {p50} µs, p99 {p99} µs, \
+             {} non-2xx, {} errors",
+            args.url, args.connections, all.non_2xx, all.errors
+        );
+    }
+    if all.non_2xx > 0 || all.errors > 0 || requests == 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,76 @@
+//! The decode-only baseline every measurement compares the layer with: a minimal hand-written
+//! middleware that takes the bearer token and verifies it with `jsonwebtoken` (same keys, same
+//! `Validation`, same claim type), inserts the claims and calls the inner service. It is the
+//! floor any JWT layer pays. Shared by the benchmark and the allocation test.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+
+use http::{Request, Response, header::AUTHORIZATION};
+use tower::Service;
+use tower_jwt_revocation::Claims;
+use tower_jwt_revocation::jsonwebtoken::{DecodingKey, Validation, decode};
+
+#[derive(Clone)]
+pub struct DecodeOnly<S> {
+    pub inner: S,
+    pub key: DecodingKey,
+    pub validation: Validation,
+}
+
+impl<S> Service<Request<()>> for DecodeOnly<S>
+where
+    S: Service<
+            Request<()>,
+            Response = Response<()>,
+            Error = Infallible,
+            Future = Ready<Result<Response<()>, Infallible>>,
+        >,
+{
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<()>) -> Self::Future {
+        let verified = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|t| decode::<Claims>(t, &self.key, &self.validation).ok());
+        match verified {
+            Some(data) => {
+                req.extensions_mut().insert(data.claims);
+                self.inner.call(req)
+            }
+            None => {
+                let mut res = Response::new(());
+                *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+                ready(Ok(res))
+            }
+        }
+    }
+}
+
+/// The inner service of every measurement: answers at once, allocates nothing.
+#[derive(Clone, Copy)]
+pub struct Ok200;
+
+impl Service<Request<()>> for Ok200 {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        ready(Ok(Response::new(())))
+    }
+}
