@@ -20,6 +20,9 @@
 //! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
 
+#[path = "support/store.rs"]
+mod store;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,13 +34,13 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use store::{WithStore, with_store_from_env};
 use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
 use tower_jwt_revocation::{
-    CacheMode, Claims, FailurePolicy, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, Rejection,
-    RevocationBackend, RevocationStore, StoreError, spawn_purger,
+    Claims, FailurePolicy, JwtRevocationLayer, Rejection, RevocationBackend, RevocationStore, StoreError,
 };
 
 /// Lifetime of the access tokens `/login` issues.
@@ -75,32 +78,12 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
-        let failure_policy = match std::env::var("FAILURE_POLICY").as_deref() {
-            Err(_) | Ok("closed") => FailurePolicy::Closed,
-            Ok("open") => FailurePolicy::Open,
-            Ok(other) => {
-                return Err(format!(
-                    "FAILURE_POLICY must be `closed` or `open`, not {other:?}"
-                ));
-            }
-        };
+        let failure_policy = store::failure_policy_from_env()?;
         Ok(Self {
             secret: secret.into_bytes(),
             admin_subjects,
             failure_policy,
         })
-    }
-}
-
-/// `REVOCATION_CACHE`: `None` for `off`.
-fn cache_mode_from_env() -> Result<Option<CacheMode>, String> {
-    match std::env::var("REVOCATION_CACHE").as_deref() {
-        Err(_) | Ok("lookup") => Ok(Some(CacheMode::Lookup)),
-        Ok("mirror") => Ok(Some(CacheMode::Mirror)),
-        Ok("off") => Ok(None),
-        Ok(other) => Err(format!(
-            "REVOCATION_CACHE must be `lookup`, `mirror` or `off`, not {other:?}"
-        )),
     }
 }
 
@@ -341,6 +324,26 @@ async fn admin_revoke<S: RevocationStore>(
     }
 }
 
+struct Serve {
+    config: Config,
+    listener: tokio::net::TcpListener,
+}
+
+impl WithStore for Serve {
+    async fn run<S>(self, store: S, description: &'static str) -> Result<(), Box<dyn std::error::Error>>
+    where
+        S: RevocationBackend + RevocationStore + Clone,
+    {
+        tracing::info!(addr = %self.listener.local_addr()?, store = description, "demo server listening");
+        axum::serve(self.listener, app(store, self.config))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -351,41 +354,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::from_env()?;
     let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
-    let addr = listener.local_addr()?;
-    // Revocations are purged an hour after their token's expiry, far past any validation leeway.
-    let (purge_every, purge_margin) = (Duration::from_secs(600), Duration::from_secs(3600));
-    let cache_mode = cache_mode_from_env()?;
-    let (app, _purger) = match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            let store = PgStore::connect(&url).await?;
-            store.migrate().await?;
-            let purger = spawn_purger(store.clone(), purge_every, purge_margin)?;
-            let app = match cache_mode {
-                Some(mode) => {
-                    let cache = MokaCache::builder(store).mode(mode).start()?;
-                    tracing::info!(%addr, store = "postgres", cache = ?mode, "demo server listening");
-                    app(cache, config)
-                }
-                None => {
-                    tracing::info!(%addr, store = "postgres", cache = "off", "demo server listening");
-                    app(store, config)
-                }
-            };
-            (app, purger)
-        }
-        Err(_) => {
-            let store = MemoryStore::new();
-            tracing::info!(%addr, store = "memory", "demo server listening (revocations are lost on exit)");
-            (
-                app(store.clone(), config),
-                spawn_purger(store, purge_every, purge_margin)?,
-            )
-        }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    with_store_from_env(Serve { config, listener }).await
 }

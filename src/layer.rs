@@ -77,6 +77,8 @@ pub struct Metrics {
     pub authorized: u64,
     /// Requests without a token passed through by an `optional()` layer.
     pub anonymous: u64,
+    /// Requests whose path the `skip_paths` predicate exempted.
+    pub skipped: u64,
     /// 401s for a missing token.
     pub rejected_missing: u64,
     /// 400s for malformed credentials.
@@ -97,6 +99,7 @@ pub struct Metrics {
 pub(crate) struct Counters {
     authorized: AtomicU64,
     anonymous: AtomicU64,
+    skipped: AtomicU64,
     rejected_missing: AtomicU64,
     rejected_malformed: AtomicU64,
     rejected_invalid: AtomicU64,
@@ -117,6 +120,7 @@ impl Counters {
         Metrics {
             authorized: read(&self.authorized),
             anonymous: read(&self.anonymous),
+            skipped: read(&self.skipped),
             rejected_missing: read(&self.rejected_missing),
             rejected_malformed: read(&self.rejected_malformed),
             rejected_invalid: read(&self.rejected_invalid),
@@ -128,20 +132,47 @@ impl Counters {
     }
 }
 
+/// A predicate on the request path: `true` exempts the request from the layer.
+pub(crate) type SkipPaths = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Everything a request needs, built once and shared by `Arc`.
-#[derive(Debug)]
 pub(crate) struct Shared<S, R> {
     pub(crate) backend: S,
     pub(crate) verifier: Verifier,
     pub(crate) policy: FailurePolicy,
     pub(crate) optional: bool,
+    pub(crate) skip_paths: Option<SkipPaths>,
     pub(crate) max_token_len: usize,
     pub(crate) settings: RejectSettings,
     pub(crate) reject: R,
     pub(crate) counters: Counters,
 }
 
+impl<S: std::fmt::Debug, R: std::fmt::Debug> std::fmt::Debug for Shared<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("backend", &self.backend)
+            .field("verifier", &self.verifier)
+            .field("policy", &self.policy)
+            .field("optional", &self.optional)
+            .field("skip_paths", &self.skip_paths.is_some())
+            .field("max_token_len", &self.max_token_len)
+            .field("settings", &self.settings)
+            .field("reject", &self.reject)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S, R> Shared<S, R> {
+    /// Whether the request at `path` is exempt from the layer; counted when it is.
+    pub(crate) fn skips(&self, path: &str) -> bool {
+        let skip = self.skip_paths.as_ref().is_some_and(|skip| skip(path));
+        if skip {
+            bump(&self.counters.skipped);
+        }
+        skip
+    }
+
     /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy.
     /// The one place this decision is made, for the fast and the slow path alike.
     pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
@@ -282,6 +313,7 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     policy: FailurePolicy,
     missing_jti: MissingJti,
     optional: bool,
+    skip_paths: Option<SkipPaths>,
     max_token_len: usize,
     settings: RejectSettings,
     reject: R,
@@ -304,6 +336,7 @@ impl<S> JwtRevocationBuilder<S> {
             policy: FailurePolicy::default(),
             missing_jti: MissingJti::default(),
             optional: false,
+            skip_paths: None,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             settings: RejectSettings::default(),
             reject: DefaultReject,
@@ -369,6 +402,26 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         self
     }
 
+    /// Exempts requests whose URI path matches `predicate`: they reach the inner service with
+    /// no token required and no claims. For carving out unauthenticated methods of a tonic
+    /// server (`/grpc.health.v1.Health/Check`, reflection, a `Login` method), where the layer
+    /// wraps the whole server; with axum, prefer `Router::route_layer` on the protected routes.
+    ///
+    /// ```
+    /// # use tower_jwt_revocation::{JwtRevocationLayer, MemoryStore};
+    /// # use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+    /// let layer = JwtRevocationLayer::builder(MemoryStore::new())
+    ///     .decoding_key(DecodingKey::from_secret(b"secret"))
+    ///     .skip_paths(|path| path.starts_with("/grpc.health.v1.Health/") || path == "/demo.Auth/Login")
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn skip_paths(mut self, predicate: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.skip_paths = Some(Arc::new(predicate));
+        self
+    }
+
     /// The `realm` of the `WWW-Authenticate` challenge.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
         self.settings.realm = Some(realm.into());
@@ -401,6 +454,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             policy: self.policy,
             missing_jti: self.missing_jti,
             optional: self.optional,
+            skip_paths: self.skip_paths,
             max_token_len: self.max_token_len,
             settings: self.settings,
             reject: self.reject,
@@ -420,6 +474,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             policy: self.policy,
             missing_jti: self.missing_jti,
             optional: self.optional,
+            skip_paths: self.skip_paths,
             max_token_len: self.max_token_len,
             settings: self.settings,
             reject,
@@ -453,6 +508,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 verifier,
                 policy: self.policy,
                 optional: self.optional,
+                skip_paths: self.skip_paths,
                 max_token_len: self.max_token_len,
                 settings: self.settings,
                 reject: self.reject,

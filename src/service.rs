@@ -81,6 +81,9 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
+        if shared.skips(request.uri().path()) {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
         let token = match bearer_token(request.headers(), shared.max_token_len) {
             Ok(Some(token)) => token,
             Ok(None) if shared.optional => {

@@ -509,3 +509,29 @@ async fn revocation_outlives_the_request_that_made_it() {
         invalid_token("token revoked")
     );
 }
+
+#[tokio::test]
+async fn skipped_paths_need_no_token_and_get_no_claims() {
+    let layer = builder(MemoryStore::new())
+        .skip_paths(|path| path == "/maybe")
+        .build()
+        .unwrap();
+    let app = app(layer.clone());
+    let skipped = send(&app, get_with("/maybe", &[])).await;
+    assert_eq!(
+        (skipped.status, skipped.body.as_str()),
+        (StatusCode::OK, "anonymous")
+    );
+    // Even a garbage token is not looked at on a skipped path.
+    assert_eq!(
+        send(&app, get_with("/maybe", &["Bearer abc.def.ghi"]))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, get_with("/me", &[])).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(layer.metrics().skipped, 2);
+}

@@ -1,57 +1,23 @@
-//! The layer under a bare hyper 1 server, no framework: a non-axum body type, a real TCP
-//! connection on loopback.
+//! The layer under a bare hyper 1 server, no framework (`examples/hyper_server.rs`): a non-axum
+//! body type, a real TCP connection on loopback.
+
+#[path = "../examples/hyper_server.rs"]
+mod hyper_server;
 
 mod common;
-
-use std::convert::Infallible;
 
 use bytes::Bytes;
 use common::*;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tower::{Layer, service_fn};
-use tower_jwt_revocation::jsonwebtoken::DecodingKey;
-use tower_jwt_revocation::{Claims, JwtRevocationLayer, MemoryStore, RevocationStore};
+use tower_jwt_revocation::{FailurePolicy, MemoryStore};
 
-async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let sub = req
-        .extensions()
-        .get::<Claims>()
-        .and_then(|c| c.sub.clone())
-        .unwrap_or_default();
-    Ok(Response::new(Full::new(Bytes::from(format!("hello {sub}")))))
-}
-
-async fn serve(store: MemoryStore) -> std::net::SocketAddr {
-    let layer = JwtRevocationLayer::builder(store)
-        .decoding_key(DecodingKey::from_secret(SECRET))
-        .build()
-        .unwrap();
-    let service = layer.layer(service_fn(hello));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn get(
+async fn send(
     addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
     authorization: Option<&str>,
 ) -> (StatusCode, Option<String>, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -59,7 +25,10 @@ async fn get(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::get("/").header("host", "localhost");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
     if let Some(auth) = authorization {
         req = req.header(AUTHORIZATION, auth);
     }
@@ -77,26 +46,40 @@ async fn get(
 }
 
 #[tokio::test]
-async fn layer_serves_a_bare_hyper_server() {
-    let store = MemoryStore::new();
-    let addr = serve(store.clone()).await;
-    let token = mint(claims("h1", "hana"));
-    let auth = format!("Bearer {token}");
+async fn the_hyper_example_enforces_logout_over_http() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hyper_server::serve(
+        listener,
+        MemoryStore::new(),
+        SECRET,
+        FailurePolicy::Closed,
+    ));
+    let auth = format!("Bearer {}", mint(claims("h1", "hana")));
 
+    let (status, _, body) = send(addr, Method::GET, "/me", Some(&auth)).await;
+    assert_eq!(status, StatusCode::OK);
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        get(addr, Some(&auth)).await,
-        (StatusCode::OK, None, "hello hana".to_owned())
+        (me["sub"].as_str(), me["jti"].as_str()),
+        (Some("hana"), Some("h1"))
+    );
+
+    let (status, challenge, _) = send(addr, Method::GET, "/me", None).await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (StatusCode::UNAUTHORIZED, Some("Bearer"))
     );
     assert_eq!(
-        get(addr, None).await,
-        (StatusCode::UNAUTHORIZED, Some("Bearer".to_owned()), String::new())
+        send(addr, Method::GET, "/nope", Some(&auth)).await.0,
+        StatusCode::NOT_FOUND
     );
 
-    store
-        .revoke("h1", Some("hana"), in_an_hour(), None, None)
-        .await
-        .unwrap();
-    let (status, challenge, _) = get(addr, Some(&auth)).await;
+    assert_eq!(
+        send(addr, Method::POST, "/logout", Some(&auth)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, challenge, _) = send(addr, Method::GET, "/me", Some(&auth)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         challenge.as_deref(),

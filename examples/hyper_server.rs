@@ -1,0 +1,151 @@
+//! The layer on a bare hyper 1 server (`hyper-util`), no framework.
+//!
+//! ```text
+//! cargo run --example hyper_server      # BIND_ADDR (default 127.0.0.1:3001), JWT_SECRET,
+//!                                       # DATABASE_URL, REVOCATION_CACHE, FAILURE_POLICY
+//! ```
+//!
+//! `GET /me` answers the caller's claims as JSON; `POST /logout` revokes the presented token;
+//! anything else is 404. The layer wraps a `tower::service_fn` whose body type is
+//! `http_body_util::Full<Bytes>` (any body with an empty `Default` works), and
+//! `TowerToHyperService` hands it to hyper. Tokens are minted elsewhere (the axum demo's
+//! `/login`, or any HS256 issuer with the same secret).
+#![allow(dead_code)]
+
+#[path = "support/store.rs"]
+mod store;
+
+use std::convert::Infallible;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use store::{WithStore, with_store_from_env};
+use tower::{Layer, service_fn};
+use tower_jwt_revocation::backend::from_unix_seconds;
+use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn handle<S: RevocationStore>(
+    store: S,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // The layer only lets requests with verified, unrevoked claims through.
+    let Some(claims) = request.extensions().get::<Claims>().cloned() else {
+        return Ok(json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "unauthorized"}),
+        ));
+    };
+    Ok(match (request.method(), request.uri().path()) {
+        (&Method::GET, "/me") => json(
+            StatusCode::OK,
+            serde_json::json!({"sub": claims.sub, "jti": claims.jti, "exp": claims.exp}),
+        ),
+        (&Method::POST, "/logout") => {
+            let exp = claims.exp.map_or_else(SystemTime::now, from_unix_seconds);
+            match claims.token_id() {
+                Some(jti) => match store
+                    .revoke(jti, claims.sub.as_deref(), exp, Some("logout"), None)
+                    .await
+                {
+                    Ok(_) => Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(Full::default())
+                        .unwrap_or_default(),
+                    Err(_) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"error": "temporarily_unavailable"}),
+                    ),
+                },
+                None => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "token has no id"}),
+                ),
+            }
+        }
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found"})),
+    })
+}
+
+/// Serves on `listener` until the task is dropped: one hyper HTTP/1.1 connection task per client.
+pub async fn serve<S>(listener: tokio::net::TcpListener, store: S, secret: &[u8], policy: FailurePolicy)
+where
+    S: RevocationBackend + RevocationStore + Clone,
+{
+    let layer = JwtRevocationLayer::builder(store.clone())
+        .decoding_key(DecodingKey::from_secret(secret))
+        .failure_policy(policy)
+        .build()
+        .expect("the demo's layer configuration is valid");
+    let service = layer.layer(service_fn(move |request| handle(store.clone(), request)));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+struct Demo {
+    listener: tokio::net::TcpListener,
+    secret: Vec<u8>,
+    policy: FailurePolicy,
+}
+
+impl WithStore for Demo {
+    async fn run<S>(self, store: S, description: &'static str) -> Result<(), Box<dyn std::error::Error>>
+    where
+        S: RevocationBackend + RevocationStore + Clone,
+    {
+        tracing::info!(addr = %self.listener.local_addr()?, store = description, "hyper demo listening");
+        serve(self.listener, store, &self.secret, self.policy).await;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
+        tracing::warn!(
+            "JWT_SECRET is not set: using a PUBLIC DEVELOPMENT SECRET. Set JWT_SECRET before exposing it."
+        );
+        "dev-only-secret-change-me-dev-only-secret".to_owned()
+    });
+    let policy = store::failure_policy_from_env()?;
+    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3001".to_owned());
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    with_store_from_env(Demo {
+        listener,
+        secret: secret.into_bytes(),
+        policy,
+    })
+    .await
+}

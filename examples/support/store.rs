@@ -1,0 +1,83 @@
+//! The store set-up every demo server shares: Postgres (behind the cache tier, or not) when
+//! `DATABASE_URL` is set, the in-memory store otherwise, plus a purger. The demo hands a
+//! [`WithStore`] to [`with_store_from_env`], which calls it with whichever concrete store the
+//! environment asks for.
+//!
+//! Environment: `DATABASE_URL`; `REVOCATION_CACHE` = `lookup` (default), `mirror` or `off`;
+//! `FAILURE_POLICY` = `closed` (default) or `open`.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use tower_jwt_revocation::{
+    CacheMode, FailurePolicy, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
+    spawn_purger,
+};
+
+/// What a demo does with its store once it has one.
+pub trait WithStore {
+    /// Runs the demo on `store`; `description` names it for the logs.
+    fn run<S>(
+        self,
+        store: S,
+        description: &'static str,
+    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error>>>
+    where
+        S: RevocationBackend + RevocationStore + Clone;
+}
+
+/// `FAILURE_POLICY`: `closed` (default) or `open`.
+pub fn failure_policy_from_env() -> Result<FailurePolicy, String> {
+    match std::env::var("FAILURE_POLICY").as_deref() {
+        Err(_) | Ok("closed") => Ok(FailurePolicy::Closed),
+        Ok("open") => Ok(FailurePolicy::Open),
+        Ok(other) => Err(format!(
+            "FAILURE_POLICY must be `closed` or `open`, not {other:?}"
+        )),
+    }
+}
+
+/// `REVOCATION_CACHE`: `None` for `off`.
+fn cache_mode_from_env() -> Result<Option<CacheMode>, String> {
+    match std::env::var("REVOCATION_CACHE").as_deref() {
+        Err(_) | Ok("lookup") => Ok(Some(CacheMode::Lookup)),
+        Ok("mirror") => Ok(Some(CacheMode::Mirror)),
+        Ok("off") => Ok(None),
+        Ok(other) => Err(format!(
+            "REVOCATION_CACHE must be `lookup`, `mirror` or `off`, not {other:?}"
+        )),
+    }
+}
+
+/// Builds the store the environment names and runs `demo` on it. Revocations are purged an hour
+/// after their token's expiry, far past any validation leeway.
+pub async fn with_store_from_env<W: WithStore>(demo: W) -> Result<(), Box<dyn std::error::Error>> {
+    let (every, margin) = (Duration::from_secs(600), Duration::from_secs(3600));
+    let cache_mode = cache_mode_from_env()?;
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = PgStore::connect(&url).await?;
+            store.migrate().await?;
+            let _purger = spawn_purger(store.clone(), every, margin)?;
+            match cache_mode {
+                Some(CacheMode::Lookup) => {
+                    let cache = MokaCache::builder(store).mode(CacheMode::Lookup).start()?;
+                    demo.run(cache, "postgres behind the moka cache (lookup mode)")
+                        .await
+                }
+                Some(CacheMode::Mirror) => {
+                    let cache = MokaCache::builder(store).mode(CacheMode::Mirror).start()?;
+                    demo.run(cache, "postgres behind the moka cache (mirror mode)")
+                        .await
+                }
+                None => demo.run(store, "postgres, no cache").await,
+            }
+        }
+        Err(_) => {
+            let store = MemoryStore::new();
+            let _purger = spawn_purger(store.clone(), every, margin)?;
+            demo.run(store, "memory (revocations are lost on exit)").await
+        }
+    }
+}
