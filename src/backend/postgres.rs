@@ -763,3 +763,29 @@ where
     });
     Ok(Purger { task })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_never_unavailable() {
+        assert!(matches!(classify(sqlx::Error::RowNotFound), StoreError::Query(_)));
+        assert!(matches!(classify(sqlx::Error::ColumnNotFound("cutoff".into())), StoreError::Query(_)));
+        assert!(matches!(classify(sqlx::Error::PoolTimedOut), StoreError::Unavailable(_)));
+        assert!(matches!(classify(sqlx::Error::PoolClosed), StoreError::Unavailable(_)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(classify(sqlx::Error::Io(refused)), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn notification_payloads_round_trip_and_truncated_ones_are_reread() {
+        let full = r#"{"kind":"token","key":"j1","subject":"alice","expires_at":2000000000.5,
+            "seq":7,"revoked_at":1700000000.25,"reason":"logout","revoked_by":null}"#;
+        let event = serde_json::from_str::<Payload>(full).unwrap().into_event().unwrap();
+        assert_eq!((event.seq, event.record.key.as_str()), (7, "j1"));
+        assert_eq!(event.record.kind, RevocationKind::Token);
+        let truncated = r#"{"kind":"token","seq":8,"truncated":true}"#;
+        assert!(serde_json::from_str::<Payload>(truncated).unwrap().into_event().is_none());
+    }
+}
