@@ -51,6 +51,7 @@ mod future;
 mod layer;
 pub mod reject;
 mod service;
+pub mod session;
 
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};

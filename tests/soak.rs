@@ -143,7 +143,11 @@ async fn revocations_hold_through_listener_kills_and_a_database_outage(pool: PgP
             killed += terminate(
                 &mut admin,
                 &db,
-                Some(if tick.is_multiple_of(30) { "soak-a" } else { "soak-b" }),
+                Some(if tick.is_multiple_of(30) {
+                    "soak-a"
+                } else {
+                    "soak-b"
+                }),
             )
             .await;
         }

@@ -234,6 +234,11 @@ where
     }
 }
 
+/// [`classify`], for the session module's queries.
+pub(crate) fn bounded_sql(error: sqlx::Error) -> StoreError {
+    classify(error)
+}
+
 /// Tells "the store cannot be reached" from "the store answered with an error".
 fn classify(error: sqlx::Error) -> StoreError {
     match &error {
@@ -260,14 +265,14 @@ fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
-fn epoch_seconds(time: SystemTime) -> f64 {
+pub(crate) fn epoch_seconds(time: SystemTime) -> f64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
         Err(before) => -before.duration().as_secs_f64(),
     }
 }
 
-fn from_epoch_seconds(seconds: f64) -> SystemTime {
+pub(crate) fn from_epoch_seconds(seconds: f64) -> SystemTime {
     if seconds >= 0.0 {
         UNIX_EPOCH + Duration::from_secs_f64(seconds)
     } else {
@@ -771,21 +776,41 @@ mod tests {
     #[test]
     fn not_found_is_never_unavailable() {
         assert!(matches!(classify(sqlx::Error::RowNotFound), StoreError::Query(_)));
-        assert!(matches!(classify(sqlx::Error::ColumnNotFound("cutoff".into())), StoreError::Query(_)));
-        assert!(matches!(classify(sqlx::Error::PoolTimedOut), StoreError::Unavailable(_)));
-        assert!(matches!(classify(sqlx::Error::PoolClosed), StoreError::Unavailable(_)));
+        assert!(matches!(
+            classify(sqlx::Error::ColumnNotFound("cutoff".into())),
+            StoreError::Query(_)
+        ));
+        assert!(matches!(
+            classify(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(sqlx::Error::PoolClosed),
+            StoreError::Unavailable(_)
+        ));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(matches!(classify(sqlx::Error::Io(refused)), StoreError::Unavailable(_)));
+        assert!(matches!(
+            classify(sqlx::Error::Io(refused)),
+            StoreError::Unavailable(_)
+        ));
     }
 
     #[test]
     fn notification_payloads_round_trip_and_truncated_ones_are_reread() {
         let full = r#"{"kind":"token","key":"j1","subject":"alice","expires_at":2000000000.5,
             "seq":7,"revoked_at":1700000000.25,"reason":"logout","revoked_by":null}"#;
-        let event = serde_json::from_str::<Payload>(full).unwrap().into_event().unwrap();
+        let event = serde_json::from_str::<Payload>(full)
+            .unwrap()
+            .into_event()
+            .unwrap();
         assert_eq!((event.seq, event.record.key.as_str()), (7, "j1"));
         assert_eq!(event.record.kind, RevocationKind::Token);
         let truncated = r#"{"kind":"token","seq":8,"truncated":true}"#;
-        assert!(serde_json::from_str::<Payload>(truncated).unwrap().into_event().is_none());
+        assert!(
+            serde_json::from_str::<Payload>(truncated)
+                .unwrap()
+                .into_event()
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,358 @@
+//! [`PgSessions`]: sessions in Postgres (`jwt_sessions`, `jwt_session_used_tokens`).
+//!
+//! Every operation is one transaction. Rotation locks the session row (`SELECT ... FOR UPDATE`)
+//! and replaces the hash with a compare-and-set; a concurrent rotation of the same token waits
+//! for the lock, then no longer finds the token current and takes the reuse path. Reuse,
+//! `revoke` and `revoke_all` write the session revocation (and, for `revoke_all`, the subject
+//! cutoff) into the revocation ledger *in the same transaction*, so a session can never be ended
+//! without its access tokens being refused. After the commit, the wrapped [`RevocationStore`]
+//! (the layer's backend, e.g. a cache) is told too, for read-your-writes on this instance.
+//!
+//! Only an `Ok` body commits; an error anywhere rolls the whole transaction back, so the presented
+//! refresh token is then still the current one. (Outcomes that must persist, such as a used
+//! grace replay or a detected reuse, are returned as `Ok` values inside the transaction.)
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Issued, Session, SessionConfig, SessionError, SessionMeta, Sessions, random_session_id, random_token,
+    token_hash,
+};
+use crate::backend::postgres::{bounded_sql, epoch_seconds, from_epoch_seconds};
+use crate::backend::{RevocationStore, StoreError};
+
+/// Runs `$body` (which may `return` early) in one transaction on `$self.pool`, committed only
+/// if it returns `Ok`, the whole bounded by the sessions' timeout.
+macro_rules! in_tx {
+    ($self:ident, |$tx:ident| $body:block) => {
+        $self
+            .bounded(async {
+                let mut txn = $self.pool.begin().await.map_err(sql)?;
+                let value: Result<_, SessionError> = {
+                    let $tx: &mut Transaction<'static, Postgres> = &mut txn;
+                    async $body.await
+                };
+                let value = value?;
+                txn.commit().await.map_err(sql)?;
+                Ok(value)
+            })
+            .await
+    };
+}
+
+/// Postgres [`Sessions`]; `store` is the layer's backend, told of every session it ends.
+#[derive(Debug, Clone)]
+pub struct PgSessions<S> {
+    pool: PgPool,
+    store: S,
+    config: SessionConfig,
+    timeout: Duration,
+}
+
+impl<S: RevocationStore> PgSessions<S> {
+    /// Sessions on `pool` (migrated by [`PgStore::migrate`](crate::PgStore::migrate)), ending
+    /// sessions through `store` too. Every call is bounded by 2 s.
+    pub fn new(pool: PgPool, store: S, config: SessionConfig) -> Self {
+        Self {
+            pool,
+            store,
+            config,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Bounds every call. Default 2 s.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::Store(StoreError::Timeout(self.timeout))),
+        }
+    }
+
+    /// After the commit: tell the layer's backend (read-your-writes; idempotent in the ledger).
+    async fn tell_store(
+        &self,
+        ended: &[(String, String)],
+        cutoff_subject: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let until = SystemTime::now() + self.config.access_token_lifetime;
+        for (sid, subject) in ended {
+            self.store
+                .revoke_session(sid, Some(subject), until, Some("session ended"), None)
+                .await?;
+        }
+        if let Some(subject) = cutoff_subject {
+            self.store
+                .revoke_subject(subject, SystemTime::now(), Some("revoke_all"), None)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn sql(e: sqlx::Error) -> SessionError {
+    SessionError::Store(bounded_sql(e))
+}
+
+/// Records the session revocation in the ledger, inside the session transaction.
+async fn end_session(
+    tx: &mut Transaction<'static, Postgres>,
+    sid: &str,
+    subject: &str,
+    access_token_lifetime: Duration,
+    reason: &str,
+) -> Result<(), SessionError> {
+    sqlx::query("UPDATE jwt_sessions SET revoked_at = now() WHERE session_id = $1 AND revoked_at IS NULL")
+        .bind(sid)
+        .execute(&mut **tx)
+        .await
+        .map_err(sql)?;
+    sqlx::query(
+        "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason) \
+         VALUES ($1, $2, now() + make_interval(secs => $3), $4) ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(sid)
+    .bind(subject)
+    .bind(access_token_lifetime.as_secs_f64())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await
+    .map_err(sql)?;
+    Ok(())
+}
+
+fn session_from_row(row: &PgRow) -> Result<Session, SessionError> {
+    let get = |e: sqlx::Error| SessionError::Store(StoreError::Query(Box::new(e)));
+    Ok(Session {
+        id: row.try_get("session_id").map_err(get)?,
+        subject: row.try_get("subject").map_err(get)?,
+        created_at: from_epoch_seconds(row.try_get("created_at").map_err(get)?),
+        last_used_at: from_epoch_seconds(row.try_get("last_used_at").map_err(get)?),
+        expires_at: from_epoch_seconds(row.try_get("expires_at").map_err(get)?),
+        meta: SessionMeta {
+            user_agent: row.try_get("user_agent").map_err(get)?,
+            ip: row.try_get("ip").map_err(get)?,
+        },
+    })
+}
+
+macro_rules! session_columns {
+    () => {
+        "session_id, subject, user_agent, ip, \
+         extract(epoch FROM created_at)::float8 AS created_at, \
+         extract(epoch FROM last_used_at)::float8 AS last_used_at, \
+         extract(epoch FROM expires_at)::float8 AS expires_at"
+    };
+}
+
+enum Rotation {
+    Rotated(Session),
+    /// Committed: `grace_used` is now set.
+    Superseded,
+    Reused(String, String),
+}
+
+impl<S: RevocationStore> Sessions for PgSessions<S> {
+    async fn start(&self, subject: &str, meta: SessionMeta) -> Result<Issued, SessionError> {
+        let (id, refresh_token) = (random_session_id()?, random_token()?);
+        let hash = token_hash(&refresh_token);
+        let expires_at = epoch_seconds(SystemTime::now() + self.config.lifetime);
+        let session = in_tx!(self, |tx| {
+            let row = sqlx::query(concat!(
+                "INSERT INTO jwt_sessions (session_id, subject, refresh_hash, expires_at, user_agent, ip) \
+                     VALUES ($1, $2, $3, to_timestamp($4), $5, $6) RETURNING ",
+                session_columns!()
+            ))
+            .bind(&id)
+            .bind(subject)
+            .bind(&hash[..])
+            .bind(expires_at)
+            .bind(&meta.user_agent)
+            .bind(&meta.ip)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sql)?;
+            session_from_row(&row)
+        })?;
+        Ok(Issued {
+            session,
+            refresh_token,
+        })
+    }
+
+    async fn rotate(&self, refresh_token: &str) -> Result<Issued, SessionError> {
+        let hash = token_hash(refresh_token);
+        let next = random_token()?;
+        let next_hash = token_hash(&next);
+        let grace = self.config.grace.map(|g| g.as_secs_f64());
+        let access_lifetime = self.config.access_token_lifetime;
+        let outcome = in_tx!(self, |tx| {
+            // The current token: lock its session row, then compare-and-set the hash.
+            let current = sqlx::query(
+                "SELECT session_id, revoked_at IS NOT NULL OR expires_at <= now() AS dead \
+                     FROM jwt_sessions WHERE refresh_hash = $1 FOR UPDATE",
+            )
+            .bind(&hash[..])
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(sql)?;
+            if let Some(row) = current {
+                let sid: String = row.try_get("session_id").map_err(sql)?;
+                if row.try_get::<bool, _>("dead").map_err(sql)? {
+                    return Err(SessionError::Invalid);
+                }
+                let updated = sqlx::query(concat!(
+                        "UPDATE jwt_sessions SET refresh_hash = $1, previous_hash = $2, rotated_at = now(), \
+                         last_used_at = now(), grace_used = false WHERE session_id = $3 AND refresh_hash = $2 \
+                         RETURNING ",
+                        session_columns!()
+                    ))
+                    .bind(&next_hash[..])
+                    .bind(&hash[..])
+                    .bind(&sid)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(sql)?;
+                let Some(updated) = updated else {
+                    return Err(SessionError::Invalid);
+                };
+                sqlx::query("INSERT INTO jwt_session_used_tokens (refresh_hash, session_id) VALUES ($1, $2)")
+                    .bind(&hash[..])
+                    .bind(&sid)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(sql)?;
+                return Ok(Rotation::Rotated(session_from_row(&updated)?));
+            }
+            // Not current: a token rotated away before is reuse (unless inside the grace window).
+            let used = sqlx::query(
+                "SELECT s.session_id, s.subject, s.revoked_at IS NOT NULL AS revoked, \
+                            (s.previous_hash = $1 AND NOT s.grace_used AND $2::float8 IS NOT NULL \
+                             AND s.rotated_at > now() - make_interval(secs => $2::float8)) AS in_grace \
+                     FROM jwt_session_used_tokens u JOIN jwt_sessions s USING (session_id) \
+                     WHERE u.refresh_hash = $1 FOR UPDATE OF s",
+            )
+            .bind(&hash[..])
+            .bind(grace)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(sql)?;
+            let Some(row) = used else {
+                return Err(SessionError::Invalid);
+            };
+            let sid: String = row.try_get("session_id").map_err(sql)?;
+            let subject: String = row.try_get("subject").map_err(sql)?;
+            let revoked: bool = row.try_get("revoked").map_err(sql)?;
+            if !revoked && row.try_get::<bool, _>("in_grace").map_err(sql)? {
+                sqlx::query("UPDATE jwt_sessions SET grace_used = true WHERE session_id = $1")
+                    .bind(&sid)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(sql)?;
+                return Ok(Rotation::Superseded);
+            }
+            end_session(tx, &sid, &subject, access_lifetime, "refresh token reuse").await?;
+            Ok(Rotation::Reused(sid, subject))
+        })?;
+        match outcome {
+            Rotation::Rotated(session) => Ok(Issued {
+                session,
+                refresh_token: next,
+            }),
+            Rotation::Superseded => Err(SessionError::Superseded),
+            Rotation::Reused(sid, subject) => {
+                self.tell_store(&[(sid.clone(), subject)], None).await?;
+                Err(SessionError::Reused { session_id: sid })
+            }
+        }
+    }
+
+    async fn list(&self, subject: &str) -> Result<Vec<Session>, SessionError> {
+        in_tx!(self, |tx| {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                session_columns!(),
+                " FROM jwt_sessions WHERE subject = $1 AND revoked_at IS NULL AND expires_at > now() \
+                 ORDER BY last_used_at DESC, created_at DESC"
+            ))
+            .bind(subject)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(sql)?;
+            rows.iter().map(session_from_row).collect()
+        })
+    }
+
+    async fn revoke(&self, session_id: &str, subject: &str) -> Result<(), SessionError> {
+        let lifetime = self.config.access_token_lifetime;
+        in_tx!(self, |tx| {
+            let found = sqlx::query(
+                "SELECT 1 FROM jwt_sessions WHERE session_id = $1 AND subject = $2 AND revoked_at IS NULL FOR UPDATE",
+            )
+            .bind(session_id)
+            .bind(subject)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(sql)?;
+            if found.is_none() {
+                return Err(SessionError::NotFound);
+            }
+            end_session(tx, session_id, subject, lifetime, "session revoked").await
+        })?;
+        self.tell_store(&[(session_id.to_owned(), subject.to_owned())], None)
+            .await
+    }
+
+    async fn revoke_all(&self, subject: &str) -> Result<u64, SessionError> {
+        let lifetime = self.config.access_token_lifetime;
+        let ended = in_tx!(self, |tx| {
+            // The same row locks rotate takes: a rotation in flight finishes first, and is
+            // then revoked with the rest.
+            let sids: Vec<String> = sqlx::query_scalar(
+                "SELECT session_id FROM jwt_sessions WHERE subject = $1 AND revoked_at IS NULL FOR UPDATE",
+            )
+            .bind(subject)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(sql)?;
+            for sid in &sids {
+                end_session(tx, sid, subject, lifetime, "revoke_all").await?;
+            }
+            sqlx::query(
+                    "INSERT INTO jwt_subject_revocations (subject, not_before, reason) \
+                     VALUES ($1, to_timestamp($2::int8), 'revoke_all') \
+                     ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
+                         reason = excluded.reason \
+                     WHERE excluded.not_before > jwt_subject_revocations.not_before",
+                )
+                .bind(subject)
+                .bind(now_seconds())
+                .execute(&mut **tx)
+                .await
+                .map_err(sql)?;
+            Ok(sids)
+        })?;
+        let ended: Vec<(String, String)> = ended.into_iter().map(|sid| (sid, subject.to_owned())).collect();
+        self.tell_store(&ended, Some(subject)).await?;
+        Ok(ended.len() as u64)
+    }
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

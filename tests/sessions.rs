@@ -1,0 +1,267 @@
+//! Sessions and refresh-token rotation, in Postgres (each test its own database) and in memory.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::instance;
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tower_jwt_revocation::session::{
+    AccessToken, MemorySessions, PgSessions, SessionConfig, SessionError, SessionMeta, Sessions,
+};
+use tower_jwt_revocation::{CacheMode, FailurePolicy, MemoryStore, PgStore};
+
+fn pg_sessions(pool: &PgPool, config: SessionConfig) -> PgSessions<PgStore> {
+    PgSessions::new(pool.clone(), PgStore::new(pool.clone()), config)
+}
+
+fn access_token(subject: &str, session_id: &str) -> String {
+    let token = AccessToken::new(subject, session_id, Duration::from_secs(600)).unwrap();
+    mint(Value::Object(token.claims))
+}
+
+/// The contract both implementations keep.
+async fn concurrent_rotations_have_one_winner<X: Sessions>(sessions: Arc<X>) {
+    let issued = sessions.start("alice", SessionMeta::default()).await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (sessions, token) = (Arc::clone(&sessions), issued.refresh_token.clone());
+            tokio::spawn(async move { sessions.rotate(&token).await })
+        })
+        .collect();
+    let (mut won, mut reused) = (0, 0);
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(next) => {
+                assert_eq!(next.session.id, issued.session.id);
+                won += 1;
+            }
+            Err(SessionError::Reused { session_id }) => {
+                assert_eq!(session_id, issued.session.id);
+                reused += 1;
+            }
+            Err(other) => panic!("a racer got {other:?}"),
+        }
+    }
+    assert_eq!((won, reused), (1, 7));
+}
+
+async fn reuse_revokes_the_session<X: Sessions>(sessions: &X) -> String {
+    let first = sessions.start("bob", SessionMeta::default()).await.unwrap();
+    let second = sessions.rotate(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    let third = sessions.rotate(&second.refresh_token).await.unwrap();
+    // The thief (or a stale client) presents an old token: the whole family dies.
+    assert!(matches!(
+        sessions.rotate(&first.refresh_token).await,
+        Err(SessionError::Reused { .. })
+    ));
+    assert!(matches!(
+        sessions.rotate(&third.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+    assert!(matches!(
+        sessions.rotate("never-issued").await,
+        Err(SessionError::Invalid)
+    ));
+    assert!(sessions.list("bob").await.unwrap().is_empty());
+    first.session.id
+}
+
+async fn sessions_are_private_to_their_subject<X: Sessions>(sessions: &X) {
+    let meta = SessionMeta {
+        user_agent: Some("curl/8".into()),
+        ip: Some("127.0.0.1".into()),
+    };
+    let carol = sessions.start("carol", meta.clone()).await.unwrap();
+    let dave = sessions.start("dave", SessionMeta::default()).await.unwrap();
+    assert!(matches!(
+        sessions.revoke(&carol.session.id, "dave").await,
+        Err(SessionError::NotFound)
+    ));
+    assert!(matches!(
+        sessions.revoke("no-such-session", "carol").await,
+        Err(SessionError::NotFound)
+    ));
+    let listed = sessions.list("carol").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), &listed[0].meta),
+        (carol.session.id.as_str(), &meta)
+    );
+    assert!(
+        sessions.rotate(&carol.refresh_token).await.is_ok(),
+        "untouched by dave's attempt"
+    );
+    sessions.revoke(&dave.session.id, "dave").await.unwrap();
+    assert!(matches!(
+        sessions.rotate(&dave.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+}
+
+async fn grace_tolerates_one_immediate_replay<X: Sessions>(sessions: &X) {
+    let first = sessions.start("erin", SessionMeta::default()).await.unwrap();
+    let second = sessions.rotate(&first.refresh_token).await.unwrap();
+    assert!(matches!(
+        sessions.rotate(&first.refresh_token).await,
+        Err(SessionError::Superseded)
+    ));
+    // Once only: the second replay is reuse.
+    assert!(matches!(
+        sessions.rotate(&first.refresh_token).await,
+        Err(SessionError::Reused { .. })
+    ));
+    assert!(matches!(
+        sessions.rotate(&second.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+}
+
+#[tokio::test]
+async fn memory_sessions_keep_the_contract() {
+    let store = MemoryStore::new();
+    let sessions = Arc::new(MemorySessions::new(store.clone(), SessionConfig::default()));
+    concurrent_rotations_have_one_winner(Arc::clone(&sessions)).await;
+    let sid = reuse_revokes_the_session(&*sessions).await;
+    let facts = tower_jwt_revocation::TokenFacts {
+        session_id: Some(&sid),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.verdict(&facts),
+        tower_jwt_revocation::Verdict::Revoked(_)
+    ));
+    sessions_are_private_to_their_subject(&*sessions).await;
+    let graceful = MemorySessions::new(
+        store,
+        SessionConfig {
+            grace: Some(Duration::from_secs(5)),
+            ..SessionConfig::default()
+        },
+    );
+    grace_tolerates_one_immediate_replay(&graceful).await;
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn postgres_sessions_keep_the_contract(pool: PgPool) {
+    let sessions = Arc::new(pg_sessions(&pool, SessionConfig::default()));
+    concurrent_rotations_have_one_winner(Arc::clone(&sessions)).await;
+    reuse_revokes_the_session(&*sessions).await;
+    sessions_are_private_to_their_subject(&*sessions).await;
+    let graceful = pg_sessions(
+        &pool,
+        SessionConfig {
+            grace: Some(Duration::from_secs(5)),
+            ..SessionConfig::default()
+        },
+    );
+    grace_tolerates_one_immediate_replay(&graceful).await;
+    // Only hashes are stored.
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jwt_sessions WHERE octet_length(refresh_hash) = 32")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(stored > 0);
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn reuse_kills_the_sessions_access_tokens_on_another_instance(pool: PgPool) {
+    let other = instance(&pool, "other", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let sessions = pg_sessions(&pool, SessionConfig::default());
+    let first = sessions.start("fay", SessionMeta::default()).await.unwrap();
+    let access = access_token("fay", &first.session.id);
+    assert_eq!(other.status(&access).await, StatusCode::OK); // cached as not revoked there
+    let _second = sessions.rotate(&first.refresh_token).await.unwrap();
+    assert!(matches!(
+        sessions.rotate(&first.refresh_token).await,
+        Err(SessionError::Reused { .. })
+    ));
+    other.becomes(&access, StatusCode::UNAUTHORIZED).await;
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn revoke_all_racing_rotations_leaves_nothing_usable(pool: PgPool) {
+    let other = instance(&pool, "other", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let sessions = Arc::new(pg_sessions(&pool, SessionConfig::default()));
+    let issued = sessions.start("gus", SessionMeta::default()).await.unwrap();
+    let rotating = {
+        let sessions = Arc::clone(&sessions);
+        tokio::spawn(async move {
+            let (mut refresh, mut access) = (issued.refresh_token, Vec::new());
+            for _ in 0..200 {
+                match sessions.rotate(&refresh).await {
+                    Ok(next) => {
+                        access.push(access_token("gus", &next.session.id));
+                        refresh = next.refresh_token;
+                    }
+                    Err(SessionError::Invalid) => break,
+                    Err(other) => panic!("rotation failed with {other:?}"),
+                }
+            }
+            (refresh, access)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await; // let some rotations happen first
+    assert_eq!(sessions.revoke_all("gus").await.unwrap(), 1);
+    let (last_refresh, access) = rotating.await.unwrap();
+    assert!(matches!(
+        sessions.rotate(&last_refresh).await,
+        Err(SessionError::Invalid)
+    ));
+    assert!(!access.is_empty());
+    for token in &access {
+        other.becomes(token, StatusCode::UNAUTHORIZED).await;
+    }
+}
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_connection_lost_mid_rotation_leaves_the_token_usable(pool: PgPool) {
+    let sessions =
+        Arc::new(pg_sessions(&pool, SessionConfig::default()).with_timeout(Duration::from_secs(10)));
+    let issued = sessions.start("hal", SessionMeta::default()).await.unwrap();
+    // Hold the used-tokens table so the rotation blocks after it has locked the session row.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jwt_session_used_tokens IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let rotation = {
+        let (sessions, token) = (Arc::clone(&sessions), issued.refresh_token.clone());
+        tokio::spawn(async move { sessions.rotate(&token).await })
+    };
+    let mut admin = pool.acquire().await.unwrap();
+    wait_until("the rotation waits on the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        waiting == 1
+    })
+    .await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    assert!(
+        matches!(rotation.await.unwrap(), Err(SessionError::Store(_))),
+        "a store error, not a 401"
+    );
+    blocker.rollback().await.unwrap();
+    let next = sessions
+        .rotate(&issued.refresh_token)
+        .await
+        .expect("the token survived the failed call");
+    assert!(sessions.rotate(&next.refresh_token).await.is_ok());
+}
