@@ -1,9 +1,10 @@
 //! Finding the bearer token in a request (RFC 6750 §2.1).
 //!
 //! This module owns one question: which token, if any, did the client present? It reads the
-//! `Authorization` header and nothing else: a token in the query string is ignored on purpose
-//! (RFC 6750 §2.3 lets servers refuse it, and URLs end up in logs). It does not look inside the
-//! token; [`crate::decode`] does that.
+//! `Authorization` header, and, when the layer names one, a cookie ([`cookie_token`]) for
+//! browser clients. A token in the query string is ignored on purpose (RFC 6750 §2.3 lets
+//! servers refuse it, and URLs end up in logs). It does not look inside the token;
+//! [`crate::decode`] does that.
 //!
 //! The grammar accepted is the RFC's: `Bearer` (any case), one or more spaces, then a `token68`
 //! (`A-Z a-z 0-9 - . _ ~ + /`, then optional trailing `=`), with surrounding optional whitespace
@@ -32,6 +33,9 @@ pub enum MalformedBearer {
     /// The token is longer than the configured bound.
     #[error("bearer token too long")]
     TooLong,
+    /// The access-token cookie appears more than once: which one counts is ambiguous.
+    #[error("more than one access-token cookie")]
+    MultipleCookies,
 }
 
 /// Returns the bearer token of a request: `Ok(None)` when there is none (no `Authorization`
@@ -56,6 +60,20 @@ pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<Option<&str>,
         return Err(MalformedBearer::MultipleHeaders);
     }
     parse_credentials(value.as_bytes(), max_len)
+}
+
+/// The request's token: the bearer token of its `Authorization` header, or, only when it has no
+/// `Authorization` header at all, the value of cookie `cookie` (if named). A malformed header
+/// never falls back to the cookie.
+pub fn request_token<'h>(
+    headers: &'h HeaderMap,
+    cookie: Option<&str>,
+    max_len: usize,
+) -> Result<Option<&'h str>, MalformedBearer> {
+    match (bearer_token(headers, max_len)?, cookie) {
+        (None, Some(name)) if !headers.contains_key(AUTHORIZATION) => cookie_token(headers, name, max_len),
+        (found, _) => Ok(found),
+    }
 }
 
 /// Parses one `Authorization` field value. Split out so fuzzing and tests reach it with
@@ -93,6 +111,55 @@ pub fn parse_credentials(value: &[u8], max_len: usize) -> Result<Option<&str>, M
     std::str::from_utf8(token)
         .map(Some)
         .map_err(|_| MalformedBearer::InvalidCharacters)
+}
+
+/// Returns the token in cookie `name` (from every `Cookie` header), with the same checks as a
+/// bearer token: `Ok(None)` when there is none, `Err` when it is malformed or given twice.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::COOKIE};
+/// use tower_jwt_revocation::bearer::{cookie_token, DEFAULT_MAX_TOKEN_LEN};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(COOKIE, HeaderValue::from_static("theme=dark; access_token=abc.def.ghi"));
+/// assert_eq!(cookie_token(&headers, "access_token", DEFAULT_MAX_TOKEN_LEN), Ok(Some("abc.def.ghi")));
+/// ```
+pub fn cookie_token<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<&'h str>, MalformedBearer> {
+    let mut found = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] != name.as_bytes() {
+                continue;
+            }
+            if found.is_some() {
+                return Err(MalformedBearer::MultipleCookies);
+            }
+            let mut value = &pair[eq + 1..];
+            // RFC 6265 allows the value in double quotes.
+            if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+                value = &value[1..value.len() - 1];
+            }
+            if value.is_empty() {
+                return Err(MalformedBearer::EmptyToken);
+            }
+            if value.len() > max_len {
+                return Err(MalformedBearer::TooLong);
+            }
+            if !is_token68(value) {
+                return Err(MalformedBearer::InvalidCharacters);
+            }
+            found = std::str::from_utf8(value).ok();
+        }
+    }
+    Ok(found)
 }
 
 /// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
@@ -193,6 +260,27 @@ mod tests {
 
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         assert_eq!(bearer_token(&headers, MAX), Err(MalformedBearer::MultipleHeaders));
+    }
+
+    #[test]
+    fn cookies_are_read_by_name_once() {
+        let with = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(http::header::COOKIE, HeaderValue::from_static(v));
+            }
+            headers
+        };
+        let read =
+            |values: &[&'static str]| cookie_token(&with(values), "at", MAX).map(|t| t.map(str::to_owned));
+        assert_eq!(read(&["at=abc"]), Ok(Some("abc".into())));
+        assert_eq!(read(&["x=1; at=abc; y=2"]), Ok(Some("abc".into())));
+        assert_eq!(read(&["x=1", "at=\"abc\""]), Ok(Some("abc".into())));
+        assert_eq!(read(&["x=1"]), Ok(None));
+        assert_eq!(read(&["xat=abc; atx=abc"]), Ok(None));
+        assert_eq!(read(&["at=abc", "at=def"]), Err(MalformedBearer::MultipleCookies));
+        assert_eq!(read(&["at="]), Err(MalformedBearer::EmptyToken));
+        assert_eq!(read(&["at=a b"]), Err(MalformedBearer::InvalidCharacters));
     }
 
     #[test]

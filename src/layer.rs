@@ -63,6 +63,9 @@ pub enum ConfigError {
     /// The realm has characters a quoted-string cannot carry (`"`, `\`, controls, non-ASCII).
     #[error("the realm must be printable ASCII without quotes or backslashes")]
     InvalidRealm,
+    /// The cookie name is empty or not an RFC 6265 token.
+    #[error("the cookie name must be a non-empty RFC 6265 token")]
+    InvalidCookieName,
     /// The token length bound is zero.
     #[error("the maximum token length must be positive")]
     ZeroMaxTokenLen,
@@ -142,6 +145,7 @@ pub(crate) struct Shared<S, R> {
     pub(crate) policy: FailurePolicy,
     pub(crate) optional: bool,
     pub(crate) skip_paths: Option<SkipPaths>,
+    pub(crate) cookie: Option<String>,
     pub(crate) max_token_len: usize,
     pub(crate) settings: RejectSettings,
     pub(crate) reject: R,
@@ -314,6 +318,7 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     missing_jti: MissingJti,
     optional: bool,
     skip_paths: Option<SkipPaths>,
+    cookie: Option<String>,
     max_token_len: usize,
     settings: RejectSettings,
     reject: R,
@@ -337,6 +342,7 @@ impl<S> JwtRevocationBuilder<S> {
             missing_jti: MissingJti::default(),
             optional: false,
             skip_paths: None,
+            cookie: None,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             settings: RejectSettings::default(),
             reject: DefaultReject,
@@ -422,6 +428,14 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         self
     }
 
+    /// Also reads the access token from cookie `name` (for browser clients). The
+    /// `Authorization` header wins: the cookie is read only when the request has no
+    /// `Authorization` header at all, so a malformed header never falls back to the cookie.
+    pub fn cookie(mut self, name: impl Into<String>) -> Self {
+        self.cookie = Some(name.into());
+        self
+    }
+
     /// The `realm` of the `WWW-Authenticate` challenge.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
         self.settings.realm = Some(realm.into());
@@ -455,6 +469,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             missing_jti: self.missing_jti,
             optional: self.optional,
             skip_paths: self.skip_paths,
+            cookie: self.cookie,
             max_token_len: self.max_token_len,
             settings: self.settings,
             reject: self.reject,
@@ -475,6 +490,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             missing_jti: self.missing_jti,
             optional: self.optional,
             skip_paths: self.skip_paths,
+            cookie: self.cookie,
             max_token_len: self.max_token_len,
             settings: self.settings,
             reject,
@@ -495,6 +511,14 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         if self.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);
         }
+        if self.cookie.as_deref().is_some_and(|name| {
+            name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        }) {
+            return Err(ConfigError::InvalidCookieName);
+        }
         let verifier = Verifier::new(
             keys,
             &self.validation,
@@ -509,6 +533,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 policy: self.policy,
                 optional: self.optional,
                 skip_paths: self.skip_paths,
+                cookie: self.cookie,
                 max_token_len: self.max_token_len,
                 settings: self.settings,
                 reject: self.reject,

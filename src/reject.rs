@@ -65,6 +65,7 @@ impl Rejection {
             Rejection::Malformed(MalformedBearer::EmptyToken) => "empty bearer token",
             Rejection::Malformed(MalformedBearer::InvalidCharacters) => "malformed bearer token",
             Rejection::Malformed(MalformedBearer::TooLong) => "bearer token too long",
+            Rejection::Malformed(MalformedBearer::MultipleCookies) => "more than one access-token cookie",
             Rejection::Invalid(invalid) => invalid.description(),
             Rejection::Revoked(_) => "token revoked",
             Rejection::Unavailable => "authorization temporarily unavailable",

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tower::Service;
 
 use crate::backend::RevocationBackend;
-use crate::bearer::bearer_token;
+use crate::bearer::request_token;
 use crate::decode::{Claims, DefaultClaims};
 use crate::future::{Pending, ResponseFuture};
 use crate::layer::Shared;
@@ -84,7 +84,7 @@ where
         if shared.skips(request.uri().path()) {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        let token = match bearer_token(request.headers(), shared.max_token_len) {
+        let token = match request_token(request.headers(), shared.cookie.as_deref(), shared.max_token_len) {
             Ok(Some(token)) => token,
             Ok(None) if shared.optional => {
                 shared.count_anonymous();

@@ -535,3 +535,53 @@ async fn skipped_paths_need_no_token_and_get_no_claims() {
     );
     assert_eq!(layer.metrics().skipped, 2);
 }
+
+#[tokio::test]
+async fn a_cookie_carries_the_token_when_there_is_no_authorization_header() {
+    let store = MemoryStore::new();
+    let app = app(builder(store.clone()).cookie("access_token").build().unwrap());
+    let with_cookie = |cookie: &str, authorization: Option<&str>| {
+        let mut req = Request::get("/me").header(http::header::COOKIE, cookie);
+        if let Some(auth) = authorization {
+            req = req.header(AUTHORIZATION, auth);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let token = mint(claims("c1", "ivy"));
+    let cookie = format!("theme=dark; access_token={token}");
+    let answer = send(&app, with_cookie(&cookie, None)).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "sub=ivy jti=c1")
+    );
+
+    // The header wins, and a malformed header never falls back to the cookie.
+    let other = mint(claims("h1", "jack"));
+    assert_eq!(
+        send(&app, with_cookie(&cookie, Some(&format!("Bearer {other}"))))
+            .await
+            .body,
+        "sub=jack jti=h1"
+    );
+    assert_eq!(
+        send(&app, with_cookie(&cookie, Some("Bearer a b"))).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send(&app, with_cookie(&cookie, Some("Basic dXNlcjpwYXNz")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Ambiguity and revocation apply to cookies as to headers.
+    let twice = format!("access_token={token}; access_token={other}");
+    assert_eq!(
+        send(&app, with_cookie(&twice, None)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    store.revoke("c1", None, in_an_hour(), None, None).await.unwrap();
+    assert_eq!(
+        send(&app, with_cookie(&cookie, None)).await.challenge,
+        invalid_token("token revoked")
+    );
+}
