@@ -14,8 +14,9 @@
 //!   queries Postgres)
 //! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
 //!
-//! Routes: `GET /healthz`, `POST /login`, `GET /me`, `POST /logout`, `POST /logout-all`,
-//! `GET /revocations`, `DELETE /admin/tokens/{jti}`; and `GET /baseline/me`, the same handler as
+//! Routes: `GET /healthz`, `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
+//! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
+//! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`; and `GET /baseline/me`, the same handler as
 //! `/me` behind a decode-only middleware (signature and time claims, no revocation check), so
 //! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
@@ -39,6 +40,7 @@ use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
+use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
     Claims, FailurePolicy, JwtRevocationLayer, Rejection, RevocationBackend, RevocationStore, StoreError,
 };
@@ -87,16 +89,18 @@ impl Config {
     }
 }
 
-struct AppState<S> {
+struct AppState<S, X> {
     store: S,
+    sessions: X,
     encoding_key: EncodingKey,
     config: Config,
 }
 
 /// The whole application over any store that can both check and record revocations.
-pub fn app<S>(store: S, config: Config) -> Router
+pub fn app<S, X>(store: S, sessions: X, config: Config) -> Router
 where
     S: RevocationBackend + RevocationStore + Clone,
+    X: Sessions,
 {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_nbf = true;
@@ -116,16 +120,19 @@ where
         .expect("the demo's layer configuration is valid");
     let state = Arc::new(AppState {
         store,
+        sessions,
         encoding_key: EncodingKey::from_secret(&config.secret),
         config,
     });
 
     let protected = Router::new()
         .route("/me", get(me))
-        .route("/logout", post(logout::<S>))
-        .route("/logout-all", post(logout_all::<S>))
-        .route("/revocations", get(revocations::<S>))
-        .route("/admin/tokens/{jti}", delete(admin_revoke::<S>))
+        .route("/logout", post(logout::<S, X>))
+        .route("/logout-all", post(logout_all::<S, X>))
+        .route("/revocations", get(revocations::<S, X>))
+        .route("/admin/tokens/{jti}", delete(admin_revoke::<S, X>))
+        .route("/sessions", get(list_sessions::<S, X>))
+        .route("/sessions/{sid}", delete(end_session::<S, X>))
         .route_layer(auth);
     let baseline =
         Router::new()
@@ -137,7 +144,8 @@ where
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(baseline)
-        .route("/login", post(login::<S>))
+        .route("/login", post(login::<S, X>))
+        .route("/refresh", post(refresh::<S, X>))
         .merge(protected)
         .with_state(state)
 }
@@ -196,23 +204,59 @@ struct Login {
     sub: String,
 }
 
-async fn login<S>(State(state): State<Arc<AppState<S>>>, Json(login): Json<Login>) -> Response {
+async fn login<S, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    headers: axum::http::HeaderMap,
+    Json(login): Json<Login>,
+) -> Response {
     if login.sub.is_empty() || login.sub.len() > 256 {
         let body = json!({"error": "invalid_request", "error_description": "sub must be 1 to 256 bytes"});
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
-    let now = unix_seconds(SystemTime::now());
-    let jti = uuid::Uuid::new_v4().to_string();
-    let mut claims = json!({
-        "jti": jti,
-        "sub": login.sub,
-        "iat": now,
-        "exp": now + TOKEN_TTL.as_secs(),
-    });
-    if state.config.admin_subjects.contains(&login.sub) {
-        claims["admin"] = Value::Bool(true);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match state
+        .sessions
+        .start(&login.sub, SessionMeta { user_agent, ip: None })
+        .await
+    {
+        Ok(issued) => token_response(&state, &issued),
+        Err(error) => session_error(error),
     }
-    let token = match encode(&Header::new(Algorithm::HS256), &claims, &state.encoding_key) {
+}
+
+#[derive(Deserialize)]
+struct Refresh {
+    refresh_token: String,
+}
+
+async fn refresh<S, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    Json(refresh): Json<Refresh>,
+) -> Response {
+    match state.sessions.rotate(&refresh.refresh_token).await {
+        Ok(issued) => token_response(&state, &issued),
+        Err(error) => session_error(error),
+    }
+}
+
+/// A new access token for the session, with the refresh token to present next.
+fn token_response<S, X>(state: &AppState<S, X>, issued: &Issued) -> Response {
+    let subject = &issued.session.subject;
+    let mut access = match AccessToken::new(subject, &issued.session.id, TOKEN_TTL) {
+        Ok(access) => access,
+        Err(error) => return session_error(error),
+    };
+    if state.config.admin_subjects.contains(subject) {
+        access.claims.insert("admin".into(), Value::Bool(true));
+    }
+    let token = match encode(
+        &Header::new(Algorithm::HS256),
+        &access.claims,
+        &state.encoding_key,
+    ) {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(%error, "signing failed");
@@ -223,9 +267,80 @@ async fn login<S>(State(state): State<Arc<AppState<S>>>, Json(login): Json<Login
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": TOKEN_TTL.as_secs(),
-        "jti": jti,
+        "jti": access.jti,
+        "refresh_token": issued.refresh_token,
+        "session_id": issued.session.id,
     });
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    (
+        [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Unknown, expired, reused and superseded refresh tokens all get the same 401: the answer must
+/// not tell a thief which one it holds.
+fn session_error(error: SessionError) -> Response {
+    match error {
+        SessionError::Store(error) => store_unavailable(error),
+        SessionError::NotFound => {
+            let body = json!({"error": "not_found", "error_description": "no such session"});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+        SessionError::Reused { session_id } => {
+            tracing::warn!(%session_id, "refresh token reuse: session revoked");
+            invalid_grant()
+        }
+        _ => invalid_grant(),
+    }
+}
+
+fn invalid_grant() -> Response {
+    let body = json!({"error": "invalid_grant", "error_description": "refresh token not valid"});
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(body),
+    )
+        .into_response()
+}
+
+async fn list_sessions<S, X: Sessions>(State(state): State<Arc<AppState<S, X>>>, claims: Claims) -> Response {
+    let Some(sub) = claims.sub.as_deref() else {
+        return Json(Vec::<Value>::new()).into_response();
+    };
+    match state.sessions.list(sub).await {
+        Ok(sessions) => {
+            let list: Vec<Value> = sessions
+                .iter()
+                .map(|s| {
+                    json!({
+                        "session_id": s.id,
+                        "current": claims.sid.as_deref() == Some(s.id.as_str()),
+                        "created_at": unix_seconds(s.created_at),
+                        "last_used_at": unix_seconds(s.last_used_at),
+                        "expires_at": unix_seconds(s.expires_at),
+                        "user_agent": s.meta.user_agent,
+                        "ip": s.meta.ip,
+                    })
+                })
+                .collect();
+            Json(list).into_response()
+        }
+        Err(error) => session_error(error),
+    }
+}
+
+async fn end_session<S, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    claims: Claims,
+    Path(sid): Path<String>,
+) -> Response {
+    let sub = claims.sub.as_deref().unwrap_or_default();
+    match state.sessions.revoke(&sid, sub).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => session_error(error),
+    }
 }
 
 async fn me(claims: Claims) -> Json<Value> {
@@ -239,37 +354,45 @@ fn token_expiry(claims: &Claims) -> SystemTime {
         .map_or_else(|| SystemTime::now() + MAX_TOKEN_LIFETIME, from_unix_seconds)
 }
 
-async fn logout<S: RevocationStore>(State(state): State<Arc<AppState<S>>>, claims: Claims) -> Response {
-    let Some(jti) = claims.token_id() else {
-        return StatusCode::NO_CONTENT.into_response();
-    };
-    match state
-        .store
-        .revoke(
-            jti,
-            claims.sub.as_deref(),
-            token_expiry(&claims),
-            Some("logout"),
-            None,
-        )
-        .await
+async fn logout<S: RevocationStore, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    claims: Claims,
+) -> Response {
+    if let Some(jti) = claims.token_id()
+        && let Err(error) = state
+            .store
+            .revoke(
+                jti,
+                claims.sub.as_deref(),
+                token_expiry(&claims),
+                Some("logout"),
+                None,
+            )
+            .await
     {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => store_unavailable(error),
+        return store_unavailable(error);
     }
+    // Logging out ends the session too: its refresh token and its other access tokens die.
+    if let (Some(sid), Some(sub)) = (claims.sid.as_deref(), claims.sub.as_deref()) {
+        match state.sessions.revoke(sid, sub).await {
+            Ok(()) | Err(SessionError::NotFound) => {}
+            Err(error) => return session_error(error),
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
-async fn logout_all<S: RevocationStore>(State(state): State<Arc<AppState<S>>>, claims: Claims) -> Response {
+async fn logout_all<S: RevocationStore, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    claims: Claims,
+) -> Response {
     let Some(sub) = claims.sub.as_deref() else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    match state
-        .store
-        .revoke_subject(sub, SystemTime::now(), Some("logout-all"), Some(sub))
-        .await
-    {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => store_unavailable(error),
+    // Every session ends and the subject cutoff moves to now, under the sessions' lock.
+    match state.sessions.revoke_all(sub).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => session_error(error),
     }
 }
 
@@ -277,7 +400,10 @@ fn seconds(time: Option<SystemTime>) -> Option<u64> {
     time.map(unix_seconds)
 }
 
-async fn revocations<S: RevocationStore>(State(state): State<Arc<AppState<S>>>, claims: Claims) -> Response {
+async fn revocations<S: RevocationStore, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
+    claims: Claims,
+) -> Response {
     let Some(sub) = claims.sub.as_deref() else {
         return Json(Vec::<Value>::new()).into_response();
     };
@@ -303,8 +429,8 @@ async fn revocations<S: RevocationStore>(State(state): State<Arc<AppState<S>>>, 
     }
 }
 
-async fn admin_revoke<S: RevocationStore>(
-    State(state): State<Arc<AppState<S>>>,
+async fn admin_revoke<S: RevocationStore, X: Sessions>(
+    State(state): State<Arc<AppState<S, X>>>,
     claims: Claims,
     Path(jti): Path<String>,
 ) -> Response {
@@ -330,12 +456,18 @@ struct Serve {
 }
 
 impl WithStore for Serve {
-    async fn run<S>(self, store: S, description: &'static str) -> Result<(), Box<dyn std::error::Error>>
+    async fn run<S, X>(
+        self,
+        store: S,
+        sessions: X,
+        description: &'static str,
+    ) -> Result<(), Box<dyn std::error::Error>>
     where
         S: RevocationBackend + RevocationStore + Clone,
+        X: Sessions,
     {
         tracing::info!(addr = %self.listener.local_addr()?, store = description, "demo server listening");
-        axum::serve(self.listener, app(store, self.config))
+        axum::serve(self.listener, app(store, sessions, self.config))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -317,9 +317,15 @@ struct Demo {
 }
 
 impl WithStore for Demo {
-    async fn run<S>(self, store: S, description: &'static str) -> Result<(), Box<dyn std::error::Error>>
+    async fn run<S, X>(
+        self,
+        store: S,
+        _sessions: X,
+        description: &'static str,
+    ) -> Result<(), Box<dyn std::error::Error>>
     where
         S: RevocationBackend + RevocationStore + Clone,
+        X: tower_jwt_revocation::session::Sessions,
     {
         tracing::info!(addr = %self.listener.local_addr()?, store = description, "gRPC demo listening");
         serve(self.listener, store, &self.secret, self.policy).await?;

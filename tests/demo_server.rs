@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_jwt_revocation::MemoryStore;
 use tower_jwt_revocation::jsonwebtoken::Header;
+use tower_jwt_revocation::session::{MemorySessions, PgSessions, SessionConfig};
 
 const SECRET: &[u8] = b"demo-test-secret-demo-test-secret";
 
@@ -24,7 +25,12 @@ fn demo() -> Router {
         admin_subjects: vec!["root".into()],
         failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
     };
-    server::app(MemoryStore::new(), config)
+    let store = MemoryStore::new();
+    server::app(
+        store.clone(),
+        MemorySessions::new(store, SessionConfig::default()),
+        config,
+    )
 }
 
 async fn call(
@@ -106,9 +112,13 @@ async fn login_me_logout_round_trip() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(list[0]["kind"], "token");
-    assert_eq!(list[0]["key"], me["jti"]);
-    assert_eq!(list[0]["reason"], "logout");
+    let list = list.as_array().unwrap();
+    // The token itself, and (logout ends the session too) its session.
+    assert!(
+        list.iter()
+            .any(|r| r["kind"] == "token" && r["key"] == me["jti"] && r["reason"] == "logout")
+    );
+    assert!(list.iter().any(|r| r["kind"] == "session"));
 }
 
 #[tokio::test]
@@ -240,12 +250,12 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
     };
 
     // The first run uses the cache tier, as the demo does by default with DATABASE_URL.
-    let first = server::app(
-        MokaCache::builder(PgStore::new(fresh_pool().await))
-            .start()
-            .unwrap(),
-        config(),
-    );
+    let first_pool = fresh_pool().await;
+    let cache = MokaCache::builder(PgStore::new(first_pool.clone()))
+        .start()
+        .unwrap();
+    let sessions = PgSessions::new(first_pool, cache.clone(), SessionConfig::default());
+    let first = server::app(cache, sessions, config());
     let token = login(&first, "olga").await;
     assert_eq!(
         call(&first, "GET", "/me", Some(&token), None).await.0,
@@ -257,7 +267,13 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
     );
     drop(first);
 
-    let restarted = server::app(PgStore::new(fresh_pool().await), config());
+    let second_pool = fresh_pool().await;
+    let store = PgStore::new(second_pool.clone());
+    let restarted = server::app(
+        store.clone(),
+        PgSessions::new(second_pool, store, SessionConfig::default()),
+        config(),
+    );
     let (status, _, body) = call(&restarted, "GET", "/me", Some(&token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error_description"], "token revoked");
@@ -269,7 +285,12 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         None,
     )
     .await;
-    assert_eq!(list[0]["reason"], "logout");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "token" && r["reason"] == "logout")
+    );
 }
 
 #[tokio::test]
@@ -300,5 +321,145 @@ async fn baseline_route_verifies_tokens_but_checks_no_revocation() {
     assert_eq!(
         call(&app, "GET", "/baseline/me", Some(&token), None).await.0,
         StatusCode::OK
+    );
+}
+
+async fn login_pair(app: &Router, sub: &str) -> (String, String, String) {
+    let (status, _, body) = call(app, "POST", "/login", None, Some(json!({"sub": sub}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let get = |k: &str| body[k].as_str().unwrap().to_owned();
+    (get("access_token"), get("refresh_token"), get("session_id"))
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_replayed_refresh_token_ends_the_session() {
+    let app = demo();
+    let (access, refresh, sid) = login_pair(&app, "kim").await;
+    let (status, headers, body) = call(
+        &app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[CACHE_CONTROL], "no-store");
+    assert_eq!(body["session_id"], sid.as_str());
+    let (new_access, new_refresh) = (
+        body["access_token"].as_str().unwrap(),
+        body["refresh_token"].as_str().unwrap(),
+    );
+    assert_ne!(new_refresh, refresh);
+    assert_eq!(
+        call(&app, "GET", "/me", Some(new_access), None).await.0,
+        StatusCode::OK
+    );
+
+    // Replaying the old refresh token is reuse: 401, and the whole session is gone.
+    let (status, _, reused) = call(
+        &app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, after) = call(
+        &app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({"refresh_token": new_refresh})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, _, unknown) = call(
+        &app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({"refresh_token": "made-up"})),
+    )
+    .await;
+    assert_eq!(reused, unknown, "reused and unknown tokens get the same body");
+    assert_eq!(after, unknown);
+    for token in [access.as_str(), new_access] {
+        assert_eq!(
+            call(&app, "GET", "/me", Some(token), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_can_be_listed_and_ended_by_their_owner_only() {
+    let app = demo();
+    let (first, _, first_sid) = login_pair(&app, "lee").await;
+    let (second, second_refresh, second_sid) = login_pair(&app, "lee").await;
+    let (mallory, _, _) = login_pair(&app, "mallory").await;
+
+    let (status, _, list) = call(&app, "GET", "/sessions", Some(&first), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["session_id"] == first_sid.as_str() && s["current"] == true)
+    );
+    assert!(
+        !list.to_string().contains("refresh"),
+        "no token material in the listing"
+    );
+
+    let path = format!("/sessions/{second_sid}");
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(&mallory), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&second), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(&first), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&second), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let refresh = Some(json!({"refresh_token": second_refresh}));
+    assert_eq!(
+        call(&app, "POST", "/refresh", None, refresh).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&first), None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_its_refresh_token() {
+    let app = demo();
+    let (access, refresh, _) = login_pair(&app, "max").await;
+    assert_eq!(
+        call(&app, "POST", "/logout", Some(&access), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _, body) = call(
+        &app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
     );
 }

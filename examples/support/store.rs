@@ -1,5 +1,6 @@
 //! The store set-up every demo server shares: Postgres (behind the cache tier, or not) when
-//! `DATABASE_URL` is set, the in-memory store otherwise, plus a purger. The demo hands a
+//! `DATABASE_URL` is set, the in-memory store otherwise, plus a purger and the sessions
+//! (refresh tokens) on the same store. The demo hands a
 //! [`WithStore`] to [`with_store_from_env`], which calls it with whichever concrete store the
 //! environment asks for.
 //!
@@ -10,6 +11,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tower_jwt_revocation::session::{MemorySessions, PgSessions, SessionConfig, Sessions};
 use tower_jwt_revocation::{
     CacheMode, FailurePolicy, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
     spawn_purger,
@@ -17,14 +19,16 @@ use tower_jwt_revocation::{
 
 /// What a demo does with its store once it has one.
 pub trait WithStore {
-    /// Runs the demo on `store`; `description` names it for the logs.
-    fn run<S>(
+    /// Runs the demo on `store` and `sessions`; `description` names them for the logs.
+    fn run<S, X>(
         self,
         store: S,
+        sessions: X,
         description: &'static str,
     ) -> impl Future<Output = Result<(), Box<dyn std::error::Error>>>
     where
-        S: RevocationBackend + RevocationStore + Clone;
+        S: RevocationBackend + RevocationStore + Clone,
+        X: Sessions;
 }
 
 /// `FAILURE_POLICY`: `closed` (default) or `open`.
@@ -55,29 +59,36 @@ fn cache_mode_from_env() -> Result<Option<CacheMode>, String> {
 pub async fn with_store_from_env<W: WithStore>(demo: W) -> Result<(), Box<dyn std::error::Error>> {
     let (every, margin) = (Duration::from_secs(600), Duration::from_secs(3600));
     let cache_mode = cache_mode_from_env()?;
+    let config = SessionConfig::default();
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let store = PgStore::connect(&url).await?;
             store.migrate().await?;
             let _purger = spawn_purger(store.clone(), every, margin)?;
+            let pool = store.pool().clone();
             match cache_mode {
-                Some(CacheMode::Lookup) => {
-                    let cache = MokaCache::builder(store).mode(CacheMode::Lookup).start()?;
-                    demo.run(cache, "postgres behind the moka cache (lookup mode)")
-                        .await
+                Some(mode) => {
+                    let cache = MokaCache::builder(store).mode(mode).start()?;
+                    let sessions = PgSessions::new(pool, cache.clone(), config);
+                    let description = if mode == CacheMode::Mirror {
+                        "postgres behind the moka cache (mirror mode)"
+                    } else {
+                        "postgres behind the moka cache (lookup mode)"
+                    };
+                    demo.run(cache, sessions, description).await
                 }
-                Some(CacheMode::Mirror) => {
-                    let cache = MokaCache::builder(store).mode(CacheMode::Mirror).start()?;
-                    demo.run(cache, "postgres behind the moka cache (mirror mode)")
-                        .await
+                None => {
+                    let sessions = PgSessions::new(pool, store.clone(), config);
+                    demo.run(store, sessions, "postgres, no cache").await
                 }
-                None => demo.run(store, "postgres, no cache").await,
             }
         }
         Err(_) => {
             let store = MemoryStore::new();
             let _purger = spawn_purger(store.clone(), every, margin)?;
-            demo.run(store, "memory (revocations are lost on exit)").await
+            let sessions = MemorySessions::new(store.clone(), config);
+            demo.run(store, sessions, "memory (revocations are lost on exit)")
+                .await
         }
     }
 }
