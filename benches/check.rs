@@ -31,12 +31,10 @@ use http::{Request, Response, header::AUTHORIZATION};
 use serde_json::json;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
-use tower_jwt_revocation::jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
-};
+use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
-    CacheMode, Claims, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationBackend,
-    RevocationStore, TokenFacts,
+    CacheMode, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
+    TokenFacts,
 };
 
 const SECRET: &[u8] = b"benchmark-secret-benchmark-secret!!";
@@ -186,12 +184,7 @@ impl Service<Request<()>> for NaivePg {
     }
 
     fn call(&mut self, mut req: Request<()>) -> Self::Future {
-        let verified = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .and_then(|t| decode::<Claims>(t, &self.key, &self.validation).ok());
+        let verified = baseline::decode_bearer(&req, &self.key, &self.validation);
         let pool = self.pool.clone();
         Box::pin(async move {
             let unauthorized = || {
@@ -199,19 +192,19 @@ impl Service<Request<()>> for NaivePg {
                 *res.status_mut() = http::StatusCode::UNAUTHORIZED;
                 Ok(res)
             };
-            let Some(data) = verified else {
+            let Some(claims) = verified else {
                 return unauthorized();
             };
             let revoked: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1)")
-                    .bind(data.claims.jti.clone())
+                    .bind(claims.jti.clone())
                     .fetch_one(&pool)
                     .await
                     .unwrap_or(true);
             if revoked {
                 return unauthorized();
             }
-            req.extensions_mut().insert(data.claims);
+            req.extensions_mut().insert(claims);
             Ok(Response::new(()))
         })
     }

@@ -50,7 +50,6 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The longest-lived token the server accepts from any issuer. An admin revocation of a bare
 /// `jti` (whose token expiry the server does not know) is kept this long.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
-const DEV_SECRET: &str = "dev-only-secret-change-me-dev-only-secret";
 
 /// What the demo needs besides the store.
 #[derive(Clone)]
@@ -66,13 +65,7 @@ pub struct Config {
 impl Config {
     /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS` and `FAILURE_POLICY`.
     pub fn from_env() -> Result<Self, String> {
-        let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
-            tracing::warn!(
-                "JWT_SECRET is not set: using a PUBLIC DEVELOPMENT SECRET. Anyone can mint tokens for this \
-                 server. Set JWT_SECRET before exposing it."
-            );
-            DEV_SECRET.to_owned()
-        });
+        let secret = store::secret_from_env();
         let admin_subjects = std::env::var("ADMIN_SUBJECTS")
             .unwrap_or_default()
             .split(',')
@@ -82,7 +75,7 @@ impl Config {
             .collect();
         let failure_policy = store::failure_policy_from_env()?;
         Ok(Self {
-            secret: secret.into_bytes(),
+            secret,
             admin_subjects,
             failure_policy,
         })
@@ -478,13 +471,8 @@ impl WithStore for Serve {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    store::init_tracing();
     let config = Config::from_env()?;
-    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    let listener = store::listener_from_env("127.0.0.1:3000").await?;
     with_store_from_env(Serve { config, listener }).await
 }

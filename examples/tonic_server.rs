@@ -335,23 +335,12 @@ impl WithStore for Demo {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
-        tracing::warn!(
-            "JWT_SECRET is not set: using a PUBLIC DEVELOPMENT SECRET. Set JWT_SECRET before exposing it."
-        );
-        "dev-only-secret-change-me-dev-only-secret".to_owned()
-    });
-    let policy = store::failure_policy_from_env()?;
-    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:50051".to_owned());
-    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    store::init_tracing();
+    let (secret, policy) = (store::secret_from_env(), store::failure_policy_from_env()?);
+    let listener = store::listener_from_env("127.0.0.1:50051").await?;
     with_store_from_env(Demo {
         listener,
-        secret: secret.into_bytes(),
+        secret,
         policy,
     })
     .await

@@ -31,6 +31,33 @@ pub trait WithStore {
         X: Sessions;
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// `JWT_SECRET`, or a public development secret with a loud warning.
+pub fn secret_from_env() -> Vec<u8> {
+    std::env::var("JWT_SECRET")
+        .unwrap_or_else(|_| {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a PUBLIC DEVELOPMENT SECRET. Anyone can mint tokens for this \
+                 server. Set JWT_SECRET before exposing it."
+            );
+            "dev-only-secret-change-me-dev-only-secret".to_owned()
+        })
+        .into_bytes()
+}
+
+/// Binds `BIND_ADDR`, or `default` when it is unset.
+pub async fn listener_from_env(default: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(std::env::var("BIND_ADDR").as_deref().unwrap_or(default)).await
+}
+
 /// `FAILURE_POLICY`: `closed` (default) or `open`.
 pub fn failure_policy_from_env() -> Result<FailurePolicy, String> {
     match std::env::var("FAILURE_POLICY").as_deref() {

@@ -12,6 +12,19 @@ use tower::Service;
 use tower_jwt_revocation::Claims;
 use tower_jwt_revocation::jsonwebtoken::{DecodingKey, Validation, decode};
 
+/// The baseline's whole token handling: the `Bearer ` prefix, then `jsonwebtoken::decode`.
+pub fn decode_bearer(req: &Request<()>, key: &DecodingKey, validation: &Validation) -> Option<Claims> {
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    decode::<Claims>(token, key, validation)
+        .ok()
+        .map(|data| data.claims)
+}
+
 #[derive(Clone)]
 pub struct DecodeOnly<S> {
     pub inner: S,
@@ -37,15 +50,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<()>) -> Self::Future {
-        let verified = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .and_then(|t| decode::<Claims>(t, &self.key, &self.validation).ok());
-        match verified {
-            Some(data) => {
-                req.extensions_mut().insert(data.claims);
+        match decode_bearer(&req, &self.key, &self.validation) {
+            Some(claims) => {
+                req.extensions_mut().insert(claims);
                 self.inner.call(req)
             }
             None => {
