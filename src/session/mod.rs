@@ -118,7 +118,7 @@ pub enum SessionError {
 }
 
 /// Sessions and refresh-token rotation. Implemented by [`MemorySessions`] and (feature
-/// `postgres`) [`PgSessions`].
+/// `postgres`) `PgSessions`.
 pub trait Sessions: Send + Sync + 'static {
     /// Starts a session for `subject` and returns it with its first refresh token.
     fn start(
