@@ -265,3 +265,30 @@ async fn a_connection_lost_mid_rotation_leaves_the_token_usable(pool: PgPool) {
         .expect("the token survived the failed call");
     assert!(sessions.rotate(&next.refresh_token).await.is_ok());
 }
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn expired_sessions_are_purged_with_their_used_tokens(pool: PgPool) {
+    let sessions = pg_sessions(&pool, SessionConfig::default());
+    let old = sessions.start("ned", SessionMeta::default()).await.unwrap();
+    sessions.rotate(&old.refresh_token).await.unwrap();
+    let live = sessions.start("ned", SessionMeta::default()).await.unwrap();
+    sqlx::query("UPDATE jwt_sessions SET expires_at = now() - interval '2 days' WHERE session_id = $1")
+        .bind(&old.session.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions.purge_expired(Duration::from_secs(86_400)).await.unwrap(),
+        1
+    );
+    let used: i64 = sqlx::query_scalar("SELECT count(*) FROM jwt_session_used_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(used, 0, "the used-token markers went with their session");
+    assert!(matches!(
+        sessions.rotate(&old.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+    assert!(sessions.rotate(&live.refresh_token).await.is_ok());
+}

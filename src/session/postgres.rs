@@ -82,6 +82,33 @@ impl<S: RevocationStore> PgSessions<S> {
         }
     }
 
+    /// Deletes sessions that expired (or were revoked and whose access tokens expired) more than
+    /// `margin` ago, with their used-token markers, in batches of 1 000; returns how many.
+    /// Reuse of a deleted session's tokens is then simply an unknown token, which is refused
+    /// the same way.
+    pub async fn purge_expired(&self, margin: Duration) -> Result<u64, SessionError> {
+        let mut deleted = 0;
+        loop {
+            let query = sqlx::query(
+                "DELETE FROM jwt_sessions WHERE session_id IN ( \
+                     SELECT session_id FROM jwt_sessions \
+                     WHERE expires_at < now() - make_interval(secs => $1) \
+                        OR revoked_at < now() - make_interval(secs => $1 + $2) \
+                     LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(margin.as_secs_f64())
+            .bind(self.config.access_token_lifetime.as_secs_f64());
+            let batch = self
+                .bounded(async { query.execute(&self.pool).await.map_err(sql) })
+                .await?
+                .rows_affected();
+            deleted += batch;
+            if batch < 1000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// After the commit: tell the layer's backend (read-your-writes; idempotent in the ledger).
     async fn tell_store(
         &self,
