@@ -324,6 +324,17 @@ async fn baseline_route_verifies_tokens_but_checks_no_revocation() {
     );
 }
 
+async fn post_refresh(app: &Router, refresh_token: &str) -> (StatusCode, http::HeaderMap, Value) {
+    call(
+        app,
+        "POST",
+        "/refresh",
+        None,
+        Some(json!({ "refresh_token": refresh_token })),
+    )
+    .await
+}
+
 async fn login_pair(app: &Router, sub: &str) -> (String, String, String) {
     let (status, _, body) = call(app, "POST", "/login", None, Some(json!({"sub": sub}))).await;
     assert_eq!(status, StatusCode::OK);
@@ -335,14 +346,7 @@ async fn login_pair(app: &Router, sub: &str) -> (String, String, String) {
 async fn refresh_rotates_and_a_replayed_refresh_token_ends_the_session() {
     let app = demo();
     let (access, refresh, sid) = login_pair(&app, "kim").await;
-    let (status, headers, body) = call(
-        &app,
-        "POST",
-        "/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await;
+    let (status, headers, body) = post_refresh(&app, &refresh).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[CACHE_CONTROL], "no-store");
     assert_eq!(body["session_id"], sid.as_str());
@@ -357,32 +361,11 @@ async fn refresh_rotates_and_a_replayed_refresh_token_ends_the_session() {
     );
 
     // Replaying the old refresh token is reuse: 401, and the whole session is gone.
-    let (status, _, reused) = call(
-        &app,
-        "POST",
-        "/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await;
+    let (status, _, reused) = post_refresh(&app, &refresh).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _, after) = call(
-        &app,
-        "POST",
-        "/refresh",
-        None,
-        Some(json!({"refresh_token": new_refresh})),
-    )
-    .await;
+    let (status, _, after) = post_refresh(&app, new_refresh).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (_, _, unknown) = call(
-        &app,
-        "POST",
-        "/refresh",
-        None,
-        Some(json!({"refresh_token": "made-up"})),
-    )
-    .await;
+    let (_, _, unknown) = post_refresh(&app, "made-up").await;
     assert_eq!(reused, unknown, "reused and unknown tokens get the same body");
     assert_eq!(after, unknown);
     for token in [access.as_str(), new_access] {
@@ -431,9 +414,8 @@ async fn sessions_can_be_listed_and_ended_by_their_owner_only() {
         call(&app, "GET", "/me", Some(&second), None).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let refresh = Some(json!({"refresh_token": second_refresh}));
     assert_eq!(
-        call(&app, "POST", "/refresh", None, refresh).await.0,
+        post_refresh(&app, &second_refresh).await.0,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -450,14 +432,7 @@ async fn logout_ends_the_session_and_its_refresh_token() {
         call(&app, "POST", "/logout", Some(&access), None).await.0,
         StatusCode::NO_CONTENT
     );
-    let (status, _, body) = call(
-        &app,
-        "POST",
-        "/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await;
+    let (status, _, body) = post_refresh(&app, &refresh).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
