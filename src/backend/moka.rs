@@ -509,8 +509,13 @@ fn deadline_from_exp(exp: Option<u64>) -> Option<Instant> {
 }
 
 impl<B> Tier<B> {
-    fn trust_misses(&self) -> bool {
-        self.mirroring.load(Ordering::Acquire) && self.sync.within_staleness()
+    /// `(trust negatives, trust mirror misses)` as of now, reading the clock once.
+    fn trust(&self) -> (bool, bool) {
+        let within = self.sync.within_staleness();
+        (
+            within && self.sync.connected.load(Ordering::Acquire),
+            within && self.mirroring.load(Ordering::Acquire),
+        )
     }
 
     /// The answer memory can give: revoked entries always; "not revoked" when `trust_clear`
@@ -631,11 +636,10 @@ impl<B: Ledger> Tier<B> {
                 None => {
                     // A flight for these keys may have just ended: its answer is remembered before
                     // the flight is removed (under this lock), so look again before starting one.
-                    if let Some(verdict) = self.answer_from_memory(
-                        &key.facts(issued_at, expires_at),
-                        self.sync.fresh(),
-                        self.trust_misses(),
-                    ) {
+                    let (trust_clear, trust_misses) = self.trust();
+                    if let Some(verdict) =
+                        self.answer_from_memory(&key.facts(issued_at, expires_at), trust_clear, trust_misses)
+                    {
                         return Ok(verdict);
                     }
                     let cell = Arc::new(OnceCell::new());
@@ -777,7 +781,8 @@ impl<B: Ledger> RevocationBackend for MokaCache<B> {
     /// (mirror mode) misses within `max_staleness`. No allocation, no lock, no await.
     fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
         let tier = &*self.tier;
-        match tier.answer_from_memory(facts, tier.sync.fresh(), tier.trust_misses()) {
+        let (trust_clear, trust_misses) = tier.trust();
+        match tier.answer_from_memory(facts, trust_clear, trust_misses) {
             Some(verdict) => {
                 bump(&tier.counters.hits);
                 let answer = Ok(verdict);
