@@ -213,3 +213,41 @@ async fn with_the_database_unreachable_memory_answers_within_the_staleness_bound
     assert!(lookup.cache.wait_in_sync(Duration::from_secs(5)).await);
     lookup.becomes(&never_seen, StatusCode::OK).await;
 }
+
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_mirror_that_does_not_fit_falls_back_to_lookup(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    for i in 0..50 {
+        store
+            .revoke(&format!("big-{i}"), None, in_an_hour(), None, None)
+            .await
+            .unwrap();
+    }
+    let cache = tower_jwt_revocation::MokaCache::builder(store)
+        .mode(CacheMode::Mirror)
+        .max_capacity(10)
+        .start()
+        .unwrap();
+    // Lookup mode is in sync as soon as the feed is; mirroring never switches on.
+    wait_until("the feed is in sync", || async { cache.is_in_sync() }).await;
+    assert!(!cache.metrics().mirroring);
+    // Misses are asked, not assumed: revoked rows beyond the capacity are still found.
+    for i in [0, 25, 49] {
+        let jti = format!("big-{i}");
+        let facts = TokenFacts {
+            jti: Some(&jti),
+            ..TokenFacts::default()
+        };
+        let answer = match cache.try_check(&facts) {
+            Some(answer) => answer,
+            None => cache.check(&facts).await,
+        };
+        assert!(matches!(answer, Ok(Verdict::Revoked(_))), "{jti}: {answer:?}");
+    }
+    let facts = TokenFacts {
+        jti: Some("fresh"),
+        ..TokenFacts::default()
+    };
+    assert!(cache.try_check(&facts).is_none(), "a miss goes to the ledger");
+    assert_eq!(cache.check(&facts).await.unwrap(), Verdict::Active);
+}
