@@ -565,6 +565,14 @@ impl<B> Tier<B> {
         cache.insert(key.to_owned(), Revoked { until });
     }
 
+    /// A revocation of a token (or session) expiring at `expires_at`, kept until then plus the
+    /// grace; one expired long ago is not kept, since no token it covers can be presented.
+    fn remember_revoked(&self, cache: &Map<String, Revoked>, key: &str, expires_at: SystemTime) {
+        if let Some(until) = deadline_after(expires_at) {
+            self.put_revoked(cache, key, until);
+        }
+    }
+
     /// Moves a subject's cutoff forward (never back).
     fn put_cutoff(&self, subject: &str, cutoff: u64) {
         self.cutoffs
@@ -584,14 +592,10 @@ impl<B> Tier<B> {
                 } else {
                     &self.sessions
                 };
-                let until = match record.expires_at {
-                    Some(expires_at) => match deadline_after(expires_at) {
-                        Some(until) => until,
-                        None => return, // expired long ago: no token it covers can be presented
-                    },
-                    None => None,
-                };
-                self.put_revoked(cache, &record.key, until);
+                match record.expires_at {
+                    Some(expires_at) => self.remember_revoked(cache, &record.key, expires_at),
+                    None => self.put_revoked(cache, &record.key, None),
+                }
             }
             RevocationKind::Subject => {
                 if let Some(not_before) = record.not_before {
@@ -825,9 +829,7 @@ impl<B: Ledger> RevocationStore for MokaCache<B> {
             .backend
             .revoke(jti, subject, expires_at, reason, revoked_by)
             .await?;
-        if let Some(until) = deadline_after(expires_at) {
-            self.tier.put_revoked(&self.tier.tokens, jti, until);
-        }
+        self.tier.remember_revoked(&self.tier.tokens, jti, expires_at);
         Ok(created)
     }
 
@@ -844,9 +846,7 @@ impl<B: Ledger> RevocationStore for MokaCache<B> {
             .backend
             .revoke_session(sid, subject, expires_at, reason, revoked_by)
             .await?;
-        if let Some(until) = deadline_after(expires_at) {
-            self.tier.put_revoked(&self.tier.sessions, sid, until);
-        }
+        self.tier.remember_revoked(&self.tier.sessions, sid, expires_at);
         Ok(created)
     }
 
