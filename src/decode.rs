@@ -367,7 +367,9 @@ impl Verifier {
         }
         let mut claims = data.claims;
         if let Some(max_lifetime) = self.max_lifetime {
-            let latest = unix_seconds(SystemTime::now()) + max_lifetime + keyed.validation.leeway;
+            let latest = unix_seconds(SystemTime::now())
+                .saturating_add(max_lifetime)
+                .saturating_add(keyed.validation.leeway);
             if claims.exp.is_none_or(|exp| exp > latest) {
                 return Err(InvalidToken::Lifetime);
             }

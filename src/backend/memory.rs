@@ -152,7 +152,7 @@ impl MemoryStore {
 impl Ledger {
     fn sweep(&mut self, now: SystemTime, margin: Duration) -> u64 {
         let before = self.tokens.len() + self.sessions.len();
-        let live = |e: &mut Entry| e.expires_at + margin >= now;
+        let live = |e: &mut Entry| super::saturating_add(e.expires_at, margin) >= now;
         self.tokens.retain(|_, e| live(e));
         self.sessions.retain(|_, e| live(e));
         self.swept_len = self.tokens.len() + self.sessions.len();

@@ -113,9 +113,29 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The `SystemTime` of a Unix timestamp in seconds.
+/// The `SystemTime` of a Unix timestamp in seconds, saturating at [`far_future`] for values the
+/// platform's clock cannot represent (a token's `exp` may be any `u64`; adding it to the epoch
+/// must not panic).
 pub fn from_unix_seconds(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds)
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(seconds))
+        .unwrap_or_else(far_future)
+}
+
+/// The latest moment this crate represents: what `'infinity'` in the ledger, or an `exp` past the
+/// platform's clock, becomes. A revocation kept until then is kept until it is deleted by hand.
+pub fn far_future() -> SystemTime {
+    // `SystemTime` spans differ by platform (i64 seconds on Unix, u64 100 ns ticks on Windows):
+    // take the largest of these that the platform accepts.
+    [i64::MAX as u64, 1 << 40, u64::from(u32::MAX)]
+        .into_iter()
+        .find_map(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// `time + duration`, saturating at [`far_future`] instead of panicking.
+pub fn saturating_add(time: SystemTime, duration: Duration) -> SystemTime {
+    time.checked_add(duration).unwrap_or_else(far_future)
 }
 
 /// Why a backend could not answer.

@@ -495,17 +495,22 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
     }
 }
 
-fn deadline_after(expires_at: SystemTime) -> Option<Option<Instant>> {
-    // `None`: already past its grace, nothing to keep. `Some(until)`: keep until then.
-    let keep_until = expires_at + POSITIVE_GRACE;
-    keep_until
+/// How long a revocation of a token (or session) expiring at `expires_at` is kept in memory:
+/// until that expiry plus [`POSITIVE_GRACE`], and at least the grace from now, so a row whose
+/// expiry is already past (written by hand as `'-infinity'`, say) is still enforced for a while.
+/// `None` keeps it until it is removed: the expiry lies beyond what `Instant` can represent
+/// (`'infinity'`, an `exp` near `u64::MAX`).
+fn keep_until(expires_at: SystemTime) -> Option<Instant> {
+    let left = expires_at
         .duration_since(SystemTime::now())
-        .ok()
-        .map(|left| Some(Instant::now() + left))
+        .unwrap_or_default()
+        .checked_add(POSITIVE_GRACE)?;
+    Instant::now().checked_add(left)
 }
 
+/// [`keep_until`] for a token's `exp` claim; a token without `exp` never expires.
 fn deadline_from_exp(exp: Option<u64>) -> Option<Instant> {
-    exp.and_then(|exp| deadline_after(super::from_unix_seconds(exp)).flatten())
+    exp.and_then(|exp| keep_until(super::from_unix_seconds(exp)))
 }
 
 impl<B> Tier<B> {
@@ -565,12 +570,10 @@ impl<B> Tier<B> {
         cache.insert(key.to_owned(), Revoked { until });
     }
 
-    /// A revocation of a token (or session) expiring at `expires_at`, kept until then plus the
-    /// grace; one expired long ago is not kept, since no token it covers can be presented.
+    /// A revocation of a token (or session) expiring at `expires_at`, kept as [`keep_until`]
+    /// says.
     fn remember_revoked(&self, cache: &Map<String, Revoked>, key: &str, expires_at: SystemTime) {
-        if let Some(until) = deadline_after(expires_at) {
-            self.put_revoked(cache, key, until);
-        }
+        self.put_revoked(cache, key, keep_until(expires_at));
     }
 
     /// Moves a subject's cutoff forward (never back).

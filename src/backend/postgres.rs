@@ -265,18 +265,54 @@ fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// The latest and earliest Unix seconds a Postgres `timestamptz` holds (294276 AD, 4714 BC).
+const PG_MAX_EPOCH: f64 = 9_224_318_015_999.0;
+const PG_MIN_EPOCH: f64 = -210_866_803_200.0;
+
+/// Seconds since the Unix epoch as bound to `to_timestamp($n)`: a time outside Postgres' range
+/// becomes `±Infinity`, which `to_timestamp` turns into `'infinity'` / `'-infinity'`, so a
+/// revocation kept until [`far_future`](super::far_future) round-trips instead of failing.
 pub(crate) fn epoch_seconds(time: SystemTime) -> f64 {
-    match time.duration_since(UNIX_EPOCH) {
+    let seconds = match time.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
         Err(before) => -before.duration().as_secs_f64(),
+    };
+    if seconds > PG_MAX_EPOCH {
+        f64::INFINITY
+    } else if seconds < PG_MIN_EPOCH {
+        f64::NEG_INFINITY
+    } else {
+        seconds
     }
 }
 
+/// The `SystemTime` of `extract(epoch FROM ...)`. Never panics: `'infinity'` (and anything past
+/// the platform's clock) becomes [`far_future`](super::far_future), `'-infinity'` (and anything
+/// before the clock's range) the earliest time the clock holds down to the Unix epoch.
 pub(crate) fn from_epoch_seconds(seconds: f64) -> SystemTime {
+    if seconds.is_nan() {
+        return UNIX_EPOCH;
+    }
+    let magnitude = Duration::try_from_secs_f64(seconds.abs()).ok();
     if seconds >= 0.0 {
-        UNIX_EPOCH + Duration::from_secs_f64(seconds)
+        magnitude
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .unwrap_or_else(super::far_future)
     } else {
-        UNIX_EPOCH - Duration::from_secs_f64(-seconds)
+        magnitude
+            .and_then(|d| UNIX_EPOCH.checked_sub(d))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// Whole Unix seconds of an epoch value, clamped to `u64` (a cutoff at `'-infinity'` covers only
+/// tokens without `iat`; one at `'infinity'` covers every token).
+pub(crate) fn epoch_to_unix_seconds(seconds: f64) -> u64 {
+    if seconds.is_nan() || seconds <= 0.0 {
+        0
+    } else {
+        // Saturating float-to-int conversion: `+Infinity` becomes `u64::MAX`.
+        seconds.floor() as u64
     }
 }
 
@@ -320,11 +356,12 @@ fn event_from_row(row: &PgRow) -> Result<RevocationEvent, StoreError> {
     })
 }
 
-/// The answer to one check: three lookups in one round trip.
+/// The answer to one check: three lookups in one round trip. The cutoff is read as a float so
+/// that `'infinity'` (a subject banned for good) arrives as `Infinity`, not as a cast error.
 const CHECK_SQL: &str = "SELECT \
     EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
     EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
-    (SELECT floor(extract(epoch FROM not_before))::int8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+    (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
 
 impl RevocationBackend for PgStore {
     type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
@@ -355,11 +392,11 @@ impl Ledger for PgStore {
             let query = sqlx::query(CHECK_SQL).bind(jti).bind(sid).bind(sub);
             let row = bounded(timeout, query.fetch_one(&pool)).await?;
             let get_err = |e: sqlx::Error| StoreError::Query(Box::new(e));
-            let cutoff: Option<i64> = row.try_get("cutoff").map_err(get_err)?;
+            let cutoff: Option<f64> = row.try_get("cutoff").map_err(get_err)?;
             Ok(Lookup {
                 token_revoked: row.try_get("token").map_err(get_err)?,
                 session_revoked: row.try_get("session").map_err(get_err)?,
-                subject_cutoff: cutoff.map(|c| u64::try_from(c).unwrap_or(0)),
+                subject_cutoff: cutoff.map(epoch_to_unix_seconds),
             })
         })
     }
@@ -437,13 +474,13 @@ impl RevocationStore for PgStore {
         // Truncated to the second (the JWT `iat` resolution); the cutoff only moves forward.
         let query = sqlx::query(
             "INSERT INTO jwt_subject_revocations (subject, not_before, reason, revoked_by) \
-             VALUES ($1, to_timestamp($2::int8), $3, $4) \
+             VALUES ($1, to_timestamp($2::float8), $3, $4) \
              ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
                  reason = excluded.reason, revoked_by = excluded.revoked_by \
              WHERE excluded.not_before > jwt_subject_revocations.not_before",
         )
         .bind(subject)
-        .bind(i64::try_from(super::unix_seconds(not_before)).unwrap_or(i64::MAX))
+        .bind(epoch_seconds(not_before).floor())
         .bind(reason)
         .bind(revoked_by);
         self.bounded(query.execute(&self.pool)).await?;
@@ -533,11 +570,33 @@ struct Payload {
     truncated: bool,
     key: Option<String>,
     subject: Option<String>,
+    #[serde(default, deserialize_with = "epoch")]
     expires_at: Option<f64>,
+    #[serde(default, deserialize_with = "epoch")]
     not_before: Option<f64>,
+    #[serde(default, deserialize_with = "epoch")]
     revoked_at: Option<f64>,
     reason: Option<String>,
     revoked_by: Option<String>,
+}
+
+/// An epoch as the trigger's `jsonb` carries it: a number, or the strings `"Infinity"` and
+/// `"-Infinity"` (jsonb has no infinite numbers) for `'infinity'` timestamps.
+fn epoch<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Epoch {
+        Number(f64),
+        Text(String),
+    }
+    match <Option<Epoch> as serde::Deserialize>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Epoch::Number(seconds)) => Ok(Some(seconds)),
+        Some(Epoch::Text(text)) => text
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("epoch is neither a number nor an infinity")),
+    }
 }
 
 impl Payload {
@@ -793,6 +852,29 @@ mod tests {
             classify(sqlx::Error::Io(refused)),
             StoreError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn epochs_outside_every_range_saturate_instead_of_panicking() {
+        use crate::backend::far_future;
+        assert_eq!(from_epoch_seconds(f64::INFINITY), far_future());
+        assert_eq!(from_epoch_seconds(1e300), far_future());
+        assert_eq!(from_epoch_seconds(f64::NEG_INFINITY), UNIX_EPOCH);
+        assert_eq!(from_epoch_seconds(f64::NAN), UNIX_EPOCH);
+        assert_eq!(from_epoch_seconds(-1.5), UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(epoch_seconds(far_future()), f64::INFINITY);
+        assert_eq!(epoch_seconds(UNIX_EPOCH + Duration::from_secs(7)), 7.0);
+        assert_eq!(epoch_to_unix_seconds(f64::INFINITY), u64::MAX);
+        assert_eq!(epoch_to_unix_seconds(f64::NEG_INFINITY), 0);
+        assert_eq!(epoch_to_unix_seconds(1_700_000_000.9), 1_700_000_000);
+        let infinite =
+            r#"{"kind":"token","key":"j","seq":3,"expires_at":"Infinity","revoked_at":"-Infinity"}"#;
+        let event = serde_json::from_str::<Payload>(infinite)
+            .unwrap()
+            .into_event()
+            .unwrap();
+        assert_eq!(event.record.expires_at, Some(far_future()));
+        assert_eq!(event.record.revoked_at, UNIX_EPOCH);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{
     Issued, Session, SessionConfig, SessionError, SessionMeta, Sessions, random_session_id, random_token,
     token_hash,
 };
-use crate::backend::RevocationStore;
+use crate::backend::{RevocationStore, saturating_add};
 
 type Hash = [u8; 32];
 
@@ -61,7 +61,7 @@ impl<S: RevocationStore> MemorySessions<S> {
     }
 
     async fn revoke_sessions(&self, ended: &[(String, String)]) -> Result<(), SessionError> {
-        let until = SystemTime::now() + self.config.access_token_lifetime;
+        let until = saturating_add(SystemTime::now(), self.config.access_token_lifetime);
         for (sid, subject) in ended {
             self.store
                 .revoke_session(sid, Some(subject), until, Some("session ended"), None)
@@ -80,7 +80,7 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
             subject: subject.to_owned(),
             created_at: now,
             last_used_at: now,
-            expires_at: now + self.config.lifetime,
+            expires_at: saturating_add(now, self.config.lifetime),
             meta,
         };
         let hash = token_hash(&refresh_token);

@@ -197,7 +197,7 @@ impl AccessToken {
         claims.insert("sub".into(), subject.into());
         claims.insert("sid".into(), session_id.into());
         claims.insert("iat".into(), iat.into());
-        claims.insert("exp".into(), (iat + ttl.as_secs()).into());
+        claims.insert("exp".into(), iat.saturating_add(ttl.as_secs()).into());
         Ok(Self { jti, claims })
     }
 }

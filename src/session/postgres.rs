@@ -23,7 +23,7 @@ use super::{
     token_hash,
 };
 use crate::backend::postgres::{bounded_sql, epoch_seconds, from_epoch_seconds};
-use crate::backend::{RevocationStore, StoreError};
+use crate::backend::{RevocationStore, StoreError, saturating_add};
 
 /// Runs `$body` (which may `return` early) in one transaction on `$self.pool`, committed only
 /// if it returns `Ok`, the whole bounded by the sessions' timeout.
@@ -115,7 +115,7 @@ impl<S: RevocationStore> PgSessions<S> {
         ended: &[(String, String)],
         cutoff_subject: Option<&str>,
     ) -> Result<(), SessionError> {
-        let until = SystemTime::now() + self.config.access_token_lifetime;
+        let until = saturating_add(SystemTime::now(), self.config.access_token_lifetime);
         for (sid, subject) in ended {
             self.store
                 .revoke_session(sid, Some(subject), until, Some("session ended"), None)
@@ -196,7 +196,7 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
     async fn start(&self, subject: &str, meta: SessionMeta) -> Result<Issued, SessionError> {
         let (id, refresh_token) = (random_session_id()?, random_token()?);
         let hash = token_hash(&refresh_token);
-        let expires_at = epoch_seconds(SystemTime::now() + self.config.lifetime);
+        let expires_at = epoch_seconds(saturating_add(SystemTime::now(), self.config.lifetime));
         let session = in_tx!(self, |tx| {
             let row = sqlx::query(concat!(
                 "INSERT INTO jwt_sessions (session_id, subject, refresh_hash, expires_at, user_agent, ip) \

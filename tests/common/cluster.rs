@@ -16,15 +16,39 @@ use tower::ServiceExt;
 use tower_jwt_revocation::jsonwebtoken::DecodingKey;
 use tower_jwt_revocation::{CacheMode, Claims, FailurePolicy, JwtRevocationLayer, MokaCache, PgStore};
 
-use super::{SECRET, wait_until};
+use super::{SECRET, wait_until_within};
 
 pub struct Instance {
     pub cache: MokaCache<PgStore>,
     pub app: Router,
 }
 
+/// How an instance of the cluster is tuned; the default is fast enough for tests to wait on.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Every store call (connection wait plus query).
+    pub timeout: Duration,
+    /// The change feed's heartbeat.
+    pub heartbeat: Duration,
+    /// How long after its last proof of sync the cache still trusts memory.
+    pub max_staleness: Duration,
+    /// How long a "not revoked" answer is kept.
+    pub negative_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(100),
+            max_staleness: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
 pub async fn instance(pool: &PgPool, name: &str, mode: CacheMode, policy: FailurePolicy) -> Instance {
-    instance_with_timeout(pool, name, mode, policy, Duration::from_millis(500)).await
+    instance_with(pool, name, mode, policy, Settings::default()).await
 }
 
 /// An instance whose store calls (connection wait plus query) are bounded by `timeout`.
@@ -35,20 +59,35 @@ pub async fn instance_with_timeout(
     policy: FailurePolicy,
     timeout: Duration,
 ) -> Instance {
+    let settings = Settings {
+        timeout,
+        ..Settings::default()
+    };
+    instance_with(pool, name, mode, policy, settings).await
+}
+
+/// An instance tuned by `settings`.
+pub async fn instance_with(
+    pool: &PgPool,
+    name: &str,
+    mode: CacheMode,
+    policy: FailurePolicy,
+    settings: Settings,
+) -> Instance {
     let own_pool = PgPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(timeout)
+        .acquire_timeout(settings.timeout)
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .unwrap();
     let store = PgStore::new(own_pool)
-        .with_timeout(timeout)
-        .with_heartbeat(Duration::from_millis(100))
+        .with_timeout(settings.timeout)
+        .with_heartbeat(settings.heartbeat)
         .with_listener_name(name);
     let cache = MokaCache::builder(store)
         .mode(mode)
-        .max_staleness(Duration::from_secs(1))
-        .negative_ttl(Duration::from_secs(60))
+        .max_staleness(settings.max_staleness)
+        .negative_ttl(settings.negative_ttl)
         .start()
         .unwrap();
     assert!(
@@ -79,7 +118,12 @@ impl Instance {
     }
 
     pub async fn becomes(&self, token: &str, expected: StatusCode) {
-        wait_until(&format!("the instance answers {expected}"), || async {
+        self.becomes_within(token, expected, Duration::from_secs(5)).await;
+    }
+
+    /// Waits until the instance answers `expected` for `token`; fails the test after `bound`.
+    pub async fn becomes_within(&self, token: &str, expected: StatusCode, bound: Duration) {
+        wait_until_within(&format!("the instance answers {expected}"), bound, || async {
             self.status(token).await == expected
         })
         .await;

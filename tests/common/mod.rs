@@ -97,16 +97,25 @@ impl<B: RevocationBackend + Clone> RevocationBackend for SlowPath<B> {
 }
 
 /// Polls `condition` every 10 ms until it holds; fails the test after 5 s.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    wait_until_within(what, Duration::from_secs(5), condition).await;
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test after `bound`.
+pub async fn wait_until_within<F, Fut>(what: &str, bound: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
+            "timed out after {bound:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
