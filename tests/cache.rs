@@ -77,7 +77,7 @@ async fn a_revocation_on_one_instance_is_enforced_on_the_other(pool: PgPool) {
 
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn revocations_made_while_the_listener_is_down_are_enforced_after_it_reconnects(pool: PgPool) {
-    let a = instance(&pool, "a", CacheMode::Lookup, FailurePolicy::Closed).await;
+    let _a = instance(&pool, "a", CacheMode::Lookup, FailurePolicy::Closed).await;
     let b = instance(&pool, "b", CacheMode::Lookup, FailurePolicy::Closed).await;
     let queried = mint(claims("while-down-queried", "erin"));
     let caught_up = mint(claims("while-down-caught-up", "erin"));
@@ -85,17 +85,26 @@ async fn revocations_made_while_the_listener_is_down_are_enforced_after_it_recon
         assert_eq!(b.status(token).await, StatusCode::OK); // cached as not revoked on B
     }
 
+    // Another writer, connected before the outage: one connection, which it waits for rather
+    // than opening a new one while connections are refused.
+    let writer = PgStore::new(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await
+            .unwrap(),
+    );
     let (mut admin, db) = maintenance(&pool).await;
     allow_connections(&mut admin, &db, false).await;
     assert_eq!(terminate(&mut admin, &db, Some("b")).await, 1, "B's listener");
     wait_until("B notices its feed is down", || async { !b.cache.is_in_sync() }).await;
 
     // Revoked while B's feed is down. B's pool still has its open connections.
-    a.cache
+    writer
         .revoke("while-down-queried", None, in_an_hour(), None, None)
         .await
         .unwrap();
-    a.cache
+    writer
         .revoke("while-down-caught-up", None, in_an_hour(), None, None)
         .await
         .unwrap();

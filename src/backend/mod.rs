@@ -302,7 +302,9 @@ impl Lookup {
 /// mirroring cache loads before following the change feed from `seq` on.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Token and session revocations whose token has not expired, and every subject cutoff.
+    /// Every revocation the ledger holds: tokens and sessions (including those whose token
+    /// expired, which may still validate within a leeway, until they are purged) and subject
+    /// cutoffs.
     pub records: Vec<RevocationRecord>,
     /// The ledger's last `seq` included in `records`.
     pub seq: i64,
@@ -336,7 +338,7 @@ pub trait Ledger: RevocationStore + Clone {
     /// Answers the three keys of `facts` (one round trip for a remote ledger).
     fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture;
 
-    /// Every live revocation, consistent with one `seq`.
+    /// Every revocation the ledger holds (see [`Snapshot::records`]), consistent with one `seq`.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
     /// A change feed delivering every revocation after `after` (or after the current end when

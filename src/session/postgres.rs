@@ -22,18 +22,20 @@ use super::{
     Issued, Session, SessionConfig, SessionError, SessionMeta, Sessions, random_session_id, random_token,
     token_hash,
 };
-use crate::backend::postgres::{bounded_sql, epoch_seconds, from_epoch_seconds};
+use crate::backend::postgres::{Protocol, Statement, bounded_sql, epoch_seconds, from_epoch_seconds};
 use crate::backend::{RevocationStore, StoreError, saturating_add};
 
 /// Runs `$body` (which may `return` early) in one transaction on `$self.pool`, committed only
-/// if it returns `Ok`, the whole bounded by the sessions' timeout.
+/// if it returns `Ok`, the whole bounded by the sessions' timeout. `$tx` is the transaction and
+/// `$protocol` how statements are sent on it.
 macro_rules! in_tx {
-    ($self:ident, |$tx:ident| $body:block) => {
+    ($self:ident, |$tx:ident, $protocol:ident| $body:block) => {
         $self
             .bounded(async {
                 let mut txn = $self.pool.begin().await.map_err(sql)?;
                 let value: Result<_, SessionError> = {
                     let $tx: &mut Transaction<'static, Postgres> = &mut txn;
+                    let $protocol = $self.protocol;
                     async $body.await
                 };
                 let value = value?;
@@ -48,6 +50,7 @@ macro_rules! in_tx {
 #[derive(Debug, Clone)]
 pub struct PgSessions<S> {
     pool: PgPool,
+    protocol: Protocol,
     store: S,
     config: SessionConfig,
     timeout: Duration,
@@ -58,11 +61,25 @@ impl<S: RevocationStore> PgSessions<S> {
     /// sessions through `store` too. Every call is bounded by 2 s.
     pub fn new(pool: PgPool, store: S, config: SessionConfig) -> Self {
         Self {
+            protocol: Protocol::of(&pool.connect_options()),
             pool,
             store,
             config,
             timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Whether the pool's connections go through a transaction-mode pooler; detected from the
+    /// pool's `statement-cache-capacity=0` (see
+    /// [`PgStore::with_transaction_pooler`](crate::PgStore::with_transaction_pooler)).
+    #[must_use]
+    pub fn with_transaction_pooler(mut self, behind_pooler: bool) -> Self {
+        self.protocol = if behind_pooler {
+            Protocol::Inline
+        } else {
+            Protocol::Prepared
+        };
+        self
     }
 
     /// Bounds every call. Default 2 s.
@@ -89,19 +106,18 @@ impl<S: RevocationStore> PgSessions<S> {
     pub async fn purge_expired(&self, margin: Duration) -> Result<u64, SessionError> {
         let mut deleted = 0;
         loop {
-            let query = sqlx::query(
+            let statement = Statement::new(
                 "DELETE FROM jwt_sessions WHERE session_id IN ( \
                      SELECT session_id FROM jwt_sessions \
                      WHERE expires_at < now() - make_interval(secs => $1) \
                         OR revoked_at < now() - make_interval(secs => $1 + $2) \
                      LIMIT 1000 FOR UPDATE SKIP LOCKED)",
             )
-            .bind(margin.as_secs_f64())
-            .bind(self.config.access_token_lifetime.as_secs_f64());
+            .float(margin.as_secs_f64())
+            .float(self.config.access_token_lifetime.as_secs_f64());
             let batch = self
-                .bounded(async { query.execute(&self.pool).await.map_err(sql) })
-                .await?
-                .rows_affected();
+                .bounded(async { statement.execute_on(self.protocol, &self.pool).await.map_err(sql) })
+                .await?;
             deleted += batch;
             if batch < 1000 {
                 return Ok(deleted);
@@ -136,26 +152,27 @@ fn sql(e: sqlx::Error) -> SessionError {
 
 /// Records the session revocation in the ledger, inside the session transaction.
 async fn end_session(
+    protocol: Protocol,
     tx: &mut Transaction<'static, Postgres>,
     sid: &str,
     subject: &str,
     access_token_lifetime: Duration,
     reason: &str,
 ) -> Result<(), SessionError> {
-    sqlx::query("UPDATE jwt_sessions SET revoked_at = now() WHERE session_id = $1 AND revoked_at IS NULL")
-        .bind(sid)
-        .execute(&mut **tx)
+    Statement::new("UPDATE jwt_sessions SET revoked_at = now() WHERE session_id = $1 AND revoked_at IS NULL")
+        .text(sid)
+        .execute(protocol, tx)
         .await
         .map_err(sql)?;
-    sqlx::query(
+    Statement::new(
         "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason) \
          VALUES ($1, $2, now() + make_interval(secs => $3), $4) ON CONFLICT (session_id) DO NOTHING",
     )
-    .bind(sid)
-    .bind(subject)
-    .bind(access_token_lifetime.as_secs_f64())
-    .bind(reason)
-    .execute(&mut **tx)
+    .text(sid)
+    .text(subject)
+    .float(access_token_lifetime.as_secs_f64())
+    .text(reason)
+    .execute(protocol, tx)
     .await
     .map_err(sql)?;
     Ok(())
@@ -197,19 +214,19 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
         let (id, refresh_token) = (random_session_id()?, random_token()?);
         let hash = token_hash(&refresh_token);
         let expires_at = epoch_seconds(saturating_add(SystemTime::now(), self.config.lifetime));
-        let session = in_tx!(self, |tx| {
-            let row = sqlx::query(concat!(
+        let session = in_tx!(self, |tx, protocol| {
+            let row = Statement::new(concat!(
                 "INSERT INTO jwt_sessions (session_id, subject, refresh_hash, expires_at, user_agent, ip) \
                      VALUES ($1, $2, $3, to_timestamp($4), $5, $6) RETURNING ",
                 session_columns!()
             ))
-            .bind(&id)
-            .bind(subject)
-            .bind(&hash[..])
-            .bind(expires_at)
-            .bind(&meta.user_agent)
-            .bind(&meta.ip)
-            .fetch_one(&mut **tx)
+            .text(id.as_str())
+            .text(subject)
+            .bytes(&hash[..])
+            .float(expires_at)
+            .text(meta.user_agent.as_deref())
+            .text(meta.ip.as_deref())
+            .fetch_one(protocol, tx)
             .await
             .map_err(sql)?;
             session_from_row(&row)
@@ -226,14 +243,14 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
         let next_hash = token_hash(&next);
         let grace = self.config.grace.map(|g| g.as_secs_f64());
         let access_lifetime = self.config.access_token_lifetime;
-        let outcome = in_tx!(self, |tx| {
+        let outcome = in_tx!(self, |tx, protocol| {
             // The current token: lock its session row, then compare-and-set the hash.
-            let current = sqlx::query(
+            let current = Statement::new(
                 "SELECT session_id, revoked_at IS NOT NULL OR expires_at <= now() AS dead \
                      FROM jwt_sessions WHERE refresh_hash = $1 FOR UPDATE",
             )
-            .bind(&hash[..])
-            .fetch_optional(&mut **tx)
+            .bytes(&hash[..])
+            .fetch_optional(protocol, tx)
             .await
             .map_err(sql)?;
             if let Some(row) = current {
@@ -241,40 +258,42 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
                 if row.try_get::<bool, _>("dead").map_err(sql)? {
                     return Err(SessionError::Invalid);
                 }
-                let updated = sqlx::query(concat!(
+                let updated = Statement::new(concat!(
                         "UPDATE jwt_sessions SET refresh_hash = $1, previous_hash = $2, rotated_at = now(), \
                          last_used_at = now(), grace_used = false WHERE session_id = $3 AND refresh_hash = $2 \
                          RETURNING ",
                         session_columns!()
                     ))
-                    .bind(&next_hash[..])
-                    .bind(&hash[..])
-                    .bind(&sid)
-                    .fetch_optional(&mut **tx)
+                    .bytes(&next_hash[..])
+                    .bytes(&hash[..])
+                    .text(sid.as_str())
+                    .fetch_optional(protocol, tx)
                     .await
                     .map_err(sql)?;
                 let Some(updated) = updated else {
                     return Err(SessionError::Invalid);
                 };
-                sqlx::query("INSERT INTO jwt_session_used_tokens (refresh_hash, session_id) VALUES ($1, $2)")
-                    .bind(&hash[..])
-                    .bind(&sid)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(sql)?;
+                Statement::new(
+                    "INSERT INTO jwt_session_used_tokens (refresh_hash, session_id) VALUES ($1, $2)",
+                )
+                .bytes(&hash[..])
+                .text(sid.as_str())
+                .execute(protocol, tx)
+                .await
+                .map_err(sql)?;
                 return Ok(Rotation::Rotated(session_from_row(&updated)?));
             }
             // Not current: a token rotated away before is reuse (unless inside the grace window).
-            let used = sqlx::query(
+            let used = Statement::new(
                 "SELECT s.session_id, s.subject, s.revoked_at IS NOT NULL AS revoked, \
                             (s.previous_hash = $1 AND NOT s.grace_used AND $2::float8 IS NOT NULL \
                              AND s.rotated_at > now() - make_interval(secs => $2::float8)) AS in_grace \
                      FROM jwt_session_used_tokens u JOIN jwt_sessions s USING (session_id) \
                      WHERE u.refresh_hash = $1 FOR UPDATE OF s",
             )
-            .bind(&hash[..])
-            .bind(grace)
-            .fetch_optional(&mut **tx)
+            .bytes(&hash[..])
+            .float(grace)
+            .fetch_optional(protocol, tx)
             .await
             .map_err(sql)?;
             let Some(row) = used else {
@@ -284,14 +303,22 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
             let subject: String = row.try_get("subject").map_err(sql)?;
             let revoked: bool = row.try_get("revoked").map_err(sql)?;
             if !revoked && row.try_get::<bool, _>("in_grace").map_err(sql)? {
-                sqlx::query("UPDATE jwt_sessions SET grace_used = true WHERE session_id = $1")
-                    .bind(&sid)
-                    .execute(&mut **tx)
+                Statement::new("UPDATE jwt_sessions SET grace_used = true WHERE session_id = $1")
+                    .text(sid.as_str())
+                    .execute(protocol, tx)
                     .await
                     .map_err(sql)?;
                 return Ok(Rotation::Superseded);
             }
-            end_session(tx, &sid, &subject, access_lifetime, "refresh token reuse").await?;
+            end_session(
+                protocol,
+                tx,
+                &sid,
+                &subject,
+                access_lifetime,
+                "refresh token reuse",
+            )
+            .await?;
             Ok(Rotation::Reused(sid, subject))
         })?;
         match outcome {
@@ -308,15 +335,15 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
     }
 
     async fn list(&self, subject: &str) -> Result<Vec<Session>, SessionError> {
-        in_tx!(self, |tx| {
-            let rows = sqlx::query(concat!(
+        in_tx!(self, |tx, protocol| {
+            let rows = Statement::new(concat!(
                 "SELECT ",
                 session_columns!(),
                 " FROM jwt_sessions WHERE subject = $1 AND revoked_at IS NULL AND expires_at > now() \
                  ORDER BY last_used_at DESC, created_at DESC"
             ))
-            .bind(subject)
-            .fetch_all(&mut **tx)
+            .text(subject)
+            .fetch_all(protocol, tx)
             .await
             .map_err(sql)?;
             rows.iter().map(session_from_row).collect()
@@ -325,19 +352,19 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
 
     async fn revoke(&self, session_id: &str, subject: &str) -> Result<(), SessionError> {
         let lifetime = self.config.access_token_lifetime;
-        in_tx!(self, |tx| {
-            let found = sqlx::query(
+        in_tx!(self, |tx, protocol| {
+            let found = Statement::new(
                 "SELECT 1 FROM jwt_sessions WHERE session_id = $1 AND subject = $2 AND revoked_at IS NULL FOR UPDATE",
             )
-            .bind(session_id)
-            .bind(subject)
-            .fetch_optional(&mut **tx)
+            .text(session_id)
+            .text(subject)
+            .fetch_optional(protocol, tx)
             .await
             .map_err(sql)?;
             if found.is_none() {
                 return Err(SessionError::NotFound);
             }
-            end_session(tx, session_id, subject, lifetime, "session revoked").await
+            end_session(protocol, tx, session_id, subject, lifetime, "session revoked").await
         })?;
         self.tell_store(&[(session_id.to_owned(), subject.to_owned())], None)
             .await
@@ -345,29 +372,32 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
 
     async fn revoke_all(&self, subject: &str) -> Result<u64, SessionError> {
         let lifetime = self.config.access_token_lifetime;
-        let ended = in_tx!(self, |tx| {
+        let ended = in_tx!(self, |tx, protocol| {
             // The same row locks rotate takes: a rotation in flight finishes first, and is
             // then revoked with the rest.
-            let sids: Vec<String> = sqlx::query_scalar(
+            let sids = Statement::new(
                 "SELECT session_id FROM jwt_sessions WHERE subject = $1 AND revoked_at IS NULL FOR UPDATE",
             )
-            .bind(subject)
-            .fetch_all(&mut **tx)
+            .text(subject)
+            .fetch_all(protocol, tx)
             .await
-            .map_err(sql)?;
+            .map_err(sql)?
+            .iter()
+            .map(|row| row.try_get::<String, _>("session_id").map_err(sql))
+            .collect::<Result<Vec<_>, _>>()?;
             for sid in &sids {
-                end_session(tx, sid, subject, lifetime, "revoke_all").await?;
+                end_session(protocol, tx, sid, subject, lifetime, "revoke_all").await?;
             }
-            sqlx::query(
+            Statement::new(
                     "INSERT INTO jwt_subject_revocations (subject, not_before, reason) \
                      VALUES ($1, to_timestamp($2::int8), 'revoke_all') \
                      ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
                          reason = excluded.reason \
                      WHERE excluded.not_before > jwt_subject_revocations.not_before",
                 )
-                .bind(subject)
-                .bind(now_seconds())
-                .execute(&mut **tx)
+                .text(subject)
+                .int(now_seconds())
+                .execute(protocol, tx)
                 .await
                 .map_err(sql)?;
             Ok(sids)

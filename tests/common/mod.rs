@@ -122,3 +122,4 @@ where
 }
 
 pub mod cluster;
+pub mod faulty;

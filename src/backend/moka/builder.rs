@@ -1,0 +1,102 @@
+//! [`MokaCacheBuilder`]: the settings of a [`MokaCache`] and the start of its follower.
+//!
+//! Every number that bounds the tier's behaviour is set here, with what happens at the bound in
+//! its documentation.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::flight::Flights;
+use super::memory::Memory;
+use super::sync::SyncState;
+use super::{CacheMode, Counters, MokaCache, Tier, follow};
+use crate::backend::{Ledger, StoreError};
+
+/// The configuration of a [`MokaCache`].
+#[must_use = "a builder does nothing until `start` is called"]
+#[derive(Debug)]
+pub struct MokaCacheBuilder<B> {
+    backend: B,
+    mode: CacheMode,
+    max_capacity: u64,
+    negative_ttl: Duration,
+    max_staleness: Duration,
+    revocation_grace: Duration,
+}
+
+impl<B: Ledger> MokaCache<B> {
+    /// Starts a configuration over `backend`.
+    pub fn builder(backend: B) -> MokaCacheBuilder<B> {
+        MokaCacheBuilder {
+            backend,
+            mode: CacheMode::Lookup,
+            max_capacity: 100_000,
+            negative_ttl: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(10),
+            revocation_grace: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl<B: Ledger> MokaCacheBuilder<B> {
+    /// Lookup (default) or mirror.
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The most entries each key space holds, for revocations and for "not revoked" answers
+    /// alike (`jti`, `sid`, subject). Default 100 000. Past it, moka evicts: a lost "not
+    /// revoked" answer or revocation costs one lookup of its key; a mirror that loses a
+    /// revocation falls back to lookup mode.
+    pub fn max_capacity(mut self, max_capacity: u64) -> Self {
+        self.max_capacity = max_capacity;
+        self
+    }
+
+    /// The longest a "not revoked" answer is kept. Default 30 s.
+    pub fn negative_ttl(mut self, negative_ttl: Duration) -> Self {
+        self.negative_ttl = negative_ttl;
+        self
+    }
+
+    /// How long after its last proof of sync the tier still answers "not revoked" from memory
+    /// when the feed is down (mirror mode) or the ledger too (lookup mode). Default 10 s; keep
+    /// it above the feed's heartbeat (2 s for `PgStore`).
+    pub fn max_staleness(mut self, max_staleness: Duration) -> Self {
+        self.max_staleness = max_staleness;
+        self
+    }
+
+    /// How long past its token's expiry a revocation stays in memory. Default 5 min; keep it at
+    /// least the layer's validation leeway, or a token revoked just before it expired could be
+    /// accepted again within the leeway once its revocation has left memory (mirror mode).
+    pub fn revocation_grace(mut self, revocation_grace: Duration) -> Self {
+        self.revocation_grace = revocation_grace;
+        self
+    }
+
+    /// Builds the tier and starts following the ledger's change feed on the current Tokio
+    /// runtime (in mirror mode, after loading the live set). Returns at once; see
+    /// [`MokaCache::wait_in_sync`]. The follower runs until the last clone of the cache is
+    /// dropped; if it stops earlier it is restarted (see the module documentation).
+    pub fn start(self) -> Result<MokaCache<B>, StoreError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let tier = Arc::new(Tier {
+            backend: self.backend,
+            memory: Memory::new(self.max_capacity, self.negative_ttl, self.revocation_grace),
+            sync: SyncState::new(self.max_staleness),
+            mode: self.mode,
+            max_capacity: self.max_capacity,
+            snapshot_loaded: AtomicBool::new(false),
+            counters: Counters::default(),
+            flights: Flights::default(),
+            supervisor: Mutex::new(None),
+        });
+        let supervisor = runtime.spawn(follow::supervise(Arc::downgrade(&tier)));
+        *tier.supervisor.lock().unwrap_or_else(PoisonError::into_inner) = Some(supervisor);
+        Ok(MokaCache { tier })
+    }
+}

@@ -1,0 +1,361 @@
+//! What the cache tier holds, and when memory may answer.
+//!
+//! Revoked keys (`jti`s, `sid`s) and subject cutoffs are **positives**; keys a ledger lookup
+//! found not revoked are **negatives**, one entry per key, so that losing any one entry costs a
+//! lookup of that key and nothing else. An **epoch** counts the events after which a negative
+//! read from the ledger earlier may be stale (a revocation evicted for size, the feed's first
+//! sync, a restart); a lookup stores its negatives only if the epoch did not move while it ran.
+//! This module does not decide whether the feed is in sync (see `sync`), and does not talk to the
+//! ledger.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+
+use crate::backend::{
+    Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict, from_unix_seconds,
+    subject_cutoff_covers, unix_seconds,
+};
+
+/// moka caches hashed with foldhash (randomly seeded per cache): keys come from verified tokens,
+/// and SipHash cost a third of a warm check here.
+type Map<K, V> = Cache<K, V, foldhash::fast::RandomState>;
+
+/// A revoked token or session, kept until `until` (moka drops the entry then); `None` keeps it
+/// until it is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revoked {
+    until: Option<Instant>,
+}
+
+impl Revoked {
+    /// Whether this entry lasts at least as long as one kept `until`.
+    fn outlasts(&self, until: Option<Instant>) -> bool {
+        match (self.until, until) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => mine >= theirs,
+        }
+    }
+}
+
+struct RevokedExpiry;
+
+impl moka::Expiry<String, Revoked> for RevokedExpiry {
+    fn expire_after_create(&self, _: &String, value: &Revoked, created_at: Instant) -> Option<Duration> {
+        value
+            .until
+            .map(|until| until.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Revoked,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value
+            .until
+            .map(|until| until.saturating_duration_since(updated_at))
+    }
+}
+
+/// Which answers from memory may be trusted at the moment of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Trust {
+    /// Negative entries (keys a lookup found not revoked).
+    pub(super) negatives: bool,
+    /// The mirror's completeness: a key it does not hold is not revoked.
+    pub(super) mirror: bool,
+}
+
+/// The negatives, one map per key space. Cloned into the positives' eviction listeners.
+#[derive(Clone)]
+struct Negatives {
+    tokens: Map<String, ()>,
+    sessions: Map<String, ()>,
+    subjects: Map<String, ()>,
+}
+
+impl Negatives {
+    fn entry_count(&self) -> u64 {
+        self.tokens.entry_count() + self.sessions.entry_count() + self.subjects.entry_count()
+    }
+
+    fn invalidate_all(&self) {
+        self.tokens.invalidate_all();
+        self.sessions.invalidate_all();
+        self.subjects.invalidate_all();
+    }
+}
+
+/// State the eviction listeners share with the tier.
+struct Shared {
+    epoch: AtomicU64,
+    /// Mirror mode loaded and still complete.
+    mirroring: AtomicBool,
+    /// Positives evicted for size (or refused admission).
+    evicted: AtomicU64,
+}
+
+/// The maps of the tier and the rules for reading and writing them.
+pub(super) struct Memory {
+    revoked_tokens: Map<String, Revoked>,
+    revoked_sessions: Map<String, Revoked>,
+    /// Subject cutoffs, Unix seconds. A cutoff that covers a token is a positive answer; one that
+    /// does not is only as current as the feed, so it counts as a negative.
+    cutoffs: Map<String, u64>,
+    negatives: Negatives,
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+impl Memory {
+    /// Empty maps of at most `max_capacity` entries each; negatives live at most
+    /// `negative_ttl`; a revocation is kept `grace` past its token's expiry.
+    pub(super) fn new(max_capacity: u64, negative_ttl: Duration, grace: Duration) -> Self {
+        let negative = || {
+            Cache::builder()
+                .max_capacity(max_capacity)
+                .time_to_live(negative_ttl)
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        };
+        let negatives = Negatives {
+            tokens: negative(),
+            sessions: negative(),
+            subjects: negative(),
+        };
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            mirroring: AtomicBool::new(false),
+            evicted: AtomicU64::new(0),
+        });
+        let revoked = |negative: &Map<String, ()>| {
+            let listener = evicted_for_size(Arc::clone(&shared), negative.clone());
+            Cache::builder()
+                .max_capacity(max_capacity)
+                .expire_after(RevokedExpiry)
+                .eviction_listener(move |key, _, cause| listener(&key, cause))
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        };
+        let revoked_tokens = revoked(&negatives.tokens);
+        let revoked_sessions = revoked(&negatives.sessions);
+        let listener = evicted_for_size(Arc::clone(&shared), negatives.subjects.clone());
+        let cutoffs = Cache::builder()
+            .max_capacity(max_capacity)
+            .eviction_listener(move |key, _, cause| listener(&key, cause))
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Self {
+            revoked_tokens,
+            revoked_sessions,
+            cutoffs,
+            negatives,
+            shared,
+            grace,
+        }
+    }
+
+    /// The answer memory can give under `trust`, reading no clock: revoked entries always;
+    /// "not revoked" when the mirror is trusted, or when negatives are trusted and every key the
+    /// token has is known not to be revoked. Positives are read with `contains_key`, which records
+    /// no read (most keys are not revoked), and before negatives, so a positive that arrived
+    /// while a lookup was storing a negative for the same key always wins.
+    pub(super) fn answer(&self, facts: &TokenFacts<'_>, trust: Trust) -> Option<Verdict> {
+        if facts.jti.is_some_and(|jti| self.revoked_tokens.contains_key(jti)) {
+            return Some(Verdict::Revoked(RevokedBy::Token));
+        }
+        if facts
+            .session_id
+            .is_some_and(|sid| self.revoked_sessions.contains_key(sid))
+        {
+            return Some(Verdict::Revoked(RevokedBy::Session));
+        }
+        let cutoff = facts
+            .subject
+            .filter(|sub| self.cutoffs.contains_key(*sub))
+            .and_then(|sub| self.cutoffs.get(sub));
+        if cutoff.is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at)) {
+            return Some(Verdict::Revoked(RevokedBy::Subject));
+        }
+        if trust.mirror {
+            return Some(Verdict::Active);
+        }
+        if !trust.negatives {
+            return None;
+        }
+        let clear = facts
+            .jti
+            .is_none_or(|jti| self.negatives.tokens.contains_key(jti))
+            && facts
+                .session_id
+                .is_none_or(|sid| self.negatives.sessions.contains_key(sid))
+            && facts
+                .subject
+                .is_none_or(|sub| cutoff.is_some() || self.negatives.subjects.contains_key(sub));
+        clear.then_some(Verdict::Active)
+    }
+
+    /// Applies one ledger record (from the feed, a snapshot, or a write through this tier): the
+    /// positive first, then the negative of the same key goes.
+    pub(super) fn apply(&self, record: &RevocationRecord) {
+        match record.kind {
+            RevocationKind::Token => self.revoked_token(&record.key, record.expires_at),
+            RevocationKind::Session => self.revoked_session(&record.key, record.expires_at),
+            RevocationKind::Subject => {
+                if let Some(not_before) = record.not_before {
+                    self.cutoff(&record.key, unix_seconds(not_before));
+                }
+            }
+        }
+    }
+
+    /// A revoked `jti` whose token expires at `expires_at` (`None`: never).
+    pub(super) fn revoked_token(&self, jti: &str, expires_at: Option<SystemTime>) {
+        put_revoked(&self.revoked_tokens, jti, self.keep_until(expires_at));
+        self.negatives.tokens.invalidate(jti);
+    }
+
+    /// A revoked `sid` whose last token expires at `expires_at` (`None`: never).
+    pub(super) fn revoked_session(&self, sid: &str, expires_at: Option<SystemTime>) {
+        put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+        self.negatives.sessions.invalidate(sid);
+    }
+
+    /// Moves a subject's cutoff forward (never back).
+    pub(super) fn cutoff(&self, subject: &str, cutoff: u64) {
+        self.cutoffs
+            .entry_by_ref(subject)
+            .and_compute_with(|existing| match existing {
+                Some(current) if *current.value() >= cutoff => Op::Nop,
+                _ => Op::Put(cutoff),
+            });
+        self.negatives.subjects.invalidate(subject);
+    }
+
+    /// Remembers what a lookup found for `facts`: each revoked key, kept until the token's
+    /// expiry plus the grace, and the subject's cutoff, always; and (`negatives`) each key found
+    /// not revoked, but only if the epoch is still `started`, the epoch read before the lookup
+    /// was sent. A negative that raced an epoch change is removed again, so at worst it was
+    /// visible for the instant between the two reads.
+    pub(super) fn remember(&self, facts: &TokenFacts<'_>, lookup: &Lookup, started: u64, negatives: bool) {
+        let until = || self.keep_until(facts.expires_at.map(from_unix_seconds));
+        if let (true, Some(jti)) = (lookup.token_revoked, facts.jti) {
+            put_revoked(&self.revoked_tokens, jti, until());
+        }
+        if let (true, Some(sid)) = (lookup.session_revoked, facts.session_id) {
+            put_revoked(&self.revoked_sessions, sid, until());
+        }
+        if let (Some(cutoff), Some(sub)) = (lookup.subject_cutoff, facts.subject) {
+            self.cutoff(sub, cutoff);
+        }
+        if !negatives || self.epoch() != started {
+            return;
+        }
+        let clear_jti = facts.jti.filter(|_| !lookup.token_revoked);
+        let clear_sid = facts.session_id.filter(|_| !lookup.session_revoked);
+        let clear_sub = facts.subject.filter(|_| lookup.subject_cutoff.is_none());
+        if let Some(jti) = clear_jti {
+            self.negatives.tokens.insert(jti.to_owned(), ());
+        }
+        if let Some(sid) = clear_sid {
+            self.negatives.sessions.insert(sid.to_owned(), ());
+        }
+        if let Some(sub) = clear_sub {
+            self.negatives.subjects.insert(sub.to_owned(), ());
+        }
+        if self.epoch() != started {
+            if let Some(jti) = clear_jti {
+                self.negatives.tokens.invalidate(jti);
+            }
+            if let Some(sid) = clear_sid {
+                self.negatives.sessions.invalidate(sid);
+            }
+            if let Some(sub) = clear_sub {
+                self.negatives.subjects.invalidate(sub);
+            }
+        }
+    }
+
+    /// The current epoch: read it before sending a lookup, pass it to [`remember`](Self::remember).
+    pub(super) fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Drops every negative and moves the epoch, so that no lookup in flight stores one either:
+    /// for the moments after which a negative read earlier may miss a revocation the feed will
+    /// never deliver (the feed's first sync from "now", a restart without a known position).
+    pub(super) fn forget_negatives(&self) {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        self.negatives.invalidate_all();
+    }
+
+    /// Whether the mirror is loaded and complete.
+    pub(super) fn mirroring(&self) -> bool {
+        self.shared.mirroring.load(Ordering::Acquire)
+    }
+
+    /// Marks the mirror loaded and complete (or not).
+    pub(super) fn set_mirroring(&self, mirroring: bool) {
+        self.shared.mirroring.store(mirroring, Ordering::Release);
+    }
+
+    /// Positives evicted for size so far.
+    pub(super) fn evicted(&self) -> u64 {
+        self.shared.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Entries held in all maps (approximate, as moka counts them).
+    pub(super) fn entry_count(&self) -> u64 {
+        self.revoked_tokens.entry_count()
+            + self.revoked_sessions.entry_count()
+            + self.cutoffs.entry_count()
+            + self.negatives.entry_count()
+    }
+
+    /// How long a revocation of a token (or session) expiring at `expires_at` is kept: until
+    /// that expiry plus the grace, and at least the grace from now, so a row whose expiry is
+    /// already past (written by hand as `'-infinity'`, say) is still enforced for a while.
+    /// `None` keeps it until evicted: no expiry, or one beyond what `Instant` represents
+    /// (`'infinity'`, an `exp` near `u64::MAX`).
+    fn keep_until(&self, expires_at: Option<SystemTime>) -> Option<Instant> {
+        let left = expires_at?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .checked_add(self.grace)?;
+        Instant::now().checked_add(left)
+    }
+}
+
+/// Stores a revocation, keeping the longer of its `until` and one already held: a lookup that
+/// finishes after the feed delivered the same revocation never shortens it.
+fn put_revoked(map: &Map<String, Revoked>, key: &str, until: Option<Instant>) {
+    map.entry_by_ref(key).and_compute_with(|existing| match existing {
+        Some(current) if current.value().outlasts(until) => Op::Nop,
+        _ => Op::Put(Revoked { until }),
+    });
+}
+
+/// The eviction listener of a positives map: an entry lost to capacity pressure (evicted, or
+/// refused admission) costs the negative of its own key, which may predate the revocation, and
+/// moves the epoch so no lookup in flight stores it again; and a mirror that lost an entry is
+/// no longer complete.
+fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(&String, RemovalCause) {
+    move |key, cause| {
+        if cause != RemovalCause::Size {
+            return;
+        }
+        shared.evicted.fetch_add(1, Ordering::Relaxed);
+        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        negatives.invalidate(key);
+        if shared.mirroring.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                "a revocation was evicted from the full mirror; falling back to lookup mode (raise max_capacity)"
+            );
+        }
+    }
+}

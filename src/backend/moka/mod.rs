@@ -1,0 +1,453 @@
+//! [`MokaCache`]: the in-process tier that answers most checks from memory.
+//!
+//! It sits in front of a [`Ledger`] (such as [`PgStore`](super::postgres::PgStore)) and is itself
+//! a [`RevocationBackend`] and [`RevocationStore`], so the chain reads
+//! `JwtRevocationLayer<MokaCache<PgStore>>`. It owns the `moka` maps of what is known per key
+//! (`memory`), the follower of the ledger's change feed that keeps them current (`follow`), the
+//! rules for when memory may be trusted (`sync`), and single flight for misses (`flight`). It
+//! does not own durability: every write goes to the ledger first.
+//!
+//! # What is cached, and how stale an answer can be
+//!
+//! - **Revoked** (positive) entries, per `jti`, per `sid`, and subject cutoffs, are always
+//!   trusted. A revocation lives until its token's `exp` plus the
+//!   [`revocation_grace`](MokaCacheBuilder::revocation_grace) (5 min, beyond any validation
+//!   leeway), so a revoked token never becomes valid again while it can be presented; concurrent
+//!   writers never shorten that. Losing one to capacity pressure only means the next check of that
+//!   key asks the ledger again (lookup mode): an evicted entry is never assumed absent.
+//! - **Not revoked** (negative) entries are kept per key (`jti`, `sid`, subject) for at most
+//!   `negative_ttl`, and trusted only while the change feed is provably in sync: connected, and
+//!   its last proof of sync no older than `max_staleness`. A token is answered "not revoked" from
+//!   memory when each of its keys is. A negative is stored only if nothing that could make it
+//!   stale happened while its lookup ran (the feed's first sync, a restart, an eviction).
+//! - The feed proves sync at every heartbeat by reading the ledger past the last change it
+//!   delivered (for [`PgStore`](super::postgres::PgStore), every 2 s by default). Notifications
+//!   make delivery fast (milliseconds); the heartbeat makes it certain, so a revocation made on
+//!   another instance, or written by `psql`, reaches this one within one heartbeat plus a query
+//!   even where notifications are lost (a transaction pooler, a proxy).
+//!
+//! Per mode, the worst case:
+//!
+//! - [`CacheMode::Lookup`] (default): a miss asks the ledger once (concurrent misses for the same
+//!   keys share one query). While in sync, a "not revoked" answer is at most one heartbeat plus a
+//!   query old. While the feed is disconnected, negatives are not used: every check not settled by
+//!   a positive entry asks the ledger. If the ledger is unreachable as well, a negative no older
+//!   than `max_staleness` past the last sync still answers; after that the layer's
+//!   [`FailurePolicy`](crate::FailurePolicy) decides.
+//! - [`CacheMode::Mirror`]: the tier loads every live revocation at start and follows the feed; a
+//!   miss means "not revoked" without a query. Answers are as stale as in lookup mode while in
+//!   sync, and at most `max_staleness` past the last sync while the feed is disconnected (the
+//!   database may be down: the mirror keeps serving); beyond that, misses go to the ledger and its
+//!   errors to the failure policy. If the live set does not fit in `max_capacity`, or an entry is
+//!   ever evicted for size, the tier falls back to lookup mode with a `warn`, because a mirror
+//!   that lost an entry could call a revoked token valid.
+//!
+//! If the follower of the feed ever stops (its stream ended, a panic), it is restarted from the
+//! last change it applied, counted in [`CacheMetrics::feed_restarts`] and logged; until the new
+//! one is in sync, nothing is answered "not revoked" from memory, in either mode.
+
+mod builder;
+mod flight;
+mod follow;
+mod memory;
+mod sync;
+
+pub use builder::MokaCacheBuilder;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+
+use self::flight::{Flights, TokenKeys};
+use self::memory::{Memory, Trust};
+use self::sync::SyncState;
+use super::{
+    Ledger, RevocationBackend, RevocationRecord, RevocationStore, RevokedBy, StoreError, TokenFacts, Verdict,
+    unix_seconds,
+};
+
+/// How the tier answers a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Ask the ledger (once per key, however many requests wait), then remember the answer.
+    #[default]
+    Lookup,
+    /// Hold every live revocation; a miss is "not revoked" with no query.
+    Mirror,
+}
+
+/// The tier's counters, read with [`MokaCache::metrics`] (or through the layer,
+/// `layer.backend().metrics()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheMetrics {
+    /// Checks answered "not revoked".
+    pub active: u64,
+    /// Checks answered "revoked" by `jti`.
+    pub revoked_token: u64,
+    /// Checks answered "revoked" by session.
+    pub revoked_session: u64,
+    /// Checks answered "revoked" by subject cutoff.
+    pub revoked_subject: u64,
+    /// Checks that ended in an error (the layer's policy then decides).
+    pub errors: u64,
+    /// Checks answered from memory on the synchronous fast path.
+    pub hits: u64,
+    /// Checks the fast path could not answer.
+    pub misses: u64,
+    /// Lookups sent to the ledger.
+    pub backend_calls: u64,
+    /// Checks that waited for another check's lookup of the same keys instead of sending one.
+    pub coalesced_waits: u64,
+    /// Lookups in progress right now (each shared by every check waiting for the same keys).
+    pub in_flight_lookups: u64,
+    /// Change-feed events applied.
+    pub events_applied: u64,
+    /// Times the feed came back in sync after a disconnection.
+    pub resyncs: u64,
+    /// Times the feed's follower stopped (its stream ended or it panicked) and was restarted.
+    pub feed_restarts: u64,
+    /// Revocations (or cutoffs) dropped from memory for lack of capacity; each costs a lookup of
+    /// its own key when next asked (and ends mirroring).
+    pub evicted_revocations: u64,
+    /// Entries held (approximate, as moka counts them).
+    pub live_entries: u64,
+    /// Propagation lag of the last event applied: applied time minus `revoked_at`, in ms.
+    pub last_propagation_ms: u64,
+    /// The largest propagation lag seen, in ms.
+    pub max_propagation_ms: u64,
+    /// Whether mirror mode is active (loaded, and not fallen back to lookup).
+    pub mirroring: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    active: AtomicU64,
+    revoked_token: AtomicU64,
+    revoked_session: AtomicU64,
+    revoked_subject: AtomicU64,
+    errors: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    backend_calls: AtomicU64,
+    coalesced_waits: AtomicU64,
+    events_applied: AtomicU64,
+    resyncs: AtomicU64,
+    feed_restarts: AtomicU64,
+    last_propagation_ms: AtomicU64,
+    max_propagation_ms: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Tier<B> {
+    backend: B,
+    memory: Memory,
+    sync: SyncState,
+    mode: CacheMode,
+    max_capacity: u64,
+    /// The mirror's snapshot was loaded (whether or not it fit): a restarted follower resumes
+    /// from the feed instead of loading it again.
+    snapshot_loaded: AtomicBool,
+    counters: Counters,
+    flights: Flights,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<B> Drop for Tier<B> {
+    fn drop(&mut self) {
+        let supervisor = self.supervisor.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = supervisor.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A cache tier over a [`Ledger`]. Build it with [`MokaCache::builder`]; clones share one cache.
+///
+/// Concurrency: checks never block each other (moka's reads are lock-free); a miss is sent to
+/// the ledger by exactly one of the concurrent checks for the same keys, and the others wait for
+/// its answer (a cancelled waiter hands the lookup to the next one; the last to leave removes
+/// it). Writes go to the ledger first and update this instance's memory before returning, so the
+/// revoking instance reads its own writes; other instances learn through the change feed.
+pub struct MokaCache<B> {
+    tier: Arc<Tier<B>>,
+}
+
+impl<B> Clone for MokaCache<B> {
+    fn clone(&self) -> Self {
+        Self {
+            tier: Arc::clone(&self.tier),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for MokaCache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MokaCache")
+            .field("mode", &self.tier.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Tier<B> {
+    /// What memory may answer right now, reading the clock once.
+    fn trust(&self) -> Trust {
+        let within = self.sync.within_staleness();
+        Trust {
+            negatives: within && self.sync.connected(),
+            mirror: within && self.memory.mirroring(),
+        }
+    }
+
+    /// What memory may answer when the ledger could not: negatives (and the mirror) up to
+    /// `max_staleness` past the last proof of sync, connected or not.
+    fn trust_when_unreachable(&self) -> Trust {
+        let within = self.sync.within_staleness();
+        Trust {
+            negatives: within,
+            mirror: within && self.memory.mirroring(),
+        }
+    }
+
+    fn count(&self, answer: &Result<Verdict, StoreError>) {
+        bump(match answer {
+            Ok(Verdict::Active) => &self.counters.active,
+            Ok(Verdict::Revoked(RevokedBy::Token)) => &self.counters.revoked_token,
+            Ok(Verdict::Revoked(RevokedBy::Session)) => &self.counters.revoked_session,
+            Ok(Verdict::Revoked(RevokedBy::Subject)) => &self.counters.revoked_subject,
+            Err(_) => &self.counters.errors,
+        });
+    }
+}
+
+impl<B: Ledger> Tier<B> {
+    /// The slow path: one ledger lookup per set of keys, however many checks wait for it.
+    async fn check_slow(
+        self: Arc<Self>,
+        key: TokenKeys,
+        issued_at: Option<u64>,
+        expires_at: Option<u64>,
+    ) -> Result<Verdict, StoreError> {
+        let facts = key.facts(issued_at, expires_at);
+        let flight = match self
+            .flights
+            .join(key.clone(), || self.memory.answer(&facts, self.trust()))
+        {
+            Ok(flight) => flight,
+            Err(answered) => return Ok(answered),
+        };
+        if flight.joined {
+            bump(&self.counters.coalesced_waits);
+        }
+        let result = flight
+            .answer(|| async {
+                bump(&self.counters.backend_calls);
+                let started = self.memory.epoch();
+                let lookup = self.backend.lookup(&facts).await;
+                if let Ok(lookup) = &lookup {
+                    // Remembered before the flight ends, so a check arriving after it hits memory.
+                    let negatives = !self.memory.mirroring();
+                    self.memory.remember(&facts, lookup, started, negatives);
+                }
+                lookup.map_err(Arc::new)
+            })
+            .await;
+        drop(flight);
+        match result {
+            Ok(lookup) => Ok(lookup.verdict(issued_at)),
+            Err(error) => match self.memory.answer(&facts, self.trust_when_unreachable()) {
+                Some(verdict) => Ok(verdict),
+                None => Err(shared_error(&error)),
+            },
+        }
+    }
+}
+
+/// A copy of a shared lookup error for one waiter, keeping its kind.
+fn shared_error(error: &Arc<StoreError>) -> StoreError {
+    #[derive(Debug)]
+    struct Shared(Arc<StoreError>);
+    impl std::fmt::Display for Shared {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+    impl std::error::Error for Shared {}
+    match &**error {
+        StoreError::Timeout(timeout) => StoreError::Timeout(*timeout),
+        StoreError::InvalidInput(what) => StoreError::InvalidInput(what),
+        StoreError::Query(_) => StoreError::Query(Box::new(Shared(Arc::clone(error)))),
+        _ => StoreError::Unavailable(Box::new(Shared(Arc::clone(error)))),
+    }
+}
+
+impl<B: Ledger> MokaCache<B> {
+    /// The ledger behind the tier.
+    pub fn backend(&self) -> &B {
+        &self.tier.backend
+    }
+
+    /// The configured mode (see [`CacheMetrics::mirroring`] for whether mirroring is active).
+    pub fn mode(&self) -> CacheMode {
+        self.tier.mode
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> CacheMetrics {
+        let tier = &*self.tier;
+        let c = &tier.counters;
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheMetrics {
+            active: read(&c.active),
+            revoked_token: read(&c.revoked_token),
+            revoked_session: read(&c.revoked_session),
+            revoked_subject: read(&c.revoked_subject),
+            errors: read(&c.errors),
+            hits: read(&c.hits),
+            misses: read(&c.misses),
+            backend_calls: read(&c.backend_calls),
+            coalesced_waits: read(&c.coalesced_waits),
+            in_flight_lookups: tier.flights.len() as u64,
+            events_applied: read(&c.events_applied),
+            resyncs: read(&c.resyncs),
+            feed_restarts: read(&c.feed_restarts),
+            evicted_revocations: tier.memory.evicted(),
+            live_entries: tier.memory.entry_count(),
+            last_propagation_ms: read(&c.last_propagation_ms),
+            max_propagation_ms: read(&c.max_propagation_ms),
+            mirroring: tier.memory.mirroring(),
+        }
+    }
+
+    /// Whether cached "not revoked" answers are trusted right now (the feed is connected and
+    /// its last proof of sync is within `max_staleness`).
+    pub fn is_in_sync(&self) -> bool {
+        self.tier.sync.fresh()
+    }
+
+    /// Waits until the tier is in sync (and, in mirror mode, loaded), at most `timeout`.
+    /// Returns whether it is.
+    pub async fn wait_in_sync(&self, timeout: Duration) -> bool {
+        let ready = || {
+            self.tier.sync.fresh() && (self.tier.mode != CacheMode::Mirror || self.tier.memory.mirroring())
+        };
+        let wait = async {
+            loop {
+                let notified = self.tier.sync.synced.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if ready() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() || ready()
+    }
+}
+
+impl<B: Ledger> RevocationBackend for MokaCache<B> {
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
+
+    /// Answers from memory when it can: revoked entries always, negatives while in sync, and
+    /// (mirror mode) misses within `max_staleness`. No allocation, no lock, no await.
+    fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        let tier = &*self.tier;
+        match tier.memory.answer(facts, tier.trust()) {
+            Some(verdict) => {
+                bump(&tier.counters.hits);
+                let answer = Ok(verdict);
+                tier.count(&answer);
+                Some(answer)
+            }
+            None => {
+                bump(&tier.counters.misses);
+                None
+            }
+        }
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        let tier = Arc::clone(&self.tier);
+        let key = TokenKeys::of(facts);
+        let (issued_at, expires_at) = (facts.issued_at, facts.expires_at);
+        Box::pin(async move {
+            let counted = Arc::clone(&tier);
+            let answer = tier.check_slow(key, issued_at, expires_at).await;
+            counted.count(&answer);
+            answer
+        })
+    }
+}
+
+/// Writes go to the ledger first; the local memory is updated only after the ledger said `Ok`
+/// (read-your-writes on this instance).
+impl<B: Ledger> RevocationStore for MokaCache<B> {
+    async fn revoke(
+        &self,
+        jti: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let created = self
+            .tier
+            .backend
+            .revoke(jti, subject, expires_at, reason, revoked_by)
+            .await?;
+        self.tier.memory.revoked_token(jti, Some(expires_at));
+        Ok(created)
+    }
+
+    async fn revoke_session(
+        &self,
+        sid: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let created = self
+            .tier
+            .backend
+            .revoke_session(sid, subject, expires_at, reason, revoked_by)
+            .await?;
+        self.tier.memory.revoked_session(sid, Some(expires_at));
+        Ok(created)
+    }
+
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        not_before: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.tier
+            .backend
+            .revoke_subject(subject, not_before, reason, revoked_by)
+            .await?;
+        self.tier.memory.cutoff(subject, unix_seconds(not_before));
+        Ok(())
+    }
+
+    async fn list_by_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        self.tier.backend.list_by_subject(subject, limit).await
+    }
+
+    async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
+        self.tier.backend.purge_expired(margin).await
+    }
+}

@@ -1,0 +1,108 @@
+//! Whether the tier's memory is provably current: the change feed's connection, its last proof
+//! of sync, its position (`seq`) in the ledger, and whether it is being restarted.
+//!
+//! A proof of sync is a [`FeedItem::InSync`](crate::FeedItem::InSync): every revocation committed
+//! before it was delivered. Negatives are trusted only while connected and within
+//! `max_staleness` of the last proof; a mirror's misses within `max_staleness` even while
+//! disconnected; nothing while the feed is being restarted. This module only keeps the state;
+//! the follower in `follow` moves it.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// "No proof of sync yet" in `last_sync_ms`; "no position yet" in `cursor`.
+const NEVER: u64 = u64::MAX;
+const NO_SEQ: i64 = i64::MIN;
+
+pub(super) struct SyncState {
+    /// Reference point for the millisecond clock below.
+    clock: Instant,
+    connected: AtomicBool,
+    /// The follower died and a new one is not in sync yet.
+    restarting: AtomicBool,
+    /// Milliseconds since `clock` of the last proof of sync.
+    last_sync_ms: AtomicU64,
+    /// The last `seq` applied: where a restarted feed resumes.
+    cursor: AtomicI64,
+    max_staleness: Duration,
+    /// Woken at every proof of sync.
+    pub(super) synced: Notify,
+}
+
+impl SyncState {
+    pub(super) fn new(max_staleness: Duration) -> Self {
+        Self {
+            clock: Instant::now(),
+            connected: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
+            last_sync_ms: AtomicU64::new(NEVER),
+            cursor: AtomicI64::new(NO_SEQ),
+            max_staleness,
+            synced: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// Milliseconds since the last proof of sync; `None` before the first.
+    pub(super) fn millis_since_sync(&self) -> Option<u64> {
+        let last = self.last_sync_ms.load(Ordering::Acquire);
+        (last != NEVER).then(|| self.now_ms().saturating_sub(last))
+    }
+
+    /// No older than `max_staleness` since the last proof of sync (connected or not), and not
+    /// restarting.
+    pub(super) fn within_staleness(&self) -> bool {
+        !self.restarting.load(Ordering::Acquire)
+            && self
+                .millis_since_sync()
+                .is_some_and(|ms| u128::from(ms) <= self.max_staleness.as_millis())
+    }
+
+    pub(super) fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Connected and within staleness: negatives may be answered from memory.
+    pub(super) fn fresh(&self) -> bool {
+        self.connected() && self.within_staleness()
+    }
+
+    /// Records a proof of sync at position `seq`. Returns whether it ended a disconnection
+    /// after an earlier sync (a resync).
+    pub(super) fn in_sync(&self, seq: i64) -> bool {
+        self.set_cursor(seq);
+        let was_connected = self.connected.swap(true, Ordering::AcqRel);
+        let had_synced = self.last_sync_ms.load(Ordering::Acquire) != NEVER;
+        self.last_sync_ms.store(self.now_ms(), Ordering::Release);
+        self.restarting.store(false, Ordering::Release);
+        self.synced.notify_waiters();
+        !was_connected && had_synced
+    }
+
+    /// Records a lost connection. Returns whether it was connected until now.
+    pub(super) fn disconnected(&self) -> bool {
+        self.connected.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records that the follower stopped: nothing is trusted until the next proof of sync.
+    pub(super) fn restarting(&self) {
+        self.restarting.store(true, Ordering::Release);
+        self.connected.store(false, Ordering::Release);
+    }
+
+    /// The last `seq` applied, if any.
+    pub(super) fn cursor(&self) -> Option<i64> {
+        let seq = self.cursor.load(Ordering::Acquire);
+        (seq != NO_SEQ).then_some(seq)
+    }
+
+    /// Moves the position forward (never back).
+    pub(super) fn set_cursor(&self, seq: i64) {
+        self.cursor.fetch_max(seq, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,496 @@
+//! [`PgStore`]: the durable revocation ledger in Postgres, shared by every server instance.
+//!
+//! This module owns the SQL side: the queries behind [`RevocationStore`], [`RevocationBackend`]
+//! and [`Ledger`]. Its parts: the schema and its history (`migrations/`, embedded as
+//! [`MIGRATOR`], applied by [`PgStore::migrate`]), statements and value conversions that work
+//! through a transaction pooler (`sql`), the change feed ([`Subscription`]), and scheduled purging
+//! ([`spawn_purger`]). It does not cache: every check is one round trip. Put the cache tier in
+//! front of it for the per-request path.
+//!
+//! # Guarantees
+//!
+//! - A `revoke*` call returns `Ok` only after its transaction committed: the revocation survives
+//!   restarts of every process, and every later `check` on any pool sees it.
+//! - Every operation but [`migrate`](PgStore::migrate) is bounded by
+//!   [`PgStore::with_timeout`] (default 2 s), covering the wait for a pooled connection and the
+//!   query itself. A timeout or a connection failure is a [`StoreError`], which the layer hands to
+//!   its failure policy: never a panic, never "not revoked".
+//! - The change feed delivers every committed revocation in `seq` order, at least once, across
+//!   lost connections, and proves at every heartbeat that it has (see [`Subscription`]).
+//! - Any value a DBA can write is read without panicking: `'infinity'` (a revocation kept until
+//!   deleted by hand, or a subject banned for good) becomes [`far_future`], `'-infinity'` the
+//!   Unix epoch.
+//!
+//! # Behind a transaction pooler (PgBouncer, Supavisor)
+//!
+//! Give the pool `statement-cache-capacity=0` in its URL (as every sqlx user behind such a pooler
+//! does): the store then sends each statement as one simple-protocol message with its values as
+//! literals, which a transaction pooler passes through intact (sqlx's prepared statements it does
+//! not). Migrations take a transaction-scoped lock, which works through it too. `LISTEN` does not
+//! work through a transaction pooler, so the change feed's notifications are lost there; its
+//! heartbeat still delivers every revocation within one interval. For millisecond propagation,
+//! give the feed (and migrations) a direct connection with
+//! [`with_direct_url`](PgStore::with_direct_url).
+
+mod feed;
+mod migrate;
+mod purge;
+mod sql;
+
+pub use feed::Subscription;
+pub use migrate::HISTORY_TABLE;
+pub use purge::{Purger, spawn_purger};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+use self::feed::FeedConfig;
+use self::sql::{EVENTS_SINCE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, log_select, record_from_row};
+pub(crate) use self::sql::{Protocol, Statement, bounded, classify, epoch_seconds, from_epoch_seconds};
+use super::{
+    Ledger, Lookup, RevocationBackend, RevocationEvent, RevocationRecord, RevocationStore, Snapshot,
+    StoreError, TokenFacts, Verdict,
+};
+
+/// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
+/// to read them. Applications should run them with [`PgStore::migrate`], which keeps their
+/// history in [`HISTORY_TABLE`] and so coexists with the application's own sqlx migrations;
+/// running this `Migrator` records them in `_sqlx_migrations`, where an application's
+/// `Migrator` then finds versions it does not know.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The `LISTEN` channel the ledger's triggers notify.
+pub const CHANNEL: &str = "jwt_revocation";
+
+/// The `application_name` of the change feed's connection, to find it in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "tower-jwt-revocation-listener";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+const PURGE_BATCH: i64 = 1_000;
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A revocation ledger on a Postgres pool. Cheap to clone (clones share the pool).
+///
+/// ```no_run
+/// use tower_jwt_revocation::{JwtRevocationLayer, PgStore};
+/// use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Through PgBouncer in transaction mode, with a direct connection for the change feed:
+/// let store = PgStore::connect("postgres://app@pgbouncer:6432/app?statement-cache-capacity=0")
+///     .await?
+///     .with_direct_url("postgres://app@db:5432/app")?;
+/// store.migrate().await?;
+/// let layer = JwtRevocationLayer::builder(store.clone())
+///     .decoding_key(DecodingKey::from_secret(b"secret"))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// How statements are sent on the pool's connections.
+    protocol: Protocol,
+    /// The connection for the change feed and migrations, when not the pool's.
+    direct: Option<PgConnectOptions>,
+    timeout: Duration,
+    heartbeat: Duration,
+    listener_name: std::borrow::Cow<'static, str>,
+}
+
+impl PgStore {
+    /// Connects a pool to `url` (whose connection wait is bounded by the store's timeout) and
+    /// checks that the database answers. Every setting of the URL applies to every connection the
+    /// store opens, `statement-cache-capacity=0` included (see the module documentation).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Query(Box::new(e)))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(DEFAULT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        Ok(Self::new(pool))
+    }
+
+    /// A store on an existing pool. Set the pool's `acquire_timeout` no longer than
+    /// [`with_timeout`](Self::with_timeout): the store's own timeout bounds each call anyway.
+    /// A pool whose options turn the statement cache off is treated as sitting behind a
+    /// transaction pooler (see [`with_transaction_pooler`](Self::with_transaction_pooler)).
+    pub fn new(pool: PgPool) -> Self {
+        let protocol = Protocol::of(&pool.connect_options());
+        Self {
+            pool,
+            protocol,
+            direct: None,
+            timeout: DEFAULT_TIMEOUT,
+            heartbeat: DEFAULT_HEARTBEAT,
+            listener_name: LISTENER_APPLICATION_NAME.into(),
+        }
+    }
+
+    /// Whether the pool's connections go through a transaction-mode pooler (PgBouncer,
+    /// Supavisor): then every statement is sent as one simple-protocol message with its values
+    /// inlined as literals, instead of as a prepared statement. Detected from the pool's
+    /// `statement-cache-capacity=0`; set it here when the pool's settings do not say.
+    #[must_use]
+    pub fn with_transaction_pooler(mut self, behind_pooler: bool) -> Self {
+        self.protocol = if behind_pooler {
+            Protocol::Inline
+        } else {
+            Protocol::Prepared
+        };
+        self
+    }
+
+    /// Runs the change feed and migrations on a direct connection to `url` (past the pooler)
+    /// instead of the pool's: `LISTEN` needs a session of its own, which a transaction pooler does
+    /// not keep. Without it, notifications are lost behind such a pooler and revocations from
+    /// other instances arrive at the feed's heartbeat instead of within milliseconds. The URL's
+    /// own settings apply to that connection.
+    pub fn with_direct_url(self, url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Query(Box::new(e)))?;
+        Ok(self.with_direct_options(options))
+    }
+
+    /// [`with_direct_url`](Self::with_direct_url) with parsed options.
+    #[must_use]
+    pub fn with_direct_options(mut self, options: PgConnectOptions) -> Self {
+        self.direct = Some(options);
+        self
+    }
+
+    /// Bounds every call (connection wait plus query). Default 2 s.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How often the change feed proves sync: it reads the ledger past the last change it
+    /// delivered, delivers what it finds, and reports [`FeedItem::InSync`](crate::FeedItem::InSync).
+    /// A revocation reaches every instance within this interval plus a query even when no
+    /// notification arrives. Default 2 s.
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// The `application_name` of the change feed's connection (default
+    /// [`LISTENER_APPLICATION_NAME`]), to tell instances apart in `pg_stat_activity`.
+    #[must_use]
+    pub fn with_listener_name(mut self, name: impl Into<String>) -> Self {
+        self.listener_name = name.into().into();
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The direct connection's options and protocol, or else the pool's.
+    fn direct_or_pool(&self) -> (PgConnectOptions, Protocol) {
+        match &self.direct {
+            Some(direct) => (direct.clone(), Protocol::of(direct)),
+            None => (self.pool.connect_options().as_ref().clone(), self.protocol),
+        }
+    }
+
+    /// Applies the crate's migrations that the database lacks, on the direct connection when
+    /// there is one. Their history is kept in [`HISTORY_TABLE`], apart from the application's
+    /// `_sqlx_migrations`, so both coexist in one schema, in either order. Safe to call from
+    /// several instances at once, through a transaction pooler, and from an older build against a
+    /// newer schema (versions it does not know are left alone). Not bounded by the store's
+    /// timeout.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.direct {
+            Some(direct) => {
+                let mut connection = direct.connect().await.map_err(classify)?;
+                migrate::run(&mut connection, Protocol::of(direct)).await
+            }
+            None => {
+                let mut connection = self.pool.acquire().await.map_err(classify)?;
+                migrate::run(&mut connection, self.protocol).await
+            }
+        }
+    }
+
+    async fn bounded<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        bounded(self.timeout, operation).await
+    }
+
+    /// The highest `seq` in the ledger (0 when empty).
+    pub async fn max_seq(&self) -> Result<i64, StoreError> {
+        let row = self
+            .bounded(Statement::new(MAX_SEQ).fetch_one_on(self.protocol, &self.pool))
+            .await?;
+        row.try_get("seq").map_err(|e| StoreError::Query(Box::new(e)))
+    }
+
+    /// Every revocation with `seq` greater than `seq`, in `seq` order, at most `limit`: the
+    /// catch-up read of the change feed, public for consumers that track their own position.
+    pub async fn events_since(&self, seq: i64, limit: i64) -> Result<Vec<RevocationEvent>, StoreError> {
+        let statement = Statement::new(EVENTS_SINCE).int(seq).int(limit);
+        let rows = self
+            .bounded(statement.fetch_all_on(self.protocol, &self.pool))
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// A change feed starting after the ledger's current end: see [`Subscription`].
+    ///
+    /// Needs a Tokio runtime (it spawns the feed's task); outside one it returns an error.
+    pub fn subscribe(&self) -> Result<Subscription, StoreError> {
+        self.subscribe_after(None)
+    }
+
+    /// A change feed starting after `seq`: the events past it are delivered first.
+    pub fn subscribe_from(&self, seq: i64) -> Result<Subscription, StoreError> {
+        self.subscribe_after(Some(seq))
+    }
+
+    fn subscribe_after(&self, seq: Option<i64>) -> Result<Subscription, StoreError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let (options, protocol) = self.direct_or_pool();
+        let config = FeedConfig {
+            options: options.application_name(&self.listener_name),
+            protocol,
+            timeout: self.timeout,
+            heartbeat: self.heartbeat,
+        };
+        Ok(Subscription::spawn(&runtime, config, seq))
+    }
+
+    async fn insert_keyed(
+        &self,
+        sql: &'static str,
+        key: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidInput("empty revocation key"));
+        }
+        let statement = Statement::new(sql)
+            .text(key)
+            .text(subject)
+            .float(epoch_seconds(expires_at))
+            .text(reason)
+            .text(revoked_by);
+        let inserted = self
+            .bounded(statement.execute_on(self.protocol, &self.pool))
+            .await?;
+        Ok(inserted == 1)
+    }
+}
+
+/// [`classify`], for the session module's queries.
+pub(crate) fn bounded_sql(error: sqlx::Error) -> StoreError {
+    classify(error)
+}
+
+/// The answer to one check: three lookups in one round trip. The cutoff is read as a float so
+/// that `'infinity'` (a subject banned for good) arrives as `Infinity`, not as a cast error.
+const CHECK_SQL: &str = "SELECT \
+    EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
+    EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
+    (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+
+impl RevocationBackend for PgStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
+
+    /// Always `None`: every answer needs a round trip.
+    fn try_check(&self, _: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        None
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        let lookup = self.lookup(facts);
+        let issued_at = facts.issued_at;
+        Box::pin(async move { Ok(lookup.await?.verdict(issued_at)) })
+    }
+}
+
+impl Ledger for PgStore {
+    type LookupFuture = Pin<Box<dyn Future<Output = Result<Lookup, StoreError>> + Send>>;
+    type Feed = Subscription;
+
+    fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture {
+        let (pool, protocol, timeout) = (self.pool.clone(), self.protocol, self.timeout);
+        let jti = facts.jti.map(str::to_owned);
+        let sid = facts.session_id.map(str::to_owned);
+        let sub = facts.subject.map(str::to_owned);
+        Box::pin(async move {
+            let statement = Statement::new(CHECK_SQL)
+                .text(jti.as_deref())
+                .text(sid.as_deref())
+                .text(sub.as_deref());
+            let row = bounded(timeout, statement.fetch_one_on(protocol, &pool)).await?;
+            let get_err = |e: sqlx::Error| StoreError::Query(Box::new(e));
+            let cutoff: Option<f64> = row.try_get("cutoff").map_err(get_err)?;
+            Ok(Lookup {
+                token_revoked: row.try_get("token").map_err(get_err)?,
+                session_revoked: row.try_get("session").map_err(get_err)?,
+                subject_cutoff: cutoff.map(epoch_to_unix_seconds),
+            })
+        })
+    }
+
+    /// Reads every revocation and its `seq` in one `REPEATABLE READ` transaction, so that
+    /// following the feed from that `seq` misses nothing. Bounded by 30 s or the store's timeout,
+    /// whichever is longer (a live set of a million rows takes seconds).
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let protocol = self.protocol;
+        let read = async {
+            let mut tx = self.pool.begin().await?;
+            Statement::new("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(protocol, &mut tx)
+                .await?;
+            let seq: i64 = Statement::new(MAX_SEQ)
+                .fetch_one(protocol, &mut tx)
+                .await?
+                .try_get("seq")?;
+            // Every row, expired or not: a token that expired a moment ago still validates within
+            // the leeway, and the cache keeps each revocation as long as its token can be
+            // presented (see `MokaCacheBuilder::revocation_grace`). Rows long expired are few
+            // (the purger deletes them) and are kept in memory for the grace only.
+            let rows = Statement::new(concat!(log_select!(), " ORDER BY seq"))
+                .fetch_all(protocol, &mut tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((seq, rows))
+        };
+        let (seq, rows) = bounded(self.timeout.max(SNAPSHOT_TIMEOUT), read).await?;
+        let records = rows.iter().map(record_from_row).collect::<Result<_, _>>()?;
+        Ok(Snapshot { records, seq })
+    }
+
+    fn feed(&self, after: Option<i64>) -> Result<Subscription, StoreError> {
+        self.subscribe_after(after)
+    }
+}
+
+impl RevocationStore for PgStore {
+    async fn revoke(
+        &self,
+        jti: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO jwt_revocations (jti, subject, expires_at, reason, revoked_by) \
+                           VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (jti) DO NOTHING";
+        self.insert_keyed(SQL, jti, subject, expires_at, reason, revoked_by)
+            .await
+    }
+
+    async fn revoke_session(
+        &self,
+        sid: &str,
+        subject: Option<&str>,
+        expires_at: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
+                           VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
+        self.insert_keyed(SQL, sid, subject, expires_at, reason, revoked_by)
+            .await
+    }
+
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        not_before: SystemTime,
+        reason: Option<&str>,
+        revoked_by: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if subject.is_empty() {
+            return Err(StoreError::InvalidInput("empty subject"));
+        }
+        // Truncated to the second (the JWT `iat` resolution); the cutoff only moves forward.
+        let statement = Statement::new(
+            "INSERT INTO jwt_subject_revocations (subject, not_before, reason, revoked_by) \
+             VALUES ($1, to_timestamp($2::float8), $3, $4) \
+             ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
+                 reason = excluded.reason, revoked_by = excluded.revoked_by \
+             WHERE excluded.not_before > jwt_subject_revocations.not_before",
+        )
+        .text(subject)
+        .float(epoch_seconds(not_before).floor())
+        .text(reason)
+        .text(revoked_by);
+        self.bounded(statement.execute_on(self.protocol, &self.pool))
+            .await?;
+        Ok(())
+    }
+
+    async fn list_by_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let statement = Statement::new(concat!(
+            log_select!(),
+            " WHERE subject = $1 ORDER BY revoked_at DESC, seq DESC LIMIT $2"
+        ))
+        .text(subject)
+        .int(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = self
+            .bounded(statement.fetch_all_on(self.protocol, &self.pool))
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Deletes in batches of 1 000 rows, each its own short statement that skips rows another
+    /// purger holds, so a large purge takes no long locks and several instances may purge at once.
+    async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
+        const BATCHES: [&str; 2] = [
+            "DELETE FROM jwt_revocations WHERE jti IN ( \
+                 SELECT jti FROM jwt_revocations WHERE expires_at < now() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "DELETE FROM jwt_session_revocations WHERE session_id IN ( \
+                 SELECT session_id FROM jwt_session_revocations WHERE expires_at < now() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        ];
+        let mut deleted = 0;
+        for sql in BATCHES {
+            loop {
+                let statement = Statement::new(sql).float(margin.as_secs_f64()).int(PURGE_BATCH);
+                let batch = self
+                    .bounded(statement.execute_on(self.protocol, &self.pool))
+                    .await?;
+                deleted += batch;
+                if batch < PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_future_is_written_as_infinity() {
+        assert_eq!(epoch_seconds(crate::backend::far_future()), f64::INFINITY);
+    }
+}

@@ -1,0 +1,328 @@
+//! The cache tier's consistency model under the races and failures that break naive caches:
+//! a feed that dies, a lookup racing the first sync or a feed event, a mirror starting inside the
+//! leeway, a full cache, cancelled lookups, and notifications that never arrive.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::cluster::{Settings, instance, instance_with};
+use common::faulty::{Fault, Faulty};
+use common::*;
+use http::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+use tower_jwt_revocation::{
+    CacheMode, FailurePolicy, Ledger, MokaCache, PgStore, RevocationBackend, RevocationStore, RevokedBy,
+    StoreError, TokenFacts, Verdict,
+};
+
+fn store(pool: &PgPool) -> PgStore {
+    PgStore::new(pool.clone())
+        .with_timeout(Duration::from_millis(500))
+        .with_heartbeat(Duration::from_millis(100))
+}
+
+fn facts(jti: &str) -> TokenFacts<'_> {
+    TokenFacts {
+        jti: Some(jti),
+        subject: Some("kim"),
+        issued_at: Some(now()),
+        expires_at: Some(now() + 600),
+        ..TokenFacts::default()
+    }
+}
+
+/// The layer's order: the fast path, then the slow path.
+async fn verdict<B: Ledger>(cache: &MokaCache<B>, facts: &TokenFacts<'_>) -> Result<Verdict, StoreError> {
+    match cache.try_check(facts) {
+        Some(answer) => answer,
+        None => cache.check(facts).await,
+    }
+}
+
+async fn revoke_by_sql(pool: &PgPool, jti: &str) {
+    sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
+        .bind(jti)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Reproduced on `main` before the fix: a feed stream that ended (its task died) was never
+/// followed again, so a revocation written afterwards never reached the cache (the mirror kept
+/// answering "not revoked" until `max_staleness`).
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_feed_that_ends_or_panics_is_restarted_and_negatives_wait_for_it(pool: PgPool) {
+    for mode in [CacheMode::Lookup, CacheMode::Mirror] {
+        for fault in [Fault::End, Fault::Panic] {
+            let faulty = Faulty::new(store(&pool));
+            let cache = MokaCache::builder(faulty.clone())
+                .mode(mode)
+                .max_staleness(Duration::from_secs(10))
+                .start()
+                .unwrap();
+            assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+            let jti = format!("restart-{mode:?}-{fault:?}");
+            assert_eq!(verdict(&cache, &facts(&jti)).await.unwrap(), Verdict::Active);
+
+            faulty.hold_feed(true);
+            let subscriptions = faulty.subscriptions();
+            faulty.fault(fault);
+            wait_until("the feed is started again", || async {
+                faulty.subscriptions() > subscriptions
+            })
+            .await;
+            // Until the new feed is in sync, no "not revoked" is answered from memory.
+            assert!(!cache.is_in_sync());
+            assert!(cache.try_check(&facts(&jti)).is_none(), "{mode:?} {fault:?}");
+            assert_eq!(cache.metrics().feed_restarts, 1);
+
+            faulty.hold_feed(false);
+            assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+            revoke_by_sql(&pool, &jti).await;
+            wait_until_within("the revocation arrives", Duration::from_secs(2), || async {
+                matches!(verdict(&cache, &facts(&jti)).await, Ok(Verdict::Revoked(_)))
+            })
+            .await;
+        }
+    }
+}
+
+/// Reproduced on `main` before the fix: a lookup made before the feed's first sync stored "not
+/// revoked", the token was revoked before the feed's starting point, and after the first sync the
+/// stale negative was trusted (the revoked token answered Active).
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_negative_stored_before_the_first_sync_is_not_trusted_after_it(pool: PgPool) {
+    let faulty = Faulty::new(store(&pool));
+    faulty.hold_feed(true);
+    let cache = MokaCache::builder(faulty.clone()).start().unwrap();
+    assert_eq!(verdict(&cache, &facts("early")).await.unwrap(), Verdict::Active);
+    revoke_by_sql(&pool, "early").await;
+
+    faulty.hold_feed(false); // the feed starts after the revocation: it never delivers it
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert_eq!(
+        verdict(&cache, &facts("early")).await.unwrap(),
+        Verdict::Revoked(RevokedBy::Token)
+    );
+}
+
+/// Reproduced on `main` before the fix: a lookup that finished after the feed delivered a
+/// session revocation replaced the revocation's expiry with the (earlier) one of the token it
+/// looked up, so the session was forgotten while its newer tokens were still valid.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_lookup_never_shortens_a_revocation_the_feed_delivered(pool: PgPool) {
+    let faulty = Faulty::new(store(&pool));
+    let cache = MokaCache::builder(faulty.clone())
+        .revocation_grace(Duration::ZERO)
+        .start()
+        .unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    let short_exp = now() + 2;
+    let short = TokenFacts {
+        jti: Some("short"),
+        session_id: Some("sess"),
+        expires_at: Some(short_exp),
+        ..TokenFacts::default()
+    };
+    let long = TokenFacts {
+        jti: Some("long"),
+        session_id: Some("sess"),
+        expires_at: Some(now() + 600),
+        ..TokenFacts::default()
+    };
+
+    faulty.hold_lookups(true);
+    let racing = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let facts = TokenFacts {
+                jti: Some("short"),
+                session_id: Some("sess"),
+                expires_at: Some(short_exp),
+                ..TokenFacts::default()
+            };
+            cache.check(&facts).await
+        })
+    };
+    wait_until("the lookup is asked", || async { faulty.lookups() == 1 }).await;
+    faulty
+        .store
+        .revoke_session("sess", None, in_an_hour(), None, None)
+        .await
+        .unwrap();
+    wait_until("the feed delivers the session revocation", || async {
+        cache.try_check(&long).is_some()
+    })
+    .await;
+    faulty.hold_lookups(false);
+    assert_eq!(
+        racing.await.unwrap().unwrap(),
+        Verdict::Revoked(RevokedBy::Session)
+    );
+
+    // Past the short token's expiry the session is still remembered, for its newer tokens.
+    let past_short = SystemTime::UNIX_EPOCH + Duration::from_secs(short_exp + 1);
+    while SystemTime::now() < past_short {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cache.try_check(&short).is_some());
+    assert_eq!(
+        cache.try_check(&long).map(Result::unwrap),
+        Some(Verdict::Revoked(RevokedBy::Session))
+    );
+}
+
+/// Reproduced on `main` before the fix: the mirror's snapshot skipped revocations whose token
+/// expired a moment ago, although such a token still validates within the leeway (60 s), so a
+/// mirror starting in that window accepted it.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_mirror_starting_within_the_leeway_loads_revocations_of_just_expired_tokens(pool: PgPool) {
+    let expired = now() - 10;
+    let token = mint(json!({"jti": "just-expired", "sub": "lou", "iat": now() - 100, "exp": expired}));
+    PgStore::new(pool.clone())
+        .revoke(
+            "just-expired",
+            Some("lou"),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(expired),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let mirror = instance(&pool, "mirror", CacheMode::Mirror, FailurePolicy::Closed).await;
+    assert!(mirror.cache.metrics().mirroring);
+    assert_eq!(mirror.status(&token).await, StatusCode::UNAUTHORIZED);
+}
+
+/// Reproduced on `main` before the fix: once the revoked-keys cache was full, every revocation
+/// the feed delivered was evicted or refused admission, and each such eviction wiped every "not
+/// revoked" answer, so all ten known-good tokens were asked again.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_full_cache_pays_for_an_evicted_revocation_with_that_key_only(pool: PgPool) {
+    let cache = MokaCache::builder(store(&pool))
+        .max_capacity(20)
+        .negative_ttl(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    let good: Vec<String> = (0..10).map(|i| format!("good-{i}")).collect();
+    for jti in &good {
+        assert_eq!(verdict(&cache, &facts(jti)).await.unwrap(), Verdict::Active);
+    }
+    sqlx::query(
+        "INSERT INTO jwt_revocations (jti, expires_at) \
+         SELECT 'churn-' || i, now() + interval '1 hour' FROM generate_series(1, 200) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_until("the revocations are applied and some evicted", || async {
+        let metrics = cache.metrics();
+        metrics.events_applied >= 200 && metrics.evicted_revocations > 0
+    })
+    .await;
+
+    let calls = cache.metrics().backend_calls;
+    for jti in &good {
+        assert_eq!(
+            cache.try_check(&facts(jti)).map(Result::unwrap),
+            Some(Verdict::Active)
+        );
+    }
+    assert_eq!(cache.metrics().backend_calls, calls);
+    // An evicted revocation is asked again, never assumed absent.
+    assert!(matches!(
+        verdict(&cache, &facts("churn-1")).await,
+        Ok(Verdict::Revoked(RevokedBy::Token))
+    ));
+}
+
+/// Before the fix, a lookup whose every waiter was cancelled (clients gone during an outage)
+/// left its single-flight entry behind for good: `in_flight_lookups` stayed at 1 here.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_lookup_abandoned_by_every_waiter_leaves_no_flight_behind(pool: PgPool) {
+    let faulty = Faulty::new(store(&pool));
+    let cache = MokaCache::builder(faulty.clone()).start().unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    faulty.hold_lookups(true);
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.check(&facts("abandoned")).await })
+        })
+        .collect();
+    wait_until("the three checks wait on one lookup", || async {
+        cache.metrics().coalesced_waits == 2
+    })
+    .await;
+    assert_eq!(cache.metrics().in_flight_lookups, 1);
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        waiter.abort();
+        let _ = waiter.await;
+        let left = if i < 2 { 1 } else { 0 };
+        assert_eq!(
+            cache.metrics().in_flight_lookups,
+            left,
+            "after {} cancelled",
+            i + 1
+        );
+    }
+
+    faulty.hold_lookups(false);
+    let lookups = faulty.lookups();
+    assert_eq!(
+        verdict(&cache, &facts("abandoned")).await.unwrap(),
+        Verdict::Active
+    );
+    assert_eq!(
+        faulty.lookups(),
+        lookups + 1,
+        "a fresh lookup, not a wait on the abandoned one"
+    );
+    assert_eq!(cache.metrics().in_flight_lookups, 0);
+}
+
+/// Reproduced on `main` before the fix: with notifications lost (here a DBA disabled the
+/// trigger; a transaction pooler loses them the same way), the `SELECT 1` heartbeat kept
+/// reporting "in sync", negatives were trusted and the mirror never learned of the revocation.
+/// The heartbeat now proves sync by reading past the last delivered `seq`.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn without_notifications_a_revocation_arrives_within_one_heartbeat(pool: PgPool) {
+    sqlx::query("ALTER TABLE jwt_revocations DISABLE TRIGGER jwt_revocations_notify")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let settings = Settings {
+        max_staleness: Duration::from_secs(10),
+        ..Settings::default()
+    };
+    let lookup = instance_with(
+        &pool,
+        "lookup",
+        CacheMode::Lookup,
+        FailurePolicy::Closed,
+        settings,
+    )
+    .await;
+    let mirror = instance_with(
+        &pool,
+        "mirror",
+        CacheMode::Mirror,
+        FailurePolicy::Closed,
+        settings,
+    )
+    .await;
+    let token = mint(claims("silent", "max"));
+    for instance in [&lookup, &mirror] {
+        assert_eq!(instance.status(&token).await, StatusCode::OK);
+    }
+    revoke_by_sql(&pool, "silent").await;
+    // One heartbeat (100 ms) plus the query, with room for a loaded machine.
+    for instance in [&lookup, &mirror] {
+        instance
+            .becomes_within(&token, StatusCode::UNAUTHORIZED, Duration::from_secs(1))
+            .await;
+    }
+}

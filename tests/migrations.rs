@@ -1,0 +1,125 @@
+//! `PgStore::migrate` beside an application's own sqlx migrations: either order, rolling
+//! deploys, instances starting together, and databases migrated the old way.
+
+use std::path::Path;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use tower_jwt_revocation::PgStore;
+use tower_jwt_revocation::backend::postgres::{HISTORY_TABLE, MIGRATOR};
+
+async fn application_migrator() -> Migrator {
+    Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app_migrations"))
+        .await
+        .unwrap()
+}
+
+async fn crate_versions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar(&format!("SELECT version FROM {HISTORY_TABLE} ORDER BY version"))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn expected_versions() -> Vec<i64> {
+    MIGRATOR.iter().map(|m| m.version).collect()
+}
+
+async fn tables_exist(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT to_regclass('jwt_revocations') IS NOT NULL AND to_regclass('jwt_sessions') IS NOT NULL \
+         AND to_regclass('app_users') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Reproduced on `main` before the fix: with the application's migration recorded in
+/// `_sqlx_migrations` first, `PgStore::migrate` failed with `VersionMissing(20250101000000)`.
+#[sqlx::test(migrations = false)]
+async fn the_crates_migrations_coexist_with_the_applications_in_either_order(pool: PgPool) {
+    let app = application_migrator().await;
+    // The application first, then the crate, then both again (every later start).
+    app.run(&pool).await.unwrap();
+    PgStore::new(pool.clone()).migrate().await.unwrap();
+    app.run(&pool).await.unwrap();
+    PgStore::new(pool.clone()).migrate().await.unwrap();
+    assert!(tables_exist(&pool).await);
+    assert_eq!(crate_versions(&pool).await, expected_versions());
+    let app_versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        app_versions,
+        [20250101000000, 20250102000000],
+        "the crate never writes _sqlx_migrations"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_crate_first_then_the_application(pool: PgPool) {
+    PgStore::new(pool.clone()).migrate().await.unwrap();
+    application_migrator().await.run(&pool).await.unwrap();
+    PgStore::new(pool.clone()).migrate().await.unwrap();
+    assert!(tables_exist(&pool).await);
+}
+
+/// A rolling deploy: an older build starts against a schema a newer build already migrated.
+#[sqlx::test(migrations = false)]
+async fn an_older_build_starts_against_a_newer_schema(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {HISTORY_TABLE} (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a newer release', true, '\\x00', 0)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn instances_migrating_at_once_apply_each_migration_once(pool: PgPool) {
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await
+            .unwrap();
+        instances.push(tokio::spawn(async move { PgStore::new(own).migrate().await }));
+    }
+    for instance in instances {
+        instance.await.unwrap().unwrap();
+    }
+    assert_eq!(crate_versions(&pool).await, expected_versions());
+}
+
+/// Databases migrated through `_sqlx_migrations` (the crate's `MIGRATOR`, or `sqlx migrate run`
+/// on its `migrations/`) are adopted, not migrated twice.
+#[sqlx::test(migrations = false)]
+async fn a_database_migrated_through_sqlx_migrations_is_adopted(pool: PgPool) {
+    MIGRATOR.run(&pool).await.unwrap();
+    PgStore::new(pool.clone()).migrate().await.unwrap();
+    assert_eq!(crate_versions(&pool).await, expected_versions());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_migration_edited_after_it_ran_is_refused(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE {HISTORY_TABLE} SET checksum = '\\x00' WHERE version = $1"
+    ))
+    .bind(expected_versions()[0])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let error = store.migrate().await.unwrap_err();
+    let message = std::error::Error::source(&error).unwrap().to_string();
+    assert!(message.contains(&expected_versions()[0].to_string()), "{message}");
+}
