@@ -10,6 +10,8 @@
 //! - `ADMIN_SUBJECTS` (comma-separated subjects whose `/login` tokens carry `"admin": true`)
 //! - `DATABASE_URL` (when set: the durable Postgres ledger, migrated at start; otherwise an
 //!   in-memory store that forgets every revocation when the process exits)
+//! - `DATABASE_DIRECT_URL` (with `DATABASE_URL` through a transaction pooler such as PgBouncer:
+//!   a connection past it for the change feed and migrations; defaults to `DATABASE_URL`)
 //! - `REVOCATION_CACHE` (with `DATABASE_URL`): `lookup` (default), `mirror`, or `off` (every check
 //!   queries Postgres)
 //! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
@@ -22,7 +24,7 @@
 //! with the same secret work the same as `/login`'s.
 
 #[path = "support/store.rs"]
-mod store;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

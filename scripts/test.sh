@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the crate.
 #
+# PgBouncer (Debian package `pgbouncer`) is installed when missing and this runs as root; the
+# tests start their own instances of it on loopback.
+#
 # Postgres is found the way the integration tests need it: $DATABASE_URL if set, else a server
 # answering on 127.0.0.1:5432 (user postgres, trust auth), else a throwaway cluster this script
 # creates in a temporary directory with initdb + pg_ctl and removes on exit.
@@ -48,6 +51,19 @@ start_throwaway_postgres() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   echo "test.sh: started a throwaway Postgres on port $port" >&2
 }
+
+# PgBouncer, for the tests that run the store through a transaction pooler (tests/pooler.rs);
+# without it they skip and say why.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing pgbouncer" >&2
+    if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }; then
+      echo "test.sh: could not install pgbouncer; the pooler tests will skip" >&2
+    fi
+  else
+    echo "test.sh: pgbouncer is not installed and this is not root; the pooler tests will skip" >&2
+  fi
+fi
 
 # TEST_PG=throwaway forces the throwaway cluster even when 5432 answers (to test this script).
 if [ "${TEST_PG:-}" = throwaway ]; then

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use common::cluster::{Settings, instance, instance_with};
 use common::faulty::{Fault, Faulty};
+use common::proxy::Proxy;
 use common::*;
 use http::StatusCode;
 use serde_json::json;
@@ -325,4 +326,52 @@ async fn without_notifications_a_revocation_arrives_within_one_heartbeat(pool: P
             .becomes_within(&token, StatusCode::UNAUTHORIZED, Duration::from_secs(1))
             .await;
     }
+}
+
+/// A network partition of the feed's connection (no FIN, no RST): before the fix every reconnect
+/// waited for the one-connection pool whose only connection was the dead one (its cleanup waits
+/// on a peer that never answers), so the mirror never learned of this revocation.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_blackholed_feed_connection_is_replaced_and_caught_up(pool: PgPool) {
+    let options = pool.connect_options();
+    let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let through_proxy = format!("postgres://{}@{}/{database}", options.get_username(), proxy.addr);
+    let store = store(&pool).with_direct_url(&through_proxy).unwrap();
+    let cache = MokaCache::builder(store)
+        .mode(CacheMode::Mirror)
+        .max_staleness(Duration::from_secs(10))
+        .start()
+        .unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert_eq!(
+        verdict(&cache, &facts("partitioned")).await.unwrap(),
+        Verdict::Active
+    );
+
+    proxy.blackhole_existing();
+    wait_until("the feed notices", || async { !cache.is_in_sync() }).await;
+    revoke_by_sql(&pool, "partitioned").await;
+    // Heartbeat timeout (500 ms), a fresh connection, a catch-up: from memory, no query.
+    wait_until_within(
+        "the revocation arrives through a new connection",
+        Duration::from_secs(3),
+        || async {
+            matches!(
+                cache.try_check(&facts("partitioned")),
+                Some(Ok(Verdict::Revoked(_)))
+            )
+        },
+    )
+    .await;
+    assert!(proxy.frozen() >= 1);
+    assert!(cache.metrics().resyncs >= 1);
 }

@@ -1,11 +1,11 @@
 //! The store set-up every demo server shares: Postgres (behind the cache tier, or not) when
 //! `DATABASE_URL` is set, the in-memory store otherwise, plus a purger and the sessions
-//! (refresh tokens) on the same store. The demo hands a
-//! [`WithStore`] to [`with_store_from_env`], which calls it with whichever concrete store the
-//! environment asks for.
+//! (refresh tokens) on the same store. The demo hands a [`WithStore`] to [`with_store`] (or
+//! [`with_store_from_env`]), which calls it with whichever concrete store the settings ask for.
 //!
-//! Environment: `DATABASE_URL`; `REVOCATION_CACHE` = `lookup` (default), `mirror` or `off`;
-//! `FAILURE_POLICY` = `closed` (default) or `open`.
+//! Environment: `DATABASE_URL`; `DATABASE_DIRECT_URL` (a connection past a transaction pooler
+//! for the change feed and migrations; defaults to `DATABASE_URL`); `REVOCATION_CACHE` =
+//! `lookup` (default), `mirror` or `off`; `FAILURE_POLICY` = `closed` (default) or `open`.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -70,30 +70,74 @@ pub fn failure_policy_from_env() -> Result<FailurePolicy, String> {
 }
 
 /// `REVOCATION_CACHE`: `None` for `off`.
-fn cache_mode_from_env() -> Result<Option<CacheMode>, String> {
-    match std::env::var("REVOCATION_CACHE").as_deref() {
-        Err(_) | Ok("lookup") => Ok(Some(CacheMode::Lookup)),
-        Ok("mirror") => Ok(Some(CacheMode::Mirror)),
-        Ok("off") => Ok(None),
-        Ok(other) => Err(format!(
+fn cache_mode(value: Option<&str>) -> Result<Option<CacheMode>, String> {
+    match value {
+        None | Some("lookup") => Ok(Some(CacheMode::Lookup)),
+        Some("mirror") => Ok(Some(CacheMode::Mirror)),
+        Some("off") => Ok(None),
+        Some(other) => Err(format!(
             "REVOCATION_CACHE must be `lookup`, `mirror` or `off`, not {other:?}"
         )),
     }
 }
 
-/// Builds the store the environment names and runs `demo` on it. Revocations are purged an hour
-/// after their token's expiry, far past any validation leeway.
+/// Where revocations live, as the environment says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `DATABASE_URL`: the Postgres ledger (through a pooler or not); `None` keeps revocations in
+    /// memory.
+    pub database_url: Option<String>,
+    /// `DATABASE_DIRECT_URL`: a connection past a transaction pooler for the change feed and the
+    /// migrations; `None` (unset, or equal to `DATABASE_URL`) uses `DATABASE_URL` for them too.
+    pub direct_url: Option<String>,
+    /// `REVOCATION_CACHE`: the cache tier's mode; `None` for `off`.
+    pub cache: Option<CacheMode>,
+}
+
+impl StoreSettings {
+    /// Reads `DATABASE_URL`, `DATABASE_DIRECT_URL` and `REVOCATION_CACHE`.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the same variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let database_url = var("DATABASE_URL");
+        let direct_url = var("DATABASE_DIRECT_URL").filter(|direct| Some(direct) != database_url.as_ref());
+        if direct_url.is_some() && database_url.is_none() {
+            return Err("DATABASE_DIRECT_URL needs DATABASE_URL".to_owned());
+        }
+        Ok(Self {
+            database_url,
+            direct_url,
+            cache: cache_mode(var("REVOCATION_CACHE").as_deref())?,
+        })
+    }
+}
+
+/// [`with_store`] with the settings of the environment.
 pub async fn with_store_from_env<W: WithStore>(demo: W) -> Result<(), Box<dyn std::error::Error>> {
+    with_store(StoreSettings::from_env()?, demo).await
+}
+
+/// Builds the store `settings` name and runs `demo` on it. Revocations are purged an hour
+/// after their token's expiry, far past any validation leeway.
+pub async fn with_store<W: WithStore>(
+    settings: StoreSettings,
+    demo: W,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (every, margin) = (Duration::from_secs(600), Duration::from_secs(3600));
-    let cache_mode = cache_mode_from_env()?;
     let config = SessionConfig::default();
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            let store = PgStore::connect(&url).await?;
+    match settings.database_url {
+        Some(url) => {
+            let mut store = PgStore::connect(&url).await?;
+            if let Some(direct) = &settings.direct_url {
+                store = store.with_direct_url(direct)?;
+            }
             store.migrate().await?;
             let _purger = spawn_purger(store.clone(), every, margin)?;
             let pool = store.pool().clone();
-            match cache_mode {
+            match settings.cache {
                 Some(mode) => {
                     let cache = MokaCache::builder(store).mode(mode).start()?;
                     let sessions = PgSessions::new(pool, cache.clone(), config);
@@ -110,7 +154,7 @@ pub async fn with_store_from_env<W: WithStore>(demo: W) -> Result<(), Box<dyn st
                 }
             }
         }
-        Err(_) => {
+        None => {
             let store = MemoryStore::new();
             let _purger = spawn_purger(store.clone(), every, margin)?;
             let sessions = MemorySessions::new(store.clone(), config);

@@ -123,3 +123,5 @@ where
 
 pub mod cluster;
 pub mod faulty;
+pub mod pgbouncer;
+pub mod proxy;

@@ -10,7 +10,12 @@
 //! - at every heartbeat. This read is the **proof of sync**: once it returns, every revocation
 //!   committed before it was sent has been delivered, and the feed reports
 //!   [`FeedItem::InSync`]. It does not depend on notifications arriving, which they do not
-//!   through a transaction pooler, a proxy that drops them, or a disabled trigger.
+//!   through a proxy that drops them or a disabled trigger.
+//!
+//! Through a transaction pooler (the pool's connections, when they send inlined statements and
+//! there is no direct connection) the feed does not `LISTEN` at all: the registration would stay
+//! on a server connection that other clients then use, and their queries would receive the
+//! notifications. It then relies on the heartbeat alone.
 //!
 //! Every query is bounded by the store's timeout; a connection that fails or does not answer
 //! (a blackholed peer sends no FIN and no RST) is reported as [`FeedItem::Disconnected`] and
@@ -43,6 +48,10 @@ pub(super) struct FeedConfig {
     pub(super) options: PgConnectOptions,
     /// How statements are sent on it.
     pub(super) protocol: Protocol,
+    /// Whether to `LISTEN` on it: never through a transaction pooler, which would leave the
+    /// registration on a server connection other clients then use (their queries receive the
+    /// notifications, which sqlx treats as a protocol error).
+    pub(super) listen: bool,
     /// Bounds connecting and every query.
     pub(super) timeout: Duration,
     /// How often sync is proved.
@@ -140,9 +149,12 @@ impl Feed {
             .acquire_timeout(timeout)
             .test_before_acquire(false)
             .connect_lazy_with(self.config.options.clone());
+        let listen = self.config.listen;
         let mut listener = bounded(timeout, async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
+            if listen {
+                listener.listen(CHANNEL).await?;
+            }
             Ok(listener)
         })
         .await?;

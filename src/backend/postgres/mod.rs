@@ -26,11 +26,12 @@
 //! Give the pool `statement-cache-capacity=0` in its URL (as every sqlx user behind such a pooler
 //! does): the store then sends each statement as one simple-protocol message with its values as
 //! literals, which a transaction pooler passes through intact (sqlx's prepared statements it does
-//! not). Migrations take a transaction-scoped lock, which works through it too. `LISTEN` does not
-//! work through a transaction pooler, so the change feed's notifications are lost there; its
-//! heartbeat still delivers every revocation within one interval. For millisecond propagation,
-//! give the feed (and migrations) a direct connection with
-//! [`with_direct_url`](PgStore::with_direct_url).
+//! not). Migrations take a transaction-scoped lock, which works through it too. `LISTEN` cannot
+//! work through a transaction pooler (worse, the registration would stay on a server connection
+//! other clients use, and their queries would receive the notifications), so the change feed
+//! does not listen there: its heartbeat delivers every revocation within one interval (2 s by
+//! default). For millisecond propagation, give the feed (and migrations) a direct connection
+//! with [`with_direct_url`](PgStore::with_direct_url).
 
 mod feed;
 mod migrate;
@@ -267,6 +268,9 @@ impl PgStore {
         let config = FeedConfig {
             options: options.application_name(&self.listener_name),
             protocol,
+            // A direct connection is past any pooler; the pool's connections are behind one when
+            // they send inlined statements.
+            listen: self.direct.is_some() || protocol == Protocol::Prepared,
             timeout: self.timeout,
             heartbeat: self.heartbeat,
         };
