@@ -168,6 +168,10 @@ pub enum InvalidToken {
     /// `exp` is missing or further in the future than the configured maximum lifetime.
     #[error("token lifetime too long")]
     Lifetime,
+    /// `iat` lies further in the future than the leeway allows: such a token would outlive a
+    /// subject cutoff ("log out everywhere") set before its claimed issue time.
+    #[error("token issued in the future")]
+    IssuedInFuture,
 }
 
 impl InvalidToken {
@@ -187,6 +191,7 @@ impl InvalidToken {
             InvalidToken::Type => "token type not accepted",
             InvalidToken::MissingJti => "token has no jti",
             InvalidToken::Lifetime => "token lifetime too long",
+            InvalidToken::IssuedInFuture => "token issued in the future",
         }
     }
 
@@ -213,21 +218,33 @@ impl InvalidToken {
     }
 }
 
-/// Makes sure `jsonwebtoken` has a process-wide crypto provider when both of its backends are
-/// compiled in (this crate's `rust_crypto` and `aws_lc_rs` features together, as
-/// `--all-features` does): `jsonwebtoken` then cannot pick one by itself and panics on the first
-/// sign or verify. This installs `aws_lc_rs` (the faster one) unless the application installed a
-/// provider first. With one backend feature it does nothing. The layer calls it when it is
-/// built; call it yourself before *signing* tokens with `jsonwebtoken` if no layer was built yet.
+/// Installs this crate's `jsonwebtoken` crypto provider as the process-wide default, unless the
+/// application installed one first: `aws_lc_rs` when this crate's `aws_lc_rs` feature is on,
+/// else `rust_crypto` when its `rust_crypto` feature is. Installing explicitly matters whenever
+/// `jsonwebtoken` ends up with both of its backends compiled in (both features of this crate, or
+/// an application that enables `jsonwebtoken/aws_lc_rs` itself while this crate uses
+/// `rust_crypto`): `jsonwebtoken` cannot pick one then, and panics on every sign or verify.
+/// The layer calls it when it is built (and then proves, with a probe verification, that a
+/// provider works); call it yourself before *signing* tokens if no layer was built yet.
 pub fn install_crypto_provider() {
-    #[cfg(all(feature = "rust_crypto", feature = "aws_lc_rs"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // An `Err` means the application installed its own provider first: keep it.
-            let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        });
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An `Err` means a provider is installed already (the application's own): keep it.
+        #[cfg(feature = "aws_lc_rs")]
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        #[cfg(all(feature = "rust_crypto", not(feature = "aws_lc_rs")))]
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    });
+}
+
+/// Whether `jsonwebtoken` can verify with `key` and `algorithm` in this process without
+/// panicking: it panics on every verification when it has no usable crypto provider (no backend
+/// compiled in, or two and none installed). A bogus signature is enough to reach the provider.
+fn crypto_works(key: &DecodingKey, algorithm: jsonwebtoken::Algorithm) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jsonwebtoken::crypto::verify("AAAA", b"probe.probe", key, algorithm)
+    }))
+    .is_ok()
 }
 
 /// One key with the validation restricted to the algorithms of its family, so `jsonwebtoken`
@@ -249,6 +266,13 @@ impl KeyedValidation {
         }
         let mut validation = validation.clone();
         validation.algorithms.retain(|alg| alg.family() == family);
+        if !validation
+            .algorithms
+            .iter()
+            .all(|algorithm| crypto_works(&key, *algorithm))
+        {
+            return Err(ConfigError::NoCryptoProvider);
+        }
         Ok(Self { key, validation })
     }
 }
@@ -269,6 +293,8 @@ pub struct Verifier {
     required_typ: Option<String>,
     missing_jti: MissingJti,
     max_lifetime: Option<u64>,
+    /// How far in the future an `iat` may lie (seconds); `None`: the validation's leeway.
+    iat_leeway: Option<u64>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -282,6 +308,7 @@ impl std::fmt::Debug for Verifier {
             .field("required_typ", &self.required_typ)
             .field("missing_jti", &self.missing_jti)
             .field("max_lifetime", &self.max_lifetime)
+            .field("iat_leeway", &self.iat_leeway)
             .finish_non_exhaustive()
     }
 }
@@ -337,7 +364,18 @@ impl Verifier {
             required_typ,
             missing_jti,
             max_lifetime: max_lifetime.map(|d| d.as_secs()),
+            iat_leeway: None,
         })
+    }
+
+    /// How far in the future a token's `iat` may lie before the token is refused
+    /// ([`InvalidToken::IssuedInFuture`]); default: the validation's leeway. Subject cutoffs
+    /// assume the issuers' clocks are within this of the servers': a token claiming to be
+    /// issued later would otherwise survive a "log out everywhere" set before that claim.
+    #[must_use]
+    pub fn with_iat_leeway(mut self, leeway: Duration) -> Self {
+        self.iat_leeway = Some(leeway.as_secs());
+        self
     }
 
     /// Verifies `token` and returns its claims.
@@ -366,8 +404,13 @@ impl Verifier {
             }
         }
         let mut claims = data.claims;
+        let now = unix_seconds(SystemTime::now());
+        let iat_leeway = self.iat_leeway.unwrap_or(keyed.validation.leeway);
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(iat_leeway)) {
+            return Err(InvalidToken::IssuedInFuture);
+        }
         if let Some(max_lifetime) = self.max_lifetime {
-            let latest = unix_seconds(SystemTime::now())
+            let latest = now
                 .saturating_add(max_lifetime)
                 .saturating_add(keyed.validation.leeway);
             if claims.exp.is_none_or(|exp| exp > latest) {

@@ -69,6 +69,13 @@ pub enum ConfigError {
     /// The token length bound is zero.
     #[error("the maximum token length must be positive")]
     ZeroMaxTokenLen,
+    /// `jsonwebtoken` has no usable crypto provider in this process (a probe verification
+    /// panicked): no backend is compiled in, or two are and none was installed. Enable this
+    /// crate's `rust_crypto` or `aws_lc_rs` feature, or install a provider before building.
+    #[error(
+        "jsonwebtoken has no usable crypto provider (enable the rust_crypto or aws_lc_rs feature, or install one)"
+    )]
+    NoCryptoProvider,
 }
 
 /// Counts of the layer's decisions since it was built, shared by every clone of the layer and
@@ -310,10 +317,18 @@ impl<Inner, S, C, R> Layer<Inner> for JwtRevocationLayer<S, C, R> {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     backend: S,
+    config: Config,
+    reject: R,
+    _claims: PhantomData<fn() -> C>,
+}
+
+/// The builder's settings that do not depend on its type parameters.
+struct Config {
     keys: Option<KeySource>,
     validation: Validation,
     required_typ: Option<String>,
     max_lifetime: Option<Duration>,
+    iat_leeway: Option<Duration>,
     policy: FailurePolicy,
     missing_jti: MissingJti,
     optional: bool,
@@ -321,8 +336,6 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     cookie: Option<String>,
     max_token_len: usize,
     settings: RejectSettings,
-    reject: R,
-    _claims: PhantomData<fn() -> C>,
 }
 
 impl<S> JwtRevocationBuilder<S> {
@@ -334,17 +347,20 @@ impl<S> JwtRevocationBuilder<S> {
         };
         Self {
             backend,
-            keys: None,
-            validation,
-            required_typ: None,
-            max_lifetime: None,
-            policy: FailurePolicy::default(),
-            missing_jti: MissingJti::default(),
-            optional: false,
-            skip_paths: None,
-            cookie: None,
-            max_token_len: DEFAULT_MAX_TOKEN_LEN,
-            settings: RejectSettings::default(),
+            config: Config {
+                keys: None,
+                validation,
+                required_typ: None,
+                max_lifetime: None,
+                iat_leeway: None,
+                policy: FailurePolicy::default(),
+                missing_jti: MissingJti::default(),
+                optional: false,
+                skip_paths: None,
+                cookie: None,
+                max_token_len: DEFAULT_MAX_TOKEN_LEN,
+                settings: RejectSettings::default(),
+            },
             reject: DefaultReject,
             _claims: PhantomData,
         }
@@ -354,14 +370,14 @@ impl<S> JwtRevocationBuilder<S> {
 impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// Verifies every token with this key.
     pub fn decoding_key(mut self, key: DecodingKey) -> Self {
-        self.keys = Some(KeySource::Single(key));
+        self.config.keys = Some(KeySource::Single(key));
         self
     }
 
     /// Verifies each token with the key its header's `kid` names; a token with no or an
     /// unknown `kid` is refused.
     pub fn key_set(mut self, keys: KeySet) -> Self {
-        self.keys = Some(KeySource::Set(keys));
+        self.config.keys = Some(KeySource::Set(keys));
         self
     }
 
@@ -369,14 +385,14 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// claims. The default is `Validation::default()` (HS256, `exp` required, 60 s leeway) with
     /// `nbf` checking switched on.
     pub fn validation(mut self, validation: Validation) -> Self {
-        self.validation = validation;
+        self.config.validation = validation;
         self
     }
 
     /// Requires the header's `typ` to be this media type (RFC 8725 §3.11), such as `at+jwt`;
     /// compared case-insensitively, with or without `application/`.
     pub fn required_typ(mut self, typ: impl Into<String>) -> Self {
-        self.required_typ = Some(typ.into());
+        self.config.required_typ = Some(typ.into());
         self
     }
 
@@ -385,26 +401,38 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// token expiry is unknown (an admin revoking a bare `jti`) can be kept for exactly that
     /// long and no longer.
     pub fn max_token_lifetime(mut self, max_lifetime: Duration) -> Self {
-        self.max_lifetime = Some(max_lifetime);
+        self.config.max_lifetime = Some(max_lifetime);
+        self
+    }
+
+    /// How far in the future a token's `iat` may lie before it is refused (401 `invalid_token`,
+    /// "token issued in the future"). Default: the validation's leeway (60 s unless set).
+    ///
+    /// Subject cutoffs ("log out everywhere") compare `iat` with the cutoff, so they assume the
+    /// issuers' clocks are within this leeway of the servers'. A token claiming an `iat` past
+    /// it is refused outright; one within it can survive a cutoff set less than the leeway after
+    /// it was really issued.
+    pub fn iat_leeway(mut self, leeway: Duration) -> Self {
+        self.config.iat_leeway = Some(leeway);
         self
     }
 
     /// What to do when the backend cannot answer. Default [`FailurePolicy::Closed`].
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.policy = policy;
+        self.config.policy = policy;
         self
     }
 
     /// What to do with a token that has no `jti`. Default [`MissingJti::Reject`].
     pub fn missing_jti(mut self, missing_jti: MissingJti) -> Self {
-        self.missing_jti = missing_jti;
+        self.config.missing_jti = missing_jti;
         self
     }
 
     /// Lets requests without any bearer token through, with no claims in their extensions.
     /// A token that is present is still verified and checked, and refused if bad.
     pub fn optional(mut self) -> Self {
-        self.optional = true;
+        self.config.optional = true;
         self
     }
 
@@ -424,7 +452,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// # let _ = layer;
     /// ```
     pub fn skip_paths(mut self, predicate: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        self.skip_paths = Some(Arc::new(predicate));
+        self.config.skip_paths = Some(Arc::new(predicate));
         self
     }
 
@@ -432,27 +460,27 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// `Authorization` header wins: the cookie is read only when the request has no
     /// `Authorization` header at all, so a malformed header never falls back to the cookie.
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
-        self.cookie = Some(name.into());
+        self.config.cookie = Some(name.into());
         self
     }
 
     /// The `realm` of the `WWW-Authenticate` challenge.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
-        self.settings.realm = Some(realm.into());
+        self.config.settings.realm = Some(realm.into());
         self
     }
 
     /// The `Retry-After` of a 503 under [`FailurePolicy::Closed`] (whole seconds, at least 1).
     /// Default 5 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.settings.retry_after = retry_after;
+        self.config.settings.retry_after = retry_after;
         self
     }
 
     /// The longest token accepted, in bytes; longer ones get 400 `invalid_request`. Default
     /// 8 KiB.
     pub fn max_token_len(mut self, max_token_len: usize) -> Self {
-        self.max_token_len = max_token_len;
+        self.config.max_token_len = max_token_len;
         self
     }
 
@@ -461,17 +489,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     pub fn claims<C2>(self) -> JwtRevocationBuilder<S, C2, R> {
         JwtRevocationBuilder {
             backend: self.backend,
-            keys: self.keys,
-            validation: self.validation,
-            required_typ: self.required_typ,
-            max_lifetime: self.max_lifetime,
-            policy: self.policy,
-            missing_jti: self.missing_jti,
-            optional: self.optional,
-            skip_paths: self.skip_paths,
-            cookie: self.cookie,
-            max_token_len: self.max_token_len,
-            settings: self.settings,
+            config: self.config,
             reject: self.reject,
             _claims: PhantomData,
         }
@@ -482,17 +500,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     pub fn on_reject<R2>(self, reject: R2) -> JwtRevocationBuilder<S, C, R2> {
         JwtRevocationBuilder {
             backend: self.backend,
-            keys: self.keys,
-            validation: self.validation,
-            required_typ: self.required_typ,
-            max_lifetime: self.max_lifetime,
-            policy: self.policy,
-            missing_jti: self.missing_jti,
-            optional: self.optional,
-            skip_paths: self.skip_paths,
-            cookie: self.cookie,
-            max_token_len: self.max_token_len,
-            settings: self.settings,
+            config: self.config,
             reject,
             _claims: PhantomData,
         }
@@ -500,18 +508,19 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<JwtRevocationLayer<S, C, R>, ConfigError> {
-        let keys = self.keys.ok_or(ConfigError::NoKey)?;
-        if let Some(realm) = &self.settings.realm
+        let config = self.config;
+        let keys = config.keys.ok_or(ConfigError::NoKey)?;
+        if let Some(realm) = &config.settings.realm
             && !realm
                 .bytes()
                 .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
         {
             return Err(ConfigError::InvalidRealm);
         }
-        if self.max_token_len == 0 {
+        if config.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);
         }
-        if self.cookie.as_deref().is_some_and(|name| {
+        if config.cookie.as_deref().is_some_and(|name| {
             name.is_empty()
                 || !name
                     .bytes()
@@ -519,23 +528,26 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         }) {
             return Err(ConfigError::InvalidCookieName);
         }
-        let verifier = Verifier::new(
+        let mut verifier = Verifier::new(
             keys,
-            &self.validation,
-            self.required_typ,
-            self.missing_jti,
-            self.max_lifetime,
+            &config.validation,
+            config.required_typ,
+            config.missing_jti,
+            config.max_lifetime,
         )?;
+        if let Some(leeway) = config.iat_leeway {
+            verifier = verifier.with_iat_leeway(leeway);
+        }
         Ok(JwtRevocationLayer {
             shared: Arc::new(Shared {
                 backend: self.backend,
                 verifier,
-                policy: self.policy,
-                optional: self.optional,
-                skip_paths: self.skip_paths,
-                cookie: self.cookie,
-                max_token_len: self.max_token_len,
-                settings: self.settings,
+                policy: config.policy,
+                optional: config.optional,
+                skip_paths: config.skip_paths,
+                cookie: config.cookie,
+                max_token_len: config.max_token_len,
+                settings: config.settings,
                 reject: self.reject,
                 counters: Counters::default(),
             }),

@@ -329,3 +329,33 @@ async fn header_shapes() {
         (StatusCode::UNAUTHORIZED, Some("Bearer"))
     );
 }
+
+/// Reproduced on `main` before the fix: a token whose `iat` claimed to lie an hour ahead (an
+/// issuer's clock ahead, or a forger with the key) was accepted, and survived "log out
+/// everywhere" because its `iat` came after the cutoff.
+#[tokio::test]
+async fn a_token_claiming_to_be_issued_in_the_future_is_refused() {
+    let store = MemoryStore::new();
+    store
+        .revoke_subject("sam", std::time::SystemTime::now(), None, None)
+        .await
+        .unwrap();
+    let layer = app(hs256(store.clone()));
+    let ahead = mint(json!({"jti": "ahead", "sub": "sam", "iat": now() + 3600, "exp": now() + 7200}));
+    let answer = bearer(&layer, &ahead).await;
+    assert_invalid_token(&answer, "iat an hour ahead");
+    assert!(answer.1.unwrap().contains("token issued in the future"));
+
+    // Within the leeway (60 s by default) a clock ahead is tolerated ...
+    let skewed = mint(json!({"jti": "skewed", "sub": "tim", "iat": now() + 30, "exp": now() + 600}));
+    assert_eq!(bearer(&layer, &skewed).await.0, StatusCode::OK);
+    // ... and the leeway is the operator's to set.
+    let strict = app(hs256(store).iat_leeway(std::time::Duration::ZERO));
+    assert!(
+        bearer(&strict, &skewed)
+            .await
+            .1
+            .unwrap()
+            .contains("token issued in the future")
+    );
+}
