@@ -278,6 +278,7 @@ fn token_response<S, X>(state: &AppState<S, X>, issued: &Issued) -> Response {
 fn session_error(error: SessionError) -> Response {
     match error {
         SessionError::Store(error) => store_unavailable(error),
+        SessionError::Indeterminate => store_unavailable(StoreError::Unavailable(error.into())),
         SessionError::NotFound => {
             let body = json!({"error": "not_found", "error_description": "no such session"});
             (StatusCode::NOT_FOUND, Json(body)).into_response()

@@ -292,3 +292,113 @@ async fn expired_sessions_are_purged_with_their_used_tokens(pool: PgPool) {
     ));
     assert!(sessions.rotate(&live.refresh_token).await.is_ok());
 }
+
+/// Makes every COMMIT that changed a session take `seconds` on the server (a deferred
+/// constraint trigger runs at commit time): the client's wait for the commit times out while the
+/// server goes on to commit.
+async fn slow_commits(pool: &PgPool, seconds: f64) {
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON jwt_sessions
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Reproduced on `main` before the fix: the rotation's COMMIT outlived the timeout, rotate
+/// reported a store error although the server committed, and the client's retry with the same
+/// refresh token was taken for reuse: the session was revoked.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_commit_that_outlives_the_timeout_reports_what_the_server_did(pool: PgPool) {
+    let sessions = pg_sessions(&pool, SessionConfig::default()).with_timeout(Duration::from_millis(500));
+    let first = sessions.start("quinn", SessionMeta::default()).await.unwrap();
+    slow_commits(&pool, 0.8).await;
+    let second = sessions
+        .rotate(&first.refresh_token)
+        .await
+        .expect("the rotation committed, and rotate says so");
+    assert_eq!(second.session.id, first.session.id);
+    sqlx::query("DROP TRIGGER slow_commit ON jwt_sessions")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The refresh token it returned is the current one; the session is alive.
+    let third = sessions.rotate(&second.refresh_token).await.unwrap();
+    assert_eq!(sessions.list("quinn").await.unwrap().len(), 1);
+    assert_ne!(third.refresh_token, second.refresh_token);
+}
+
+/// A revocation store that cannot be reached: what `PgSessions` tells after its own commit.
+#[derive(Clone)]
+struct Unreachable;
+
+impl tower_jwt_revocation::RevocationStore for Unreachable {
+    async fn revoke(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: std::time::SystemTime,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<bool, tower_jwt_revocation::StoreError> {
+        Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
+    }
+
+    async fn revoke_session(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: std::time::SystemTime,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<bool, tower_jwt_revocation::StoreError> {
+        Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
+    }
+
+    async fn revoke_subject(
+        &self,
+        _: &str,
+        _: std::time::SystemTime,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<(), tower_jwt_revocation::StoreError> {
+        Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
+    }
+
+    async fn list_by_subject(
+        &self,
+        _: &str,
+        _: usize,
+    ) -> Result<Vec<tower_jwt_revocation::RevocationRecord>, tower_jwt_revocation::StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn purge_expired(&self, _: Duration) -> Result<u64, tower_jwt_revocation::StoreError> {
+        Ok(0)
+    }
+}
+
+/// Reproduced on `main` before the fix: after the session transaction committed (the session
+/// revocation is in the ledger), failing to also tell the layer's backend made `revoke` and
+/// `revoke_all` report a store error, which callers read as "nothing changed".
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_committed_change_is_reported_even_when_the_local_cache_cannot_be_told(pool: PgPool) {
+    let sessions = PgSessions::new(pool.clone(), Unreachable, SessionConfig::default());
+    let one = sessions.start("rae", SessionMeta::default()).await.unwrap();
+    let two = sessions.start("rae", SessionMeta::default()).await.unwrap();
+    sessions.revoke(&one.session.id, "rae").await.unwrap();
+    assert_eq!(sessions.revoke_all("rae").await.unwrap(), 1);
+    let revoked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jwt_session_revocations WHERE subject = 'rae'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(revoked, 2);
+    assert!(matches!(
+        sessions.rotate(&two.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+}

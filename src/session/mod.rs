@@ -115,6 +115,13 @@ pub enum SessionError {
     /// refresh token is still usable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change was sent for commit but the store neither confirmed nor denied it, and its
+    /// outcome could not be read back in time (answer 503). The presented refresh token may
+    /// have been rotated: a client that retries with it may find it already used, which ends
+    /// the session (log in again). Rare: it takes the database to become unreachable between
+    /// the `COMMIT` and the read-back.
+    #[error("the store did not confirm whether the change was committed")]
+    Indeterminate,
 }
 
 /// Sessions and refresh-token rotation. Implemented by [`MemorySessions`] and (feature

@@ -11,6 +11,13 @@
 //! Only an `Ok` body commits; an error anywhere rolls the whole transaction back, so the presented
 //! refresh token is then still the current one. (Outcomes that must persist, such as a used
 //! grace replay or a detected reuse, are returned as `Ok` values inside the transaction.)
+//!
+//! Outcomes are exact. A `COMMIT` whose answer is lost or late may still have committed: the
+//! transaction's id is read before it, and its status (`txid_status`) after it, so the call
+//! reports what the server did (a rotation that committed returns the new token; one that did not
+//! leaves the old token usable). Only if that status cannot be read within the timeout either is
+//! the answer [`SessionError::Indeterminate`]. A failure to tell the layer's backend after a
+//! commit is logged, not returned: the change is durable and reaches every cache through the feed.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,11 +33,12 @@ use crate::backend::postgres::{Protocol, Statement, bounded_sql, epoch_seconds, 
 use crate::backend::{RevocationStore, StoreError, saturating_add};
 
 /// Runs `$body` (which may `return` early) in one transaction on `$self.pool`, committed only
-/// if it returns `Ok`, the whole bounded by the sessions' timeout. `$tx` is the transaction and
-/// `$protocol` how statements are sent on it.
+/// if it returns `Ok`. `$tx` is the transaction and `$protocol` how statements are sent on it.
+/// The body is bounded by the sessions' timeout; the commit's outcome is then made exact by
+/// [`PgSessions::commit`].
 macro_rules! in_tx {
-    ($self:ident, |$tx:ident, $protocol:ident| $body:block) => {
-        $self
+    ($self:ident, |$tx:ident, $protocol:ident| $body:block) => {{
+        let prepared = $self
             .bounded(async {
                 let mut txn = $self.pool.begin().await.map_err(sql)?;
                 let value: Result<_, SessionError> = {
@@ -39,11 +47,29 @@ macro_rules! in_tx {
                     async $body.await
                 };
                 let value = value?;
-                txn.commit().await.map_err(sql)?;
-                Ok(value)
+                let xid = written_xid(&mut txn, $self.protocol).await?;
+                Ok((txn, value, xid))
             })
-            .await
-    };
+            .await;
+        match prepared {
+            Ok((txn, value, xid)) => $self.commit(txn, xid).await.map(|()| value),
+            Err(error) => Err(error),
+        }
+    }};
+}
+
+/// The transaction's id if it wrote anything (`None` for a read-only one, which has no commit
+/// outcome to establish).
+async fn written_xid(
+    tx: &mut Transaction<'static, Postgres>,
+    protocol: Protocol,
+) -> Result<Option<i64>, SessionError> {
+    Statement::new("SELECT txid_current_if_assigned() AS xid")
+        .fetch_one(protocol, tx)
+        .await
+        .map_err(sql)?
+        .try_get("xid")
+        .map_err(sql)
 }
 
 /// Postgres [`Sessions`]; `store` is the layer's backend, told of every session it ends.
@@ -58,7 +84,9 @@ pub struct PgSessions<S> {
 
 impl<S: RevocationStore> PgSessions<S> {
     /// Sessions on `pool` (migrated by [`PgStore::migrate`](crate::PgStore::migrate)), ending
-    /// sessions through `store` too. Every call is bounded by 2 s.
+    /// sessions through `store` too. Every call is bounded by the timeout (2 s) for its work,
+    /// and by the timeout again for its `COMMIT` and, if that gets no answer, again for reading
+    /// the commit's outcome back.
     pub fn new(pool: PgPool, store: S, config: SessionConfig) -> Self {
         Self {
             protocol: Protocol::of(&pool.connect_options()),
@@ -125,24 +153,85 @@ impl<S: RevocationStore> PgSessions<S> {
         }
     }
 
-    /// After the commit: tell the layer's backend (read-your-writes; idempotent in the ledger).
-    async fn tell_store(
+    /// Commits `txn` and reports exactly what the server did. A `COMMIT` that fails or outlives
+    /// the timeout may still have committed on the server (its answer was lost, or the server
+    /// is slow); then the transaction's status is read back with `txid_status` on another
+    /// connection until it is known or the timeout passes again. Only when that fails too is
+    /// the outcome [`SessionError::Indeterminate`].
+    async fn commit(
         &self,
-        ended: &[(String, String)],
-        cutoff_subject: Option<&str>,
+        txn: Transaction<'static, Postgres>,
+        xid: Option<i64>,
     ) -> Result<(), SessionError> {
+        let error = match tokio::time::timeout(self.timeout, txn.commit()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => sql(error),
+            Err(_) => SessionError::Store(StoreError::Timeout(self.timeout)),
+        };
+        let Some(xid) = xid else {
+            return Err(error); // nothing was written: nothing can have committed
+        };
+        match self.commit_status(xid).await {
+            Some(true) => Ok(()),
+            Some(false) => Err(error),
+            None => {
+                tracing::warn!(%error, xid, "a session change's COMMIT got no answer and its outcome could not be read back");
+                Err(SessionError::Indeterminate)
+            }
+        }
+    }
+
+    /// Whether transaction `xid` committed (`Some(true)`), rolled back (`Some(false)`), or is
+    /// still unknown when the timeout passes (`None`).
+    async fn commit_status(&self, xid: i64) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let status = tokio::time::timeout(left, async {
+                let row = Statement::new("SELECT txid_status($1) AS status")
+                    .int(xid)
+                    .fetch_one_on(self.protocol, &self.pool)
+                    .await?;
+                row.try_get::<Option<String>, _>("status")
+            })
+            .await;
+            match status {
+                Ok(Ok(Some(status))) if status == "committed" => return Some(true),
+                Ok(Ok(Some(status))) if status == "aborted" => return Some(false),
+                Ok(Ok(None)) => return None, // too old to tell
+                Err(_) => return None,
+                // "in progress" (the server is still committing) or a failed read: ask again.
+                Ok(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After the commit: tell the layer's backend, for read-your-writes on this instance. The
+    /// change is committed (the session revocation is in the ledger, and reaches every
+    /// instance's cache through the change feed), so a failure here is logged, not returned.
+    async fn tell_store(&self, ended: &[(String, String)], cutoff_subject: Option<&str>) {
         let until = saturating_add(SystemTime::now(), self.config.access_token_lifetime);
         for (sid, subject) in ended {
-            self.store
+            if let Err(error) = self
+                .store
                 .revoke_session(sid, Some(subject), until, Some("session ended"), None)
-                .await?;
+                .await
+            {
+                tracing::warn!(%error, "a committed session revocation could not be applied to this instance's cache; it arrives through the change feed");
+            }
         }
-        if let Some(subject) = cutoff_subject {
-            self.store
+        if let Some(subject) = cutoff_subject
+            && let Err(error) = self
+                .store
                 .revoke_subject(subject, SystemTime::now(), Some("revoke_all"), None)
-                .await?;
+                .await
+        {
+            tracing::warn!(%error, "a committed subject cutoff could not be applied to this instance's cache; it arrives through the change feed");
         }
-        Ok(())
     }
 }
 
@@ -328,7 +417,7 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
             }),
             Rotation::Superseded => Err(SessionError::Superseded),
             Rotation::Reused(sid, subject) => {
-                self.tell_store(&[(sid.clone(), subject)], None).await?;
+                self.tell_store(&[(sid.clone(), subject)], None).await;
                 Err(SessionError::Reused { session_id: sid })
             }
         }
@@ -367,7 +456,8 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
             end_session(protocol, tx, session_id, subject, lifetime, "session revoked").await
         })?;
         self.tell_store(&[(session_id.to_owned(), subject.to_owned())], None)
-            .await
+            .await;
+        Ok(())
     }
 
     async fn revoke_all(&self, subject: &str) -> Result<u64, SessionError> {
@@ -403,7 +493,7 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
             Ok(sids)
         })?;
         let ended: Vec<(String, String)> = ended.into_iter().map(|sid| (sid, subject.to_owned())).collect();
-        self.tell_store(&ended, Some(subject)).await?;
+        self.tell_store(&ended, Some(subject)).await;
         Ok(ended.len() as u64)
     }
 }
