@@ -16,7 +16,8 @@
 //!   queries Postgres)
 //! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
 //!
-//! Routes: `GET /healthz`, `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
+//! Routes: `GET /healthz`, `GET /metrics` (Prometheus text: the layer's, the cache's and the
+//! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
 //! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`; and `GET /baseline/me`, the same handler as
 //! `/me` behind a decode-only middleware (signature and time claims, no revocation check), so
@@ -35,6 +36,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{WithStore, with_store_from_env};
@@ -62,6 +64,8 @@ pub struct Config {
     pub admin_subjects: Vec<String>,
     /// What the layer does while the store cannot answer.
     pub failure_policy: FailurePolicy,
+    /// The Prometheus recorder's handle, served at `GET /metrics` (no such route without it).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
             secret,
             admin_subjects,
             failure_policy,
+            metrics: None,
         })
     }
 }
@@ -136,7 +141,24 @@ where
                 decode_only,
                 decode_only_auth,
             ));
-    Router::new()
+    let metrics = state.config.metrics.clone();
+    let mut router = Router::new();
+    if let Some(metrics) = metrics {
+        router = router.route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    metrics.run_upkeep();
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    }
+    router
         .route("/healthz", get(|| async { "ok" }))
         .merge(baseline)
         .route("/login", post(login::<S, X>))
@@ -475,7 +497,9 @@ impl WithStore for Serve {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store::init_tracing();
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
+    // Installed before any layer or cache is built: they register their metrics with it then.
+    config.metrics = Some(PrometheusBuilder::new().install_recorder()?);
     let listener = store::listener_from_env("127.0.0.1:3000").await?;
     with_store_from_env(Serve { config, listener }).await
 }

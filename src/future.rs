@@ -128,7 +128,7 @@ where
                         mut request,
                         claims,
                     } = pending.take().expect("ResponseFuture polled after completion");
-                    match shared.decide(answer) {
+                    match shared.decide_slow(answer) {
                         Ok(()) => {
                             request.extensions_mut().insert(claims);
                             let future = inner.call(request);

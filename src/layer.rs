@@ -9,7 +9,6 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, Response};
@@ -21,6 +20,7 @@ use crate::bearer::DEFAULT_MAX_TOKEN_LEN;
 use crate::decode::{DefaultClaims, KeySet, KeySource, MissingJti, Verifier};
 use crate::reject::{DefaultReject, Reject, RejectSettings, Rejection};
 use crate::service::JwtRevocation;
+use crate::telemetry::{self, Count, Outage};
 
 /// What the layer does with a verified token when the backend cannot say whether it is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,39 +105,64 @@ pub struct Metrics {
     pub slow_checks: u64,
 }
 
-#[derive(Debug, Default)]
+/// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
+/// state that turns store errors into a few log lines.
 pub(crate) struct Counters {
-    authorized: AtomicU64,
-    anonymous: AtomicU64,
-    skipped: AtomicU64,
-    rejected_missing: AtomicU64,
-    rejected_malformed: AtomicU64,
-    rejected_invalid: AtomicU64,
-    rejected_revoked: AtomicU64,
-    store_errors: AtomicU64,
-    fail_open_passes: AtomicU64,
-    slow_checks: AtomicU64,
+    authorized: Count,
+    anonymous: Count,
+    skipped: Count,
+    rejected_missing: Count,
+    rejected_malformed: Count,
+    rejected_invalid: Count,
+    rejected_revoked: Count,
+    rejected_unavailable: Count,
+    store_errors: Count,
+    fail_open_passes: Count,
+    slow_checks: Count,
+    outage: Outage,
 }
 
-fn bump(counter: &AtomicU64) {
-    // Counters are statistics, not synchronisation: relaxed is enough.
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Default for Counters {
+    fn default() -> Self {
+        telemetry::describe();
+        let outcome =
+            |outcome: &'static [(&'static str, &'static str)]| Count::new(telemetry::REQUESTS, outcome);
+        Self {
+            authorized: outcome(&[("outcome", "authorized")]),
+            anonymous: outcome(&[("outcome", "anonymous")]),
+            skipped: outcome(&[("outcome", "skipped")]),
+            rejected_missing: outcome(&[("outcome", "missing_token")]),
+            rejected_malformed: outcome(&[("outcome", "malformed")]),
+            rejected_invalid: outcome(&[("outcome", "invalid_token")]),
+            rejected_revoked: outcome(&[("outcome", "revoked")]),
+            rejected_unavailable: outcome(&[("outcome", "unavailable")]),
+            fail_open_passes: outcome(&[("outcome", "fail_open")]),
+            store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
+            slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
+            outage: Outage::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
 }
 
 impl Counters {
     fn snapshot(&self) -> Metrics {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
-            authorized: read(&self.authorized),
-            anonymous: read(&self.anonymous),
-            skipped: read(&self.skipped),
-            rejected_missing: read(&self.rejected_missing),
-            rejected_malformed: read(&self.rejected_malformed),
-            rejected_invalid: read(&self.rejected_invalid),
-            rejected_revoked: read(&self.rejected_revoked),
-            store_errors: read(&self.store_errors),
-            fail_open_passes: read(&self.fail_open_passes),
-            slow_checks: read(&self.slow_checks),
+            authorized: self.authorized.get(),
+            anonymous: self.anonymous.get(),
+            skipped: self.skipped.get(),
+            rejected_missing: self.rejected_missing.get(),
+            rejected_malformed: self.rejected_malformed.get(),
+            rejected_invalid: self.rejected_invalid.get(),
+            rejected_revoked: self.rejected_revoked.get(),
+            store_errors: self.store_errors.get(),
+            fail_open_passes: self.fail_open_passes.get(),
+            slow_checks: self.slow_checks.get(),
         }
     }
 }
@@ -179,30 +204,31 @@ impl<S, R> Shared<S, R> {
     pub(crate) fn skips(&self, path: &str) -> bool {
         let skip = self.skip_paths.as_ref().is_some_and(|skip| skip(path));
         if skip {
-            bump(&self.counters.skipped);
+            self.counters.skipped.bump();
         }
         skip
     }
 
     /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy.
-    /// The one place this decision is made, for the fast and the slow path alike.
+    /// The one place this decision is made, for the fast and the slow path alike. Store errors
+    /// are logged as an outage's start and end, not once per request.
     pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
         match answer {
             Ok(Verdict::Active) => {
-                bump(&self.counters.authorized);
+                self.counters.authorized.bump();
                 Ok(())
             }
             Ok(Verdict::Revoked(by)) => Err(Rejection::Revoked(by)),
             Err(error) => {
-                bump(&self.counters.store_errors);
+                self.counters.store_errors.bump();
                 match self.policy {
                     FailurePolicy::Closed => {
-                        tracing::warn!(%error, policy = "closed", "revocation check failed; refusing request");
+                        self.counters.outage.failed(&error, "closed");
                         Err(Rejection::Unavailable)
                     }
                     FailurePolicy::Open => {
-                        bump(&self.counters.fail_open_passes);
-                        tracing::warn!(%error, policy = "open", "revocation check failed; letting request through");
+                        self.counters.fail_open_passes.bump();
+                        self.counters.outage.failed(&error, "open");
                         Ok(())
                     }
                 }
@@ -210,12 +236,21 @@ impl<S, R> Shared<S, R> {
         }
     }
 
+    /// [`decide`](Self::decide) for an answer of the backend's slow path: an answer there ends
+    /// an outage.
+    pub(crate) fn decide_slow(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+        if answer.is_ok() {
+            self.counters.outage.succeeded();
+        }
+        self.decide(answer)
+    }
+
     pub(crate) fn count_anonymous(&self) {
-        bump(&self.counters.anonymous);
+        self.counters.anonymous.bump();
     }
 
     pub(crate) fn count_slow_check(&self) {
-        bump(&self.counters.slow_checks);
+        self.counters.slow_checks.bump();
     }
 
     /// Builds the response for a rejection: the default one, then the hook.
@@ -223,17 +258,14 @@ impl<S, R> Shared<S, R> {
     where
         R: Reject<B>,
     {
-        let counter = match rejection {
-            Rejection::MissingToken => Some(&self.counters.rejected_missing),
-            Rejection::Malformed(_) => Some(&self.counters.rejected_malformed),
-            Rejection::Invalid(_) => Some(&self.counters.rejected_invalid),
-            Rejection::Revoked(_) => Some(&self.counters.rejected_revoked),
-            // Already counted as a store error by `decide`.
-            Rejection::Unavailable => None,
-        };
-        if let Some(counter) = counter {
-            bump(counter);
+        match rejection {
+            Rejection::MissingToken => &self.counters.rejected_missing,
+            Rejection::Malformed(_) => &self.counters.rejected_malformed,
+            Rejection::Invalid(_) => &self.counters.rejected_invalid,
+            Rejection::Revoked(_) => &self.counters.rejected_revoked,
+            Rejection::Unavailable => &self.counters.rejected_unavailable,
         }
+        .bump();
         tracing::debug!(
             reason = rejection.description(),
             status = rejection.status().as_u16(),

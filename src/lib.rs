@@ -52,6 +52,7 @@ mod layer;
 pub mod reject;
 mod service;
 pub mod session;
+pub mod telemetry;
 
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};

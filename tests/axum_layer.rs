@@ -585,3 +585,32 @@ async fn a_cookie_carries_the_token_when_there_is_no_authorization_header() {
         invalid_token("token revoked")
     );
 }
+
+/// Reproduced on `main` before the fix: every request during the outage logged its own `warn`
+/// (fifty here); an outage is now one line when it begins and one when it ends.
+#[tokio::test]
+async fn a_store_outage_is_logged_when_it_begins_and_ends_not_per_request() {
+    let (_guard, logs) = capture_logs();
+    let backend = Outage::default();
+    let app = app(builder(backend.clone()).build().unwrap());
+    let token = mint(claims("outage", "uma"));
+    backend.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..50 {
+        assert_eq!(bearer(&app, &token).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(logs.count("WARN"), 1, "{}", logs.text());
+    assert_eq!(logs.count("outage began"), 1);
+
+    backend.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    // An outage ends once checks have stopped failing for a moment (a partial outage is one).
+    tokio::time::sleep(tower_jwt_revocation::telemetry::OUTAGE_QUIET).await;
+    assert_eq!(bearer(&app, &token).await.status, StatusCode::OK);
+    assert_eq!(bearer(&app, &token).await.status, StatusCode::OK);
+    let ended = logs.text();
+    let ended: Vec<&str> = ended
+        .lines()
+        .filter(|line| line.contains("outage ended"))
+        .collect();
+    assert_eq!(ended.len(), 1, "{}", logs.text());
+    assert!(ended[0].contains("failed_checks=50"), "{}", ended[0]);
+}

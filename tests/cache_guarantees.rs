@@ -375,3 +375,35 @@ async fn a_blackholed_feed_connection_is_replaced_and_caught_up(pool: PgPool) {
     assert!(proxy.frozen() >= 1);
     assert!(cache.metrics().resyncs >= 1);
 }
+
+/// The cache's and the feed's counters and gauges reach a `metrics` recorder.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn the_cache_and_feed_publish_their_metrics(pool: PgPool) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let cache = metrics::with_local_recorder(&recorder, || MokaCache::builder(store(&pool)).start().unwrap());
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert_eq!(verdict(&cache, &facts("counted")).await.unwrap(), Verdict::Active);
+    assert_eq!(verdict(&cache, &facts("counted")).await.unwrap(), Verdict::Active);
+    revoke_by_sql(&pool, "counted").await;
+    wait_until("the event is applied", || async {
+        cache.metrics().events_applied == 1
+    })
+    .await;
+    wait_until("a heartbeat published the state", || async {
+        handle.render().contains("jwt_revocation_feed_in_sync 1")
+    })
+    .await;
+    let text = handle.render();
+    for line in [
+        r#"jwt_revocation_cache_checks_total{answer="miss"} 1"#,
+        r#"jwt_revocation_cache_checks_total{answer="hit"} 1"#,
+        r#"jwt_revocation_cache_verdicts_total{verdict="active"} 2"#,
+        "jwt_revocation_cache_ledger_lookups_total 1",
+        "jwt_revocation_feed_events_total 1",
+        "jwt_revocation_feed_last_sync_timestamp_seconds ",
+        "jwt_revocation_feed_lag_seconds_count 1",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(line)), "{line} in\n{text}");
+    }
+}

@@ -37,6 +37,7 @@ impl WithStore for Handoff {
             secret: b"demo-pooler-secret-demo-pooler-secret".to_vec(),
             admin_subjects: Vec::new(),
             failure_policy: FailurePolicy::Closed,
+            metrics: None,
         };
         let _ = self.0.send(server::app(store, sessions, config));
         std::future::pending::<()>().await;

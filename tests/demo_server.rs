@@ -24,6 +24,7 @@ fn demo() -> Router {
         secret: SECRET.to_vec(),
         admin_subjects: vec!["root".into()],
         failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+        metrics: None,
     };
     let store = MemoryStore::new();
     server::app(
@@ -241,6 +242,7 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         secret: SECRET.to_vec(),
         admin_subjects: vec![],
         failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+        metrics: None,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -437,4 +439,53 @@ async fn logout_ends_the_session_and_its_refresh_token() {
         (status, body["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_grant"))
     );
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_the_prometheus_text_format() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let app = metrics::with_local_recorder(&recorder, || {
+        let store = MemoryStore::new();
+        server::app(
+            store.clone(),
+            MemorySessions::new(store, SessionConfig::default()),
+            server::Config {
+                secret: SECRET.to_vec(),
+                admin_subjects: Vec::new(),
+                failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+                metrics: Some(handle),
+            },
+        )
+    });
+    let token = login(&app, "vic").await;
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&token), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some("not-a-jwt"), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let request = Request::get("/metrics").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; version=0.0.4");
+    let text = String::from_utf8(to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    for line in [
+        r#"jwt_revocation_requests_total{outcome="authorized"} 1"#,
+        r#"jwt_revocation_requests_total{outcome="invalid_token"} 1"#,
+        r#"jwt_revocation_requests_total{outcome="missing_token"} 1"#,
+        "# HELP jwt_revocation_requests_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line || l.starts_with(line)),
+            "{line} in\n{text}"
+        );
+    }
 }

@@ -125,3 +125,65 @@ pub mod cluster;
 pub mod faulty;
 pub mod pgbouncer;
 pub mod proxy;
+
+/// A backend that answers on its slow path only, from a `MemoryStore`, or fails while `failing`
+/// is set: a store outage that a test switches on and off.
+#[derive(Clone, Default)]
+pub struct Outage {
+    pub store: tower_jwt_revocation::MemoryStore,
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RevocationBackend for Outage {
+    type Future = std::future::Ready<Result<Verdict, StoreError>>;
+
+    fn try_check(&self, _: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        None
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        std::future::ready(if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("connection refused".into()))
+        } else {
+            Ok(self.store.verdict(facts))
+        })
+    }
+}
+
+/// Everything logged (at `info` and above) on this thread while the guard lives.
+pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Logs) {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), logs)
+}
+
+/// The text a [`capture_logs`] subscriber wrote.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|line| line.contains(needle)).count()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

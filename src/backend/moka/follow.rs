@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_core::Stream;
 use tokio::task::JoinHandle;
 
-use super::{CacheMode, Tier, bump};
+use super::{CacheMode, Tier};
 use crate::backend::{FeedItem, Ledger, RevocationKind, Snapshot};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,11 +42,12 @@ pub(super) async fn supervise<B: Ledger>(weak: Weak<Tier<B>>) {
         let ended = (&mut follower.0).await;
         let Some(tier) = weak.upgrade() else { return };
         tier.sync.restarting();
-        bump(&tier.counters.feed_restarts);
+        tier.counters.feed_restarts.bump();
+        tier.publish_state();
         let panicked = ended.as_ref().is_err_and(|error| error.is_panic());
         tracing::warn!(
             panicked,
-            restarts = tier.counters.feed_restarts.load(Ordering::Relaxed),
+            restarts = tier.counters.feed_restarts.get(),
             "revocation change feed follower stopped; restarting it (no \"not revoked\" answers from memory until it is in sync)"
         );
         drop(tier);
@@ -99,7 +100,7 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
             FeedItem::Event(event) => {
                 tier.memory.apply(&event.record);
                 tier.sync.set_cursor(event.seq);
-                bump(&tier.counters.events_applied);
+                tier.counters.events_applied.bump();
                 let lag = SystemTime::now()
                     .duration_since(event.record.revoked_at)
                     .unwrap_or_default();
@@ -108,19 +109,25 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
                 tier.counters
                     .max_propagation_ms
                     .fetch_max(lag_ms, Ordering::Relaxed);
+                tier.counters.lag.record(lag.as_secs_f64());
             }
             FeedItem::InSync { last_seq } => {
                 if std::mem::take(&mut forget_negatives_at_sync) {
                     tier.memory.forget_negatives();
                 }
                 if tier.sync.in_sync(last_seq) {
-                    bump(&tier.counters.resyncs);
+                    tier.counters.resyncs.bump();
                     tracing::info!("revocation change feed back in sync");
                 }
+                tier.counters
+                    .last_sync
+                    .set(crate::backend::unix_seconds(SystemTime::now()) as f64);
+                tier.publish_state();
             }
             FeedItem::Disconnected(error) => {
                 if tier.sync.disconnected() {
                     tracing::warn!(%error, "revocation change feed disconnected; not trusting cached negatives");
+                    tier.publish_state();
                 }
             }
         }

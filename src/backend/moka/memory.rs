@@ -20,6 +20,7 @@ use crate::backend::{
     Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict, from_unix_seconds,
     subject_cutoff_covers, unix_seconds,
 };
+use crate::telemetry::{self, Count};
 
 /// moka caches hashed with foldhash (randomly seeded per cache): keys come from verified tokens,
 /// and SipHash cost a third of a warm check here.
@@ -100,7 +101,7 @@ struct Shared {
     /// Mirror mode loaded and still complete.
     mirroring: AtomicBool,
     /// Positives evicted for size (or refused admission).
-    evicted: AtomicU64,
+    evicted: Count,
 }
 
 /// The maps of the tier and the rules for reading and writing them.
@@ -133,7 +134,7 @@ impl Memory {
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
             mirroring: AtomicBool::new(false),
-            evicted: AtomicU64::new(0),
+            evicted: Count::new(telemetry::CACHE_EVICTIONS, &[]),
         });
         let revoked = |negative: &Map<String, ()>| {
             let listener = evicted_for_size(Arc::clone(&shared), negative.clone());
@@ -306,7 +307,7 @@ impl Memory {
 
     /// Positives evicted for size so far.
     pub(super) fn evicted(&self) -> u64 {
-        self.shared.evicted.load(Ordering::Relaxed)
+        self.shared.evicted.get()
     }
 
     /// Entries held in all maps (approximate, as moka counts them).
@@ -349,7 +350,7 @@ fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(
         if cause != RemovalCause::Size {
             return;
         }
-        shared.evicted.fetch_add(1, Ordering::Relaxed);
+        shared.evicted.bump();
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         negatives.invalidate(key);
         if shared.mirroring.swap(false, Ordering::AcqRel) {

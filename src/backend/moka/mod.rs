@@ -65,6 +65,8 @@ use tokio::task::JoinHandle;
 use self::flight::{Flights, TokenKeys};
 use self::memory::{Memory, Trust};
 use self::sync::SyncState;
+use crate::telemetry::{self, Count, Level, Spread};
+
 use super::{
     Ledger, RevocationBackend, RevocationRecord, RevocationStore, RevokedBy, StoreError, TokenFacts, Verdict,
     unix_seconds,
@@ -124,26 +126,58 @@ pub struct CacheMetrics {
     pub mirroring: bool,
 }
 
-#[derive(Default)]
+/// The tier's counters and gauges (see [`crate::telemetry`] for the published names).
 struct Counters {
-    active: AtomicU64,
-    revoked_token: AtomicU64,
-    revoked_session: AtomicU64,
-    revoked_subject: AtomicU64,
-    errors: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    backend_calls: AtomicU64,
-    coalesced_waits: AtomicU64,
-    events_applied: AtomicU64,
-    resyncs: AtomicU64,
-    feed_restarts: AtomicU64,
+    active: Count,
+    revoked_token: Count,
+    revoked_session: Count,
+    revoked_subject: Count,
+    errors: Count,
+    hits: Count,
+    misses: Count,
+    backend_calls: Count,
+    coalesced_waits: Count,
+    events_applied: Count,
+    resyncs: Count,
+    feed_restarts: Count,
     last_propagation_ms: AtomicU64,
     max_propagation_ms: AtomicU64,
+    entries: Level,
+    in_flight: Level,
+    mirroring: Level,
+    in_sync: Level,
+    last_sync: Level,
+    lag: Spread,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Default for Counters {
+    fn default() -> Self {
+        telemetry::describe();
+        let verdict =
+            |label: &'static [(&'static str, &'static str)]| Count::new(telemetry::CACHE_VERDICTS, label);
+        Self {
+            active: verdict(&[("verdict", "active")]),
+            revoked_token: verdict(&[("verdict", "revoked_token")]),
+            revoked_session: verdict(&[("verdict", "revoked_session")]),
+            revoked_subject: verdict(&[("verdict", "revoked_subject")]),
+            errors: verdict(&[("verdict", "error")]),
+            hits: Count::new(telemetry::CACHE_CHECKS, &[("answer", "hit")]),
+            misses: Count::new(telemetry::CACHE_CHECKS, &[("answer", "miss")]),
+            backend_calls: Count::new(telemetry::CACHE_LOOKUPS, &[]),
+            coalesced_waits: Count::new(telemetry::CACHE_COALESCED, &[]),
+            events_applied: Count::new(telemetry::FEED_EVENTS, &[]),
+            resyncs: Count::new(telemetry::FEED_RESYNCS, &[]),
+            feed_restarts: Count::new(telemetry::FEED_RESTARTS, &[]),
+            last_propagation_ms: AtomicU64::new(0),
+            max_propagation_ms: AtomicU64::new(0),
+            entries: Level::new(telemetry::CACHE_ENTRIES),
+            in_flight: Level::new(telemetry::CACHE_IN_FLIGHT),
+            mirroring: Level::new(telemetry::CACHE_MIRRORING),
+            in_sync: Level::new(telemetry::FEED_IN_SYNC),
+            last_sync: Level::new(telemetry::FEED_LAST_SYNC),
+            lag: Spread::new(telemetry::FEED_LAG),
+        }
+    }
 }
 
 struct Tier<B> {
@@ -217,13 +251,23 @@ impl<B> Tier<B> {
     }
 
     fn count(&self, answer: &Result<Verdict, StoreError>) {
-        bump(match answer {
+        match answer {
             Ok(Verdict::Active) => &self.counters.active,
             Ok(Verdict::Revoked(RevokedBy::Token)) => &self.counters.revoked_token,
             Ok(Verdict::Revoked(RevokedBy::Session)) => &self.counters.revoked_session,
             Ok(Verdict::Revoked(RevokedBy::Subject)) => &self.counters.revoked_subject,
             Err(_) => &self.counters.errors,
-        });
+        }
+        .bump();
+    }
+
+    /// Publishes the gauges that describe the tier's state.
+    fn publish_state(&self) {
+        let gauge = |on: bool| if on { 1.0 } else { 0.0 };
+        self.counters.in_sync.set(gauge(self.sync.fresh()));
+        self.counters.mirroring.set(gauge(self.memory.mirroring()));
+        self.counters.entries.set(self.memory.entry_count() as f64);
+        self.counters.in_flight.set(self.flights.len() as f64);
     }
 }
 
@@ -244,11 +288,11 @@ impl<B: Ledger> Tier<B> {
             Err(answered) => return Ok(answered),
         };
         if flight.joined {
-            bump(&self.counters.coalesced_waits);
+            self.counters.coalesced_waits.bump();
         }
         let result = flight
             .answer(|| async {
-                bump(&self.counters.backend_calls);
+                self.counters.backend_calls.bump();
                 let started = self.memory.epoch();
                 let lookup = self.backend.lookup(&facts).await;
                 if let Ok(lookup) = &lookup {
@@ -303,25 +347,24 @@ impl<B: Ledger> MokaCache<B> {
     pub fn metrics(&self) -> CacheMetrics {
         let tier = &*self.tier;
         let c = &tier.counters;
-        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheMetrics {
-            active: read(&c.active),
-            revoked_token: read(&c.revoked_token),
-            revoked_session: read(&c.revoked_session),
-            revoked_subject: read(&c.revoked_subject),
-            errors: read(&c.errors),
-            hits: read(&c.hits),
-            misses: read(&c.misses),
-            backend_calls: read(&c.backend_calls),
-            coalesced_waits: read(&c.coalesced_waits),
+            active: c.active.get(),
+            revoked_token: c.revoked_token.get(),
+            revoked_session: c.revoked_session.get(),
+            revoked_subject: c.revoked_subject.get(),
+            errors: c.errors.get(),
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            backend_calls: c.backend_calls.get(),
+            coalesced_waits: c.coalesced_waits.get(),
             in_flight_lookups: tier.flights.len() as u64,
-            events_applied: read(&c.events_applied),
-            resyncs: read(&c.resyncs),
-            feed_restarts: read(&c.feed_restarts),
+            events_applied: c.events_applied.get(),
+            resyncs: c.resyncs.get(),
+            feed_restarts: c.feed_restarts.get(),
             evicted_revocations: tier.memory.evicted(),
             live_entries: tier.memory.entry_count(),
-            last_propagation_ms: read(&c.last_propagation_ms),
-            max_propagation_ms: read(&c.max_propagation_ms),
+            last_propagation_ms: c.last_propagation_ms.load(Ordering::Relaxed),
+            max_propagation_ms: c.max_propagation_ms.load(Ordering::Relaxed),
             mirroring: tier.memory.mirroring(),
         }
     }
@@ -362,13 +405,13 @@ impl<B: Ledger> RevocationBackend for MokaCache<B> {
         let tier = &*self.tier;
         match tier.memory.answer(facts, tier.trust()) {
             Some(verdict) => {
-                bump(&tier.counters.hits);
+                tier.counters.hits.bump();
                 let answer = Ok(verdict);
                 tier.count(&answer);
                 Some(answer)
             }
             None => {
-                bump(&tier.counters.misses);
+                tier.counters.misses.bump();
                 None
             }
         }

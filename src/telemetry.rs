@@ -1,0 +1,295 @@
+//! What operators read: counters and gauges, published through the [`metrics`] facade when the
+//! `metrics` feature is on, and the log lines that mark an outage's start and end.
+//!
+//! Every counter is also kept in an atomic, which [`Metrics`](crate::Metrics) and
+//! `CacheMetrics` read without any recorder. With the `metrics` feature each is registered with
+//! the recorder installed when the layer is built (or the cache started): install the recorder
+//! (for example `metrics_exporter_prometheus::PrometheusBuilder::install_recorder`) before
+//! building either. Names follow Prometheus conventions; the full list is [`NAMES`].
+//!
+//! Outages are logged as state changes, never once per request: one `warn` when checks start
+//! failing, one `warn` a minute with the count while they go on, one `info` when a check
+//! succeeds again after [`OUTAGE_QUIET`] without failures.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Requests decided by the layer, by `outcome`: `authorized`, `anonymous`, `skipped`,
+/// `missing_token`, `malformed`, `invalid_token`, `revoked`, `unavailable` (503 under
+/// `FailurePolicy::Closed`), `fail_open` (let through under `FailurePolicy::Open`).
+pub const REQUESTS: &str = "jwt_revocation_requests_total";
+/// Checks the backend could not answer (the failure policy decided).
+pub const STORE_ERRORS: &str = "jwt_revocation_store_errors_total";
+/// Checks the backend could not answer on its synchronous fast path.
+pub const SLOW_CHECKS: &str = "jwt_revocation_slow_checks_total";
+/// Cache checks by `answer`: `hit` (from memory) or `miss`.
+pub const CACHE_CHECKS: &str = "jwt_revocation_cache_checks_total";
+/// Cache verdicts by `verdict`: `active`, `revoked_token`, `revoked_session`,
+/// `revoked_subject`, `error`.
+pub const CACHE_VERDICTS: &str = "jwt_revocation_cache_verdicts_total";
+/// Lookups the cache sent to the ledger.
+pub const CACHE_LOOKUPS: &str = "jwt_revocation_cache_ledger_lookups_total";
+/// Checks that waited for another check's lookup of the same keys.
+pub const CACHE_COALESCED: &str = "jwt_revocation_cache_coalesced_waits_total";
+/// Revocations dropped from the cache for lack of capacity.
+pub const CACHE_EVICTIONS: &str = "jwt_revocation_cache_evictions_total";
+/// Entries the cache holds (gauge, updated at every proof of sync).
+pub const CACHE_ENTRIES: &str = "jwt_revocation_cache_entries";
+/// Lookups in flight (gauge, updated at every proof of sync).
+pub const CACHE_IN_FLIGHT: &str = "jwt_revocation_cache_in_flight_lookups";
+/// 1 while the cache mirrors the whole ledger, else 0 (gauge).
+pub const CACHE_MIRRORING: &str = "jwt_revocation_cache_mirroring";
+/// Change-feed events applied.
+pub const FEED_EVENTS: &str = "jwt_revocation_feed_events_total";
+/// Times the feed came back in sync after a disconnection.
+pub const FEED_RESYNCS: &str = "jwt_revocation_feed_resyncs_total";
+/// Times the feed's follower stopped and was restarted.
+pub const FEED_RESTARTS: &str = "jwt_revocation_feed_restarts_total";
+/// 1 while the feed is connected and proved in sync, else 0 (gauge).
+pub const FEED_IN_SYNC: &str = "jwt_revocation_feed_in_sync";
+/// Unix time of the feed's last proof of sync (gauge): alert on `time() - this`.
+pub const FEED_LAST_SYNC: &str = "jwt_revocation_feed_last_sync_timestamp_seconds";
+/// Propagation lag of each event applied: applied time minus its `revoked_at` (histogram).
+pub const FEED_LAG: &str = "jwt_revocation_feed_lag_seconds";
+
+/// Every metric this crate publishes.
+pub const NAMES: [&str; 17] = [
+    REQUESTS,
+    STORE_ERRORS,
+    SLOW_CHECKS,
+    CACHE_CHECKS,
+    CACHE_VERDICTS,
+    CACHE_LOOKUPS,
+    CACHE_COALESCED,
+    CACHE_EVICTIONS,
+    CACHE_ENTRIES,
+    CACHE_IN_FLIGHT,
+    CACHE_MIRRORING,
+    FEED_EVENTS,
+    FEED_RESYNCS,
+    FEED_RESTARTS,
+    FEED_IN_SYNC,
+    FEED_LAST_SYNC,
+    FEED_LAG,
+];
+
+/// How long checks must have stopped failing before an outage is logged as ended: a partial
+/// outage (some checks fail, some succeed) stays one outage instead of flapping.
+pub const OUTAGE_QUIET: Duration = Duration::from_secs(1);
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A counter: an atomic the crate reads, published under `name` and `labels` too.
+pub(crate) struct Count {
+    value: AtomicU64,
+    #[cfg(feature = "metrics")]
+    published: metrics::Counter,
+}
+
+impl Count {
+    pub(crate) fn new(name: &'static str, labels: &'static [(&'static str, &'static str)]) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (name, labels);
+        Self {
+            value: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            published: metrics::counter!(name, labels),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn bump(&self) {
+        // Statistics, not synchronisation: relaxed is enough.
+        self.value.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.published.increment(1);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge, published only (the crate reads its source directly).
+#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+pub(crate) struct Level {
+    #[cfg(feature = "metrics")]
+    published: metrics::Gauge,
+}
+
+#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+impl Level {
+    pub(crate) fn new(name: &'static str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = name;
+        Self {
+            #[cfg(feature = "metrics")]
+            published: metrics::gauge!(name),
+        }
+    }
+
+    pub(crate) fn set(&self, value: f64) {
+        #[cfg(not(feature = "metrics"))]
+        let _ = value;
+        #[cfg(feature = "metrics")]
+        self.published.set(value);
+    }
+}
+
+/// A histogram, published only.
+#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+pub(crate) struct Spread {
+    #[cfg(feature = "metrics")]
+    published: metrics::Histogram,
+}
+
+#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+impl Spread {
+    pub(crate) fn new(name: &'static str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = name;
+        Self {
+            #[cfg(feature = "metrics")]
+            published: metrics::histogram!(name),
+        }
+    }
+
+    pub(crate) fn record(&self, value: f64) {
+        #[cfg(not(feature = "metrics"))]
+        let _ = value;
+        #[cfg(feature = "metrics")]
+        self.published.record(value);
+    }
+}
+
+/// Registers the descriptions (`# HELP` lines) of every metric with the current recorder.
+pub(crate) fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            REQUESTS,
+            "Requests decided by the JWT revocation layer, by outcome"
+        );
+        describe_counter!(STORE_ERRORS, "Revocation checks the backend could not answer");
+        describe_counter!(
+            SLOW_CHECKS,
+            "Revocation checks that needed the backend's async path"
+        );
+        describe_counter!(CACHE_CHECKS, "Revocation cache checks, by answer (hit or miss)");
+        describe_counter!(CACHE_VERDICTS, "Revocation cache verdicts, by verdict");
+        describe_counter!(CACHE_LOOKUPS, "Lookups the revocation cache sent to the ledger");
+        describe_counter!(
+            CACHE_COALESCED,
+            "Checks that shared another check's ledger lookup"
+        );
+        describe_counter!(
+            CACHE_EVICTIONS,
+            "Revocations dropped from the cache for lack of capacity"
+        );
+        describe_gauge!(CACHE_ENTRIES, "Entries held by the revocation cache");
+        describe_gauge!(CACHE_IN_FLIGHT, "Ledger lookups in flight");
+        describe_gauge!(CACHE_MIRRORING, "1 while the cache mirrors the whole ledger");
+        describe_counter!(FEED_EVENTS, "Revocation change-feed events applied");
+        describe_counter!(FEED_RESYNCS, "Times the change feed came back in sync");
+        describe_counter!(FEED_RESTARTS, "Times the change feed's follower was restarted");
+        describe_gauge!(
+            FEED_IN_SYNC,
+            "1 while the change feed is connected and proved in sync"
+        );
+        describe_gauge!(
+            FEED_LAST_SYNC,
+            "Unix time of the change feed's last proof of sync"
+        );
+        describe_histogram!(
+            FEED_LAG,
+            metrics::Unit::Seconds,
+            "Propagation lag of each revocation applied from the change feed"
+        );
+    }
+}
+
+/// Turns per-request store errors into a few log lines; see the module documentation.
+pub(crate) struct Outage {
+    failing: AtomicBool,
+    state: Mutex<OutageState>,
+}
+
+struct OutageState {
+    began: Instant,
+    last_failure: Instant,
+    last_report: Instant,
+    failures: u64,
+    since_report: u64,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            failing: AtomicBool::new(false),
+            state: Mutex::new(OutageState {
+                began: now,
+                last_failure: now,
+                last_report: now,
+                failures: 0,
+                since_report: 0,
+            }),
+        }
+    }
+}
+
+impl Outage {
+    /// A check failed with `error`; `policy` is what the layer did about it.
+    pub(crate) fn failed(&self, error: &dyn std::fmt::Display, policy: &'static str) {
+        tracing::debug!(%error, policy, "revocation check failed");
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            *state = OutageState {
+                began: now,
+                last_failure: now,
+                last_report: now,
+                failures: 1,
+                since_report: 0,
+            };
+            tracing::warn!(%error, policy, "revocation checks are failing: the store cannot answer (outage began)");
+            return;
+        }
+        state.failures += 1;
+        state.since_report += 1;
+        state.last_failure = now;
+        if now.duration_since(state.last_report) >= OUTAGE_REPORT_EVERY {
+            tracing::warn!(
+                %error,
+                policy,
+                failed_checks = state.since_report,
+                failed_checks_total = state.failures,
+                "revocation checks still failing"
+            );
+            state.last_report = now;
+            state.since_report = 0;
+        }
+    }
+
+    /// A check was answered by the backend's slow path (the store, or what the cache may still
+    /// answer on its behalf).
+    #[inline]
+    pub(crate) fn succeeded(&self) {
+        if !self.failing.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if now.duration_since(state.last_failure) >= OUTAGE_QUIET
+            && self.failing.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!(
+                failed_checks = state.failures,
+                lasted_ms = u64::try_from(state.last_failure.duration_since(state.began).as_millis())
+                    .unwrap_or(u64::MAX),
+                "revocation checks succeed again (outage ended)"
+            );
+        }
+    }
+}
