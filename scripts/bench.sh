@@ -18,6 +18,11 @@ PORT=39871
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "MokaCache<PgStore>, lookup mode" > target/bench/store.txt
   SERVER_DB_URL="${DATABASE_URL%/*}/tower_jwt_revocation_bench"
+  # The demo migrates its database but does not create it.
+  if command -v psql >/dev/null 2>&1; then
+    psql "$DATABASE_URL" -qtc "SELECT 1 FROM pg_database WHERE datname = 'tower_jwt_revocation_bench'" | grep -q 1 \
+      || psql "$DATABASE_URL" -qc "CREATE DATABASE tower_jwt_revocation_bench"
+  fi
 else
   echo "MemoryStore" > target/bench/store.txt
   SERVER_DB_URL=""

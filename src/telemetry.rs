@@ -1,4 +1,4 @@
-//! What operators read: counters and gauges, published through the [`metrics`] facade when the
+//! What operators read: counters and gauges, published through the [`metrics`](https://docs.rs/metrics) facade when the
 //! `metrics` feature is on, and the log lines that mark an outage's start and end.
 //!
 //! Every counter is also kept in an atomic, which [`Metrics`](crate::Metrics) and
@@ -242,8 +242,11 @@ impl Default for Outage {
 impl Outage {
     /// A check failed with `error`; `policy` is what the layer did about it.
     pub(crate) fn failed(&self, error: &dyn std::fmt::Display, policy: &'static str) {
+        self.failed_at(Instant::now(), error, policy);
+    }
+
+    fn failed_at(&self, now: Instant, error: &dyn std::fmt::Display, policy: &'static str) {
         tracing::debug!(%error, policy, "revocation check failed");
-        let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.failing.swap(true, Ordering::AcqRel) {
             *state = OutageState {
@@ -276,10 +279,12 @@ impl Outage {
     /// answer on its behalf).
     #[inline]
     pub(crate) fn succeeded(&self) {
-        if !self.failing.load(Ordering::Acquire) {
-            return;
+        if self.failing.load(Ordering::Acquire) {
+            self.succeeded_at(Instant::now());
         }
-        let now = Instant::now();
+    }
+
+    fn succeeded_at(&self, now: Instant) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if now.duration_since(state.last_failure) >= OUTAGE_QUIET
             && self.failing.swap(false, Ordering::AcqRel)
@@ -291,5 +296,55 @@ impl Outage {
                 "revocation checks succeed again (outage ended)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The outage's log lines, captured for this thread.
+    fn captured(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_long_outage_is_reported_once_a_minute_and_a_partial_one_does_not_flap() {
+        let logs = captured(|| {
+            let outage = Outage::default();
+            let start = Instant::now();
+            let at = |seconds: f64| start + Duration::from_secs_f64(seconds);
+            // 90 s of failures every half second, with a success between each two of them.
+            for tick in 0..180 {
+                outage.failed_at(at(f64::from(tick) * 0.5), &"refused", "closed");
+                outage.succeeded_at(at(f64::from(tick) * 0.5 + 0.25));
+            }
+            outage.succeeded_at(at(91.0));
+        });
+        let count = |needle: &str| logs.lines().filter(|line| line.contains(needle)).count();
+        assert_eq!(count("outage began"), 1, "{logs}");
+        assert_eq!(count("still failing"), 1, "{logs}");
+        assert_eq!(count("outage ended"), 1, "{logs}");
+        assert!(logs.contains("failed_checks=180"), "{logs}");
     }
 }

@@ -18,7 +18,7 @@
 //! - The change feed delivers every committed revocation in `seq` order, at least once, across
 //!   lost connections, and proves at every heartbeat that it has (see [`Subscription`]).
 //! - Any value a DBA can write is read without panicking: `'infinity'` (a revocation kept until
-//!   deleted by hand, or a subject banned for good) becomes [`far_future`], `'-infinity'` the
+//!   deleted by hand, or a subject banned for good) becomes [`far_future`](super::far_future), `'-infinity'` the
 //!   Unix epoch.
 //!
 //! # Behind a transaction pooler (PgBouncer, Supavisor)

@@ -27,7 +27,7 @@ impl Drop for Purger {
 
 /// Runs [`RevocationStore::purge_expired`]`(margin)` every `interval` on the current Tokio
 /// runtime until the returned [`Purger`] is dropped. Errors are logged and retried at the next
-/// tick. With [`PgStore`], several instances may run purgers at once.
+/// tick. With [`PgStore`](super::PgStore), several instances may run purgers at once.
 ///
 /// Needs a Tokio runtime; outside one it returns an error.
 pub fn spawn_purger<S>(store: S, interval: Duration, margin: Duration) -> Result<Purger, StoreError>
