@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::cluster::{Settings, instance, instance_with};
+use common::cluster::{Settings, instance, lookup_and_mirror};
 use common::faulty::{Fault, Faulty};
 use common::proxy::Proxy;
 use common::*;
@@ -14,8 +14,8 @@ use http::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_jwt_revocation::{
-    CacheMode, FailurePolicy, Ledger, MokaCache, PgStore, RevocationBackend, RevocationStore, RevokedBy,
-    StoreError, TokenFacts, Verdict,
+    CacheMode, FailurePolicy, MokaCache, PgStore, RevocationBackend, RevocationStore, RevokedBy, TokenFacts,
+    Verdict,
 };
 
 fn store(pool: &PgPool) -> PgStore {
@@ -25,21 +25,7 @@ fn store(pool: &PgPool) -> PgStore {
 }
 
 fn facts(jti: &str) -> TokenFacts<'_> {
-    TokenFacts {
-        jti: Some(jti),
-        subject: Some("kim"),
-        issued_at: Some(now()),
-        expires_at: Some(now() + 600),
-        ..TokenFacts::default()
-    }
-}
-
-/// The layer's order: the fast path, then the slow path.
-async fn verdict<B: Ledger>(cache: &MokaCache<B>, facts: &TokenFacts<'_>) -> Result<Verdict, StoreError> {
-    match cache.try_check(facts) {
-        Some(answer) => answer,
-        None => cache.check(facts).await,
-    }
+    common::facts(jti, "kim")
 }
 
 async fn revoke_by_sql(pool: &PgPool, jti: &str) {
@@ -299,22 +285,7 @@ async fn without_notifications_a_revocation_arrives_within_one_heartbeat(pool: P
         max_staleness: Duration::from_secs(10),
         ..Settings::default()
     };
-    let lookup = instance_with(
-        &pool,
-        "lookup",
-        CacheMode::Lookup,
-        FailurePolicy::Closed,
-        settings,
-    )
-    .await;
-    let mirror = instance_with(
-        &pool,
-        "mirror",
-        CacheMode::Mirror,
-        FailurePolicy::Closed,
-        settings,
-    )
-    .await;
+    let (lookup, mirror) = lookup_and_mirror(&pool, settings).await;
     let token = mint(claims("silent", "max"));
     for instance in [&lookup, &mirror] {
         assert_eq!(instance.status(&token).await, StatusCode::OK);
@@ -340,10 +311,7 @@ async fn a_blackholed_feed_connection_is_replaced_and_caught_up(pool: PgPool) {
         .next()
         .unwrap();
     let proxy = Proxy::start(upstream).await;
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let database = database_name(&pool).await;
     let through_proxy = format!("postgres://{}@{}/{database}", options.get_username(), proxy.addr);
     let store = store(&pool).with_direct_url(&through_proxy).unwrap();
     let cache = MokaCache::builder(store)

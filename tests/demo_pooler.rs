@@ -113,10 +113,7 @@ async fn demo_instances_behind_pgbouncer_enforce_each_others_logouts(pool: PgPoo
         .await
         .unwrap();
     let options = pool.connect_options();
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let database = common::database_name(&pool).await;
     let pooled = bouncer.url(options.get_username(), &database);
     let direct = format!(
         "postgres://{}@{}:{}/{database}",

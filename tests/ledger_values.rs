@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::cluster::{Settings, instance_with};
+use common::cluster::{Settings, lookup_and_mirror};
 use common::*;
 use http::StatusCode;
 use serde_json::json;
@@ -124,22 +124,7 @@ async fn hostile_rows_do_not_stop_enforcement_on_any_instance(pool: PgPool) {
         max_staleness: Duration::from_secs(10),
         ..Settings::default()
     };
-    let lookup = instance_with(
-        &pool,
-        "lookup",
-        CacheMode::Lookup,
-        FailurePolicy::Closed,
-        settings,
-    )
-    .await;
-    let mirror = instance_with(
-        &pool,
-        "mirror",
-        CacheMode::Mirror,
-        FailurePolicy::Closed,
-        settings,
-    )
-    .await;
+    let (lookup, mirror) = lookup_and_mirror(&pool, settings).await;
     let later = token("revoked-later", "hank", None);
     for instance in [&lookup, &mirror] {
         // Cached as "not revoked" by the lookup instance.

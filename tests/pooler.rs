@@ -14,13 +14,6 @@ use tower_jwt_revocation::{
     CacheMode, Ledger, MokaCache, PgStore, RevocationBackend, RevocationStore, RevokedBy, TokenFacts, Verdict,
 };
 
-async fn database(pool: &PgPool) -> String {
-    sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 /// The URL of the test's database straight to Postgres.
 fn direct_url(pool: &PgPool, database: &str) -> String {
     let options = pool.connect_options();
@@ -33,21 +26,11 @@ fn direct_url(pool: &PgPool, database: &str) -> String {
 }
 
 fn facts(jti: &str) -> TokenFacts<'_> {
-    TokenFacts {
-        jti: Some(jti),
-        subject: Some("nia"),
-        issued_at: Some(now()),
-        expires_at: Some(now() + 600),
-        ..TokenFacts::default()
-    }
+    common::facts(jti, "nia")
 }
 
-async fn verdict<B: Ledger>(cache: &MokaCache<B>, jti: &str) -> Verdict {
-    let facts = facts(jti);
-    match cache.try_check(&facts) {
-        Some(answer) => answer.unwrap(),
-        None => cache.check(&facts).await.unwrap(),
-    }
+async fn cached<B: Ledger>(cache: &MokaCache<B>, jti: &str) -> Verdict {
+    verdict(cache, &facts(jti)).await.unwrap()
 }
 
 /// Reproduced on `main` before the fix: `migrate` failed through PgBouncer (sqlx's named
@@ -58,7 +41,7 @@ async fn the_store_and_sessions_work_through_a_transaction_pooler(pool: PgPool) 
     let Some(bouncer) = PgBouncer::start(&pool.connect_options()) else {
         return;
     };
-    let url = bouncer.url(pool.connect_options().get_username(), &database(&pool).await);
+    let url = bouncer.url(pool.connect_options().get_username(), &database_name(&pool).await);
     let store = PgStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
@@ -127,7 +110,7 @@ async fn instances_behind_a_transaction_pooler_enforce_each_others_revocations(p
     let Some(bouncer) = PgBouncer::start(&pool.connect_options()) else {
         return;
     };
-    let database = database(&pool).await;
+    let database = database_name(&pool).await;
     let url = bouncer.url(pool.connect_options().get_username(), &database);
     let direct = direct_url(&pool, &database);
     PgStore::connect(&url).await.unwrap().migrate().await.unwrap();
@@ -144,16 +127,16 @@ async fn instances_behind_a_transaction_pooler_enforce_each_others_revocations(p
             };
             let (a, b) = (instance().await, instance().await);
             let jti = format!("across-{with_direct}-{mode:?}");
-            assert_eq!(verdict(&b, &jti).await, Verdict::Active);
+            assert_eq!(cached(&b, &jti).await, Verdict::Active);
             a.revoke(&jti, Some("nia"), in_an_hour(), None, None)
                 .await
                 .unwrap();
-            assert_eq!(verdict(&a, &jti).await, Verdict::Revoked(RevokedBy::Token));
+            assert_eq!(cached(&a, &jti).await, Verdict::Revoked(RevokedBy::Token));
             let bound = Duration::from_secs(if with_direct { 2 } else { 5 });
             wait_until_within(
                 &format!("{jti} is refused by the other instance"),
                 bound,
-                || async { verdict(&b, &jti).await == Verdict::Revoked(RevokedBy::Token) },
+                || async { cached(&b, &jti).await == Verdict::Revoked(RevokedBy::Token) },
             )
             .await;
         }

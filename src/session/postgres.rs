@@ -102,11 +102,7 @@ impl<S: RevocationStore> PgSessions<S> {
     /// [`PgStore::with_transaction_pooler`](crate::PgStore::with_transaction_pooler)).
     #[must_use]
     pub fn with_transaction_pooler(mut self, behind_pooler: bool) -> Self {
-        self.protocol = if behind_pooler {
-            Protocol::Inline
-        } else {
-            Protocol::Prepared
-        };
+        self.protocol = Protocol::behind_pooler(behind_pooler);
         self
     }
 

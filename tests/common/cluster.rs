@@ -108,6 +108,14 @@ pub async fn instance_with(
     }
 }
 
+/// Two instances on one database, one per cache mode, tuned by `settings`.
+pub async fn lookup_and_mirror(pool: &PgPool, settings: Settings) -> (Instance, Instance) {
+    (
+        instance_with(pool, "lookup", CacheMode::Lookup, FailurePolicy::Closed, settings).await,
+        instance_with(pool, "mirror", CacheMode::Mirror, FailurePolicy::Closed, settings).await,
+    )
+}
+
 impl Instance {
     pub async fn status(&self, token: &str) -> StatusCode {
         let req = Request::get("/me")

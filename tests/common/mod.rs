@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use tower_jwt_revocation::{RevocationBackend, StoreError, TokenFacts, Verdict};
+use tower_jwt_revocation::{Ledger, MokaCache, RevocationBackend, StoreError, TokenFacts, Verdict};
 
 pub const SECRET: &[u8] = b"integration-test-secret-of-decent-length";
 
@@ -35,6 +35,33 @@ pub fn mint_with(header: Header, claims: Value, secret: &[u8]) -> String {
 /// Standard claims of a fresh token for `sub` with id `jti`, valid for ten minutes.
 pub fn claims(jti: &str, sub: &str) -> Value {
     json!({"jti": jti, "sub": sub, "iat": now(), "exp": now() + 600})
+}
+
+/// The facts of a fresh token `jti` of `subject`, issued now, valid for ten minutes.
+pub fn facts<'a>(jti: &'a str, subject: &'a str) -> TokenFacts<'a> {
+    TokenFacts {
+        jti: Some(jti),
+        subject: Some(subject),
+        issued_at: Some(now()),
+        expires_at: Some(now() + 600),
+        ..TokenFacts::default()
+    }
+}
+
+/// A cache's answer in the layer's order: the fast path, then the slow path.
+pub async fn verdict<B: Ledger>(cache: &MokaCache<B>, facts: &TokenFacts<'_>) -> Result<Verdict, StoreError> {
+    match cache.try_check(facts) {
+        Some(answer) => answer,
+        None => cache.check(facts).await,
+    }
+}
+
+/// The name of the database `pool` connects to (each `#[sqlx::test]` has its own).
+pub async fn database_name(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// A backend whose every check fails, on the fast path or (with `slow`) the slow path.

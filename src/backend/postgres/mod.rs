@@ -142,11 +142,7 @@ impl PgStore {
     /// `statement-cache-capacity=0`; set it here when the pool's settings do not say.
     #[must_use]
     pub fn with_transaction_pooler(mut self, behind_pooler: bool) -> Self {
-        self.protocol = if behind_pooler {
-            Protocol::Inline
-        } else {
-            Protocol::Prepared
-        };
+        self.protocol = Protocol::behind_pooler(behind_pooler);
         self
     }
 

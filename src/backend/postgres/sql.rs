@@ -39,6 +39,16 @@ pub(crate) enum Protocol {
 }
 
 impl Protocol {
+    /// [`Inline`](Self::Inline) behind a transaction pooler, [`Prepared`](Self::Prepared)
+    /// otherwise.
+    pub(crate) fn behind_pooler(behind_pooler: bool) -> Self {
+        if behind_pooler {
+            Protocol::Inline
+        } else {
+            Protocol::Prepared
+        }
+    }
+
     /// [`Inline`](Self::Inline) for connections whose statement cache is off
     /// (`statement-cache-capacity=0` in the URL), the setting sqlx users give a connection
     /// through a transaction pooler; [`Prepared`](Self::Prepared) otherwise.
