@@ -375,3 +375,43 @@ async fn the_cache_and_feed_publish_their_metrics(pool: PgPool) {
         assert!(text.lines().any(|l| l.starts_with(line)), "{line} in\n{text}");
     }
 }
+
+/// Found in review, reproduced before the fix: a token with neither `jti` nor `sid`
+/// (`MissingJti::Allow`) is known only by its subject. A lookup before the feed's first sync
+/// stored the subject's old cutoff; the cutoff moved before the feed's starting point; and the
+/// old one kept answering "not revoked" after the first sync, for good.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_cutoff_read_before_the_first_sync_is_not_trusted_after_it(pool: PgPool) {
+    let set_cutoff = |at: u64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO jwt_subject_revocations (subject, not_before) VALUES ('zoe', to_timestamp($1)) \
+                 ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before",
+            )
+            .bind(at as f64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    set_cutoff(now() - 100).await;
+    let faulty = Faulty::new(store(&pool));
+    faulty.hold_feed(true);
+    let cache = MokaCache::builder(faulty.clone()).start().unwrap();
+    let only_subject = TokenFacts {
+        subject: Some("zoe"),
+        issued_at: Some(now() - 50),
+        expires_at: Some(now() + 600),
+        ..TokenFacts::default()
+    };
+    assert_eq!(verdict(&cache, &only_subject).await.unwrap(), Verdict::Active);
+    set_cutoff(now()).await; // "log out everywhere"
+
+    faulty.hold_feed(false); // starts after the new cutoff: never delivers it
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert_eq!(
+        verdict(&cache, &only_subject).await.unwrap(),
+        Verdict::Revoked(RevokedBy::Subject)
+    );
+}

@@ -1,10 +1,11 @@
 //! What the cache tier holds, and when memory may answer.
 //!
 //! Revoked keys (`jti`s, `sid`s) and subject cutoffs are **positives**; keys a ledger lookup
-//! found not revoked are **negatives**, one entry per key, so that losing any one entry costs a
-//! lookup of that key and nothing else. An **epoch** counts the events after which a negative
-//! read from the ledger earlier may be stale (a revocation evicted for size, the feed's first
-//! sync, a restart); a lookup stores its negatives only if the epoch did not move while it ran.
+//! found not revoked, and subjects whose cutoff it found current, are **negatives**, one entry
+//! per key, so that losing any one entry costs a lookup of that key and nothing else. An
+//! **epoch** counts the events after which a negative read from the ledger earlier may be stale
+//! (a revocation evicted for size, the first sync of a feed that started "from now"); a lookup
+//! stores its negatives only if the epoch did not move while it ran.
 //! This module does not decide whether the feed is in sync (see `sync`), and does not talk to the
 //! ledger.
 
@@ -78,8 +79,13 @@ pub(super) struct Trust {
 /// The negatives, one map per key space. Cloned into the positives' eviction listeners.
 #[derive(Clone)]
 struct Negatives {
+    /// `jti`s a lookup found not revoked.
     tokens: Map<String, ()>,
+    /// `sid`s a lookup found not revoked.
     sessions: Map<String, ()>,
+    /// Subjects whose entry in `cutoffs` (or its absence) a lookup found current. A cutoff alone
+    /// proves only that the subject's cutoff is *at least* that; whether a later one exists is
+    /// as stale as this marker.
     subjects: Map<String, ()>,
 }
 
@@ -109,7 +115,7 @@ pub(super) struct Memory {
     revoked_tokens: Map<String, Revoked>,
     revoked_sessions: Map<String, Revoked>,
     /// Subject cutoffs, Unix seconds. A cutoff that covers a token is a positive answer; one that
-    /// does not is only as current as the feed, so it counts as a negative.
+    /// does not answers "not revoked" only with a current marker in `negatives.subjects`.
     cutoffs: Map<String, u64>,
     negatives: Negatives,
     shared: Arc<Shared>,
@@ -197,7 +203,7 @@ impl Memory {
                 .is_none_or(|sid| self.negatives.sessions.contains_key(sid))
             && facts
                 .subject
-                .is_none_or(|sub| cutoff.is_some() || self.negatives.subjects.contains_key(sub));
+                .is_none_or(|sub| self.negatives.subjects.contains_key(sub));
         clear.then_some(Verdict::Active)
     }
 
@@ -227,7 +233,8 @@ impl Memory {
         self.negatives.sessions.invalidate(sid);
     }
 
-    /// Moves a subject's cutoff forward (never back).
+    /// Moves a subject's cutoff forward (never back). A current marker for the subject stays
+    /// current: the feed delivers every later cutoff, and cutoffs only move forward.
     pub(super) fn cutoff(&self, subject: &str, cutoff: u64) {
         self.cutoffs
             .entry_by_ref(subject)
@@ -235,7 +242,6 @@ impl Memory {
                 Some(current) if *current.value() >= cutoff => Op::Nop,
                 _ => Op::Put(cutoff),
             });
-        self.negatives.subjects.invalidate(subject);
     }
 
     /// Remembers what a lookup found for `facts`: each revoked key, kept until the token's
@@ -259,7 +265,8 @@ impl Memory {
         }
         let clear_jti = facts.jti.filter(|_| !lookup.token_revoked);
         let clear_sid = facts.session_id.filter(|_| !lookup.session_revoked);
-        let clear_sub = facts.subject.filter(|_| lookup.subject_cutoff.is_none());
+        // The subject's cutoff (or its absence) was just stored above: mark it current.
+        let clear_sub = facts.subject;
         if let Some(jti) = clear_jti {
             self.negatives.tokens.insert(jti.to_owned(), ());
         }

@@ -19,7 +19,7 @@
 //!   `negative_ttl`, and trusted only while the change feed is provably in sync: connected, and
 //!   its last proof of sync no older than `max_staleness`. A token is answered "not revoked" from
 //!   memory when each of its keys is. A negative is stored only if nothing that could make it
-//!   stale happened while its lookup ran (the feed's first sync, a restart, an eviction).
+//!   stale happened while its lookup ran (the first sync of a feed that started "from now", an eviction).
 //! - The feed proves sync at every heartbeat by reading the ledger past the last change it
 //!   delivered (for [`PgStore`](super::postgres::PgStore), every 2 s by default). Notifications
 //!   make delivery fast (milliseconds); the heartbeat makes it certain, so a revocation made on
