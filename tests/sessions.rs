@@ -402,3 +402,39 @@ async fn a_committed_change_is_reported_even_when_the_local_cache_cannot_be_told
         Err(SessionError::Invalid)
     ));
 }
+
+/// Found in review, reproduced before the fix: "log out everywhere" made two round trips per
+/// session inside one bounded transaction, so a subject with enough sessions (an attacker with
+/// the password can open them) could never be logged out everywhere: here 3 000 of them did not
+/// fit in 600 ms. It is one statement now (about 70 ms for these).
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn log_out_everywhere_ends_hundreds_of_sessions_in_one_statement(pool: PgPool) {
+    // The bound a database a few milliseconds away leaves for 3 000 sessions' round trips.
+    let sessions = pg_sessions(&pool, SessionConfig::default()).with_timeout(Duration::from_millis(600));
+    sqlx::query(
+        "INSERT INTO jwt_sessions (session_id, subject, refresh_hash, expires_at) \
+         SELECT 'many-' || i, 'wes', sha256(i::text::bytea), now() + interval '1 day' FROM generate_series(1, 3000) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let live = sessions.start("wes", SessionMeta::default()).await.unwrap();
+    assert_eq!(sessions.revoke_all("wes").await.unwrap(), 3001);
+    let revoked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jwt_session_revocations WHERE subject = 'wes'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(revoked, 3001);
+    assert!(sessions.list("wes").await.unwrap().is_empty());
+    assert!(matches!(
+        sessions.rotate(&live.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+    let cutoff: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jwt_subject_revocations WHERE subject = 'wes')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(cutoff);
+}

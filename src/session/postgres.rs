@@ -41,6 +41,7 @@ macro_rules! in_tx {
         let prepared = $self
             .bounded(async {
                 let mut txn = $self.pool.begin().await.map_err(sql)?;
+                server_side_timeouts(&mut txn, $self.protocol, $self.timeout).await?;
                 let value: Result<_, SessionError> = {
                     let $tx: &mut Transaction<'static, Postgres> = &mut txn;
                     let $protocol = $self.protocol;
@@ -56,6 +57,27 @@ macro_rules! in_tx {
             Err(error) => Err(error),
         }
     }};
+}
+
+/// Bounds the transaction on the server too: a lock wait (the ledger's writes serialise on one
+/// advisory lock, see the migration) ends after `timeout`, and so does the transaction if its
+/// client goes silent in the middle of it (a partitioned connection would otherwise hold that
+/// lock, and stall every revocation of the cluster, until the server notices the dead peer).
+async fn server_side_timeouts(
+    tx: &mut Transaction<'static, Postgres>,
+    protocol: Protocol,
+    timeout: std::time::Duration,
+) -> Result<(), SessionError> {
+    let millis = format!("{}ms", timeout.as_millis().clamp(1, i32::MAX as u128));
+    Statement::new(
+        "SELECT set_config('lock_timeout', $1, true), \
+                set_config('idle_in_transaction_session_timeout', $1, true)",
+    )
+    .text(millis.as_str())
+    .fetch_one(protocol, tx)
+    .await
+    .map_err(sql)?;
+    Ok(())
 }
 
 /// The transaction's id if it wrote anything (`None` for a read-only one, which has no commit
@@ -459,38 +481,37 @@ impl<S: RevocationStore> Sessions for PgSessions<S> {
     async fn revoke_all(&self, subject: &str) -> Result<u64, SessionError> {
         let lifetime = self.config.access_token_lifetime;
         let ended = in_tx!(self, |tx, protocol| {
-            // The same row locks rotate takes: a rotation in flight finishes first, and is
-            // then revoked with the rest.
-            let sids = Statement::new(
-                "SELECT session_id FROM jwt_sessions WHERE subject = $1 AND revoked_at IS NULL FOR UPDATE",
-            )
-            .text(subject)
-            .fetch_all(protocol, tx)
-            .await
-            .map_err(sql)?
-            .iter()
-            .map(|row| row.try_get::<String, _>("session_id").map_err(sql))
-            .collect::<Result<Vec<_>, _>>()?;
-            for sid in &sids {
-                end_session(protocol, tx, sid, subject, lifetime, "revoke_all").await?;
-            }
-            Statement::new(
-                    "INSERT INTO jwt_subject_revocations (subject, not_before, reason) \
-                     VALUES ($1, to_timestamp($2::int8), 'revoke_all') \
+            // One statement however many sessions the subject has (an attacker with the password
+            // can open hundreds). The UPDATE takes the row locks rotate takes: a rotation in
+            // flight finishes first, and is then revoked with the rest.
+            let row = Statement::new(
+                "WITH ended AS ( \
+                     UPDATE jwt_sessions SET revoked_at = now() \
+                     WHERE subject = $1 AND revoked_at IS NULL RETURNING session_id \
+                 ), revoked AS ( \
+                     INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason) \
+                     SELECT session_id, $1, now() + make_interval(secs => $2), 'revoke_all' FROM ended \
+                     ON CONFLICT (session_id) DO NOTHING \
+                 ), cutoff AS ( \
+                     INSERT INTO jwt_subject_revocations (subject, not_before, reason) \
+                     VALUES ($1, to_timestamp($3::int8), 'revoke_all') \
                      ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
                          reason = excluded.reason \
-                     WHERE excluded.not_before > jwt_subject_revocations.not_before",
-                )
-                .text(subject)
-                .int(now_seconds())
-                .execute(protocol, tx)
-                .await
-                .map_err(sql)?;
-            Ok(sids)
+                     WHERE excluded.not_before > jwt_subject_revocations.not_before \
+                 ) \
+                 SELECT count(*)::int8 AS ended FROM ended",
+            )
+            .text(subject)
+            .float(lifetime.as_secs_f64())
+            .int(now_seconds())
+            .fetch_one(protocol, tx)
+            .await
+            .map_err(sql)?;
+            row.try_get::<i64, _>("ended").map_err(sql)
         })?;
-        let ended: Vec<(String, String)> = ended.into_iter().map(|sid| (sid, subject.to_owned())).collect();
-        self.tell_store(&ended, Some(subject)).await;
-        Ok(ended.len() as u64)
+        // The subject cutoff covers every token of every session just ended.
+        self.tell_store(&[], Some(subject)).await;
+        Ok(u64::try_from(ended).unwrap_or(0))
     }
 }
 
