@@ -11,7 +11,8 @@ use http::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_jwt_revocation::{
-    CacheMode, FailurePolicy, PgStore, RevocationBackend, RevocationStore, TokenFacts, Verdict,
+    CacheMode, FailurePolicy, MokaCache, PgStore, RevocationBackend, RevocationStore, StoreError, TokenFacts,
+    Verdict,
 };
 
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
@@ -259,4 +260,26 @@ async fn a_mirror_that_does_not_fit_falls_back_to_lookup(pool: PgPool) {
     };
     assert!(cache.try_check(&facts).is_none(), "a miss goes to the ledger");
     assert_eq!(cache.check(&facts).await.unwrap(), Verdict::Active);
+}
+
+/// Found in review: a zero heartbeat panicked the feed's task (`tokio::time::interval`), a zero
+/// purge interval the purger's, and a `negative_ttl` over moka's bound panicked `start`.
+/// Now they are clamped or refused, never a panic.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn settings_at_their_extremes_are_clamped_or_refused(pool: PgPool) {
+    let eager = MokaCache::builder(PgStore::new(pool.clone()).with_heartbeat(Duration::ZERO))
+        .start()
+        .unwrap();
+    assert!(eager.wait_in_sync(Duration::from_secs(5)).await);
+    assert_eq!(eager.metrics().feed_restarts, 0);
+    assert!(matches!(
+        MokaCache::builder(PgStore::new(pool.clone()))
+            .negative_ttl(Duration::MAX)
+            .start(),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        tower_jwt_revocation::spawn_purger(PgStore::new(pool), Duration::ZERO, Duration::ZERO),
+        Err(StoreError::InvalidInput(_))
+    ));
 }

@@ -18,6 +18,9 @@
 //! leaves the old token usable). Only if that status cannot be read within the timeout either is
 //! the answer [`SessionError::Indeterminate`]. A failure to tell the layer's backend after a
 //! commit is logged, not returned: the change is durable and reaches every cache through the feed.
+//! (A transaction id is only meaningful on the primary that assigned it: after a failover to an
+//! asynchronous replica that lost the commit, a reused id can be misread. The worst outcome is a
+//! rotation reported as done whose new token does not exist: the client logs in again.)
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -202,7 +205,11 @@ impl<S: RevocationStore> PgSessions<S> {
     /// Whether transaction `xid` committed (`Some(true)`), rolled back (`Some(false)`), or is
     /// still unknown when the timeout passes (`None`).
     async fn commit_status(&self, xid: i64) -> Option<bool> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too large to add is as good as "no deadline": a day is past any sane one.
+        let deadline = now
+            .checked_add(self.timeout)
+            .unwrap_or(now + std::time::Duration::from_secs(86_400));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let status = tokio::time::timeout(left, async {

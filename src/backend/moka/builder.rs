@@ -55,7 +55,8 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         self
     }
 
-    /// The longest a "not revoked" answer is kept. Default 30 s.
+    /// The longest a "not revoked" answer is kept. Default 30 s; at most 1 000 years
+    /// ([`start`](Self::start) refuses more).
     pub fn negative_ttl(mut self, negative_ttl: Duration) -> Self {
         self.negative_ttl = negative_ttl;
         self
@@ -82,6 +83,12 @@ impl<B: Ledger> MokaCacheBuilder<B> {
     /// [`MokaCache::wait_in_sync`]. The follower runs until the last clone of the cache is
     /// dropped; if it stops earlier it is restarted (see the module documentation).
     pub fn start(self) -> Result<MokaCache<B>, StoreError> {
+        // moka refuses (panics on) a time to live over 1 000 years.
+        if self.negative_ttl > Duration::from_secs(1_000 * 365 * 24 * 3600) {
+            return Err(StoreError::InvalidInput(
+                "negative_ttl must be at most 1 000 years",
+            ));
+        }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let tier = Arc::new(Tier {

@@ -150,11 +150,15 @@ fn load<B>(tier: &Tier<B>, snapshot: &Snapshot) {
     ]
     .into_iter()
     .all(|kind| count(kind) <= tier.max_capacity);
+    let evicted_before = tier.memory.evicted();
     for record in &snapshot.records {
         tier.memory.apply(record);
     }
     tier.sync.set_cursor(snapshot.seq);
     tier.snapshot_loaded.store(true, Ordering::Release);
+    // An eviction while loading (memory already held entries the snapshot lacks) happened
+    // before mirroring was on, so the eviction listener could not turn it off.
+    let fits = fits && tier.memory.evicted() == evicted_before;
     if fits {
         tier.memory.set_mirroring(true);
     } else {

@@ -24,7 +24,10 @@
 //!   delivered (for [`PgStore`](super::postgres::PgStore), every 2 s by default). Notifications
 //!   make delivery fast (milliseconds); the heartbeat makes it certain, so a revocation made on
 //!   another instance, or written by `psql`, reaches this one within one heartbeat plus a query
-//!   even where notifications are lost (a transaction pooler, a proxy).
+//!   even where notifications are lost (a transaction pooler, a proxy), as long as the feed's
+//!   connection answers. One that stops answering is declared down when the heartbeat's query
+//!   times out (the store's timeout); from then on negatives are not trusted, and in no case are
+//!   they trusted past `max_staleness` after the last proof of sync.
 //!
 //! Per mode, the worst case:
 //!

@@ -135,6 +135,24 @@ pub(super) async fn run(connection: &mut PgConnection, protocol: Protocol) -> Re
             .await
             .map_err(sql)?;
     }
+    // `seq` is in commit order only while the sequence hands out one number at a time: with a
+    // cache, a session could commit a lower number after others committed higher ones, and the
+    // change feed, reading "past the last seq delivered", would skip it.
+    let cache = Statement::new(
+        "SELECT coalesce((SELECT cache_size FROM pg_sequences \
+         WHERE sequencename = 'jwt_revocation_seq' AND schemaname = current_schema()), 1)::int8 AS cache",
+    )
+    .fetch_one(protocol, &mut tx)
+    .await
+    .map_err(sql)?
+    .try_get::<i64, _>("cache")
+    .map_err(sql)?;
+    if cache > 1 {
+        tracing::warn!(
+            cache,
+            "jwt_revocation_seq has CACHE > 1: revocations may reach other instances late; ALTER SEQUENCE jwt_revocation_seq CACHE 1"
+        );
+    }
     tx.commit().await.map_err(sql)
 }
 

@@ -173,10 +173,10 @@ impl PgStore {
     /// How often the change feed proves sync: it reads the ledger past the last change it
     /// delivered, delivers what it finds, and reports [`FeedItem::InSync`](crate::FeedItem::InSync).
     /// A revocation reaches every instance within this interval plus a query even when no
-    /// notification arrives. Default 2 s.
+    /// notification arrives. Default 2 s; at least 1 ms.
     #[must_use]
     pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
-        self.heartbeat = heartbeat;
+        self.heartbeat = heartbeat.max(Duration::from_millis(1));
         self
     }
 
@@ -261,12 +261,20 @@ impl PgStore {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let (options, protocol) = self.direct_or_pool();
+        let listen = self.direct.is_some() || protocol == Protocol::Prepared;
+        tracing::info!(
+            direct = self.direct.is_some(),
+            listen,
+            inline_statements = protocol == Protocol::Inline,
+            heartbeat_ms = u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            "revocation change feed starting"
+        );
         let config = FeedConfig {
             options: options.application_name(&self.listener_name),
             protocol,
             // A direct connection is past any pooler; the pool's connections are behind one when
             // they send inlined statements.
-            listen: self.direct.is_some() || protocol == Protocol::Prepared,
+            listen,
             timeout: self.timeout,
             heartbeat: self.heartbeat,
         };

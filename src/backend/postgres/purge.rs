@@ -29,11 +29,14 @@ impl Drop for Purger {
 /// runtime until the returned [`Purger`] is dropped. Errors are logged and retried at the next
 /// tick. With [`PgStore`](super::PgStore), several instances may run purgers at once.
 ///
-/// Needs a Tokio runtime; outside one it returns an error.
+/// Needs a Tokio runtime and a positive `interval`; otherwise it returns an error.
 pub fn spawn_purger<S>(store: S, interval: Duration, margin: Duration) -> Result<Purger, StoreError>
 where
     S: RevocationStore + Clone,
 {
+    if interval.is_zero() {
+        return Err(StoreError::InvalidInput("the purge interval must be positive"));
+    }
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
     let task = runtime.spawn(async move {
         let mut ticks = tokio::time::interval(interval);

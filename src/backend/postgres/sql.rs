@@ -218,25 +218,34 @@ impl<'a> Statement<'a> {
         query
     }
 
-    /// The SQL with every `$n` replaced by the literal of value `n`.
+    /// The SQL with every `$n` replaced by the literal of value `n`. Every value must be used
+    /// (as a prepared statement insists on too).
     fn inline(&self) -> Result<String, sqlx::Error> {
         let mut sql = String::with_capacity(self.sql.len() + 16 * self.values.len());
+        let mut used = vec![false; self.values.len()];
         let mut rest = self.sql;
         while let Some(at) = rest.find('$') {
             sql.push_str(&rest[..at]);
             let digits = rest[at + 1..].bytes().take_while(u8::is_ascii_digit).count();
-            let value = rest[at + 1..at + 1 + digits]
+            let index = rest[at + 1..at + 1 + digits]
                 .parse::<usize>()
                 .ok()
                 .and_then(|n| n.checked_sub(1))
-                .and_then(|i| self.values.get(i))
+                .filter(|i| *i < self.values.len())
                 .ok_or_else(|| {
                     sqlx::Error::Protocol(format!("statement placeholder without a value: {}", self.sql))
                 })?;
-            literal(&mut sql, value)?;
+            used[index] = true;
+            literal(&mut sql, &self.values[index])?;
             rest = &rest[at + 1 + digits..];
         }
         sql.push_str(rest);
+        if used.contains(&false) {
+            return Err(sqlx::Error::Protocol(format!(
+                "statement value without a placeholder: {}",
+                self.sql
+            )));
+        }
         Ok(sql)
     }
 }
@@ -244,7 +253,7 @@ impl<'a> Statement<'a> {
 /// Appends `value` as an SQL literal.
 fn literal(sql: &mut String, value: &Value<'_>) -> Result<(), sqlx::Error> {
     match *value {
-        Value::Text(None) => sql.push_str("NULL"),
+        Value::Text(None) => sql.push_str("NULL::text"),
         Value::Text(Some(text)) => {
             if text.contains('\0') {
                 // Postgres text cannot hold NUL; a prepared statement is refused the same way.
@@ -258,7 +267,7 @@ fn literal(sql: &mut String, value: &Value<'_>) -> Result<(), sqlx::Error> {
                     c => sql.push(c),
                 }
             }
-            sql.push('\'');
+            sql.push_str("'::text");
         }
         Value::Int(int) => {
             let _ = write!(sql, "({int})::int8");
@@ -492,7 +501,7 @@ mod tests {
 
     #[test]
     fn inlined_values_are_literals_whatever_they_hold() {
-        let statement = Statement::new("SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10")
+        let statement = Statement::new("SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10")
             .text(Some("it's a \\ test ' OR 1=1 --"))
             .text(None)
             .int(-42)
@@ -505,12 +514,14 @@ mod tests {
             .int(10);
         assert_eq!(
             statement.inline().unwrap(),
-            "SELECT E'it''s a \\\\ test '' OR 1=1 --', NULL, (-42)::int8, '1.5'::float8, \
-             'Infinity'::float8, '-Infinity'::float8, decode('00ff10', 'hex'), E'ünïcødé', (10)::int8"
+            "SELECT E'it''s a \\\\ test '' OR 1=1 --'::text, NULL::text, (-42)::int8, '1.5'::float8, \
+             'Infinity'::float8, '-Infinity'::float8, decode('00ff10', 'hex'), E'ünïcødé'::text, (1)::int8, (10)::int8"
         );
         let nul = Statement::new("SELECT $1").text(Some("a\0b"));
         assert!(nul.inline().is_err());
         let missing = Statement::new("SELECT $1, $2").int(1);
         assert!(missing.inline().is_err());
+        let unused = Statement::new("SELECT $1").int(1).int(2);
+        assert!(unused.inline().is_err());
     }
 }
