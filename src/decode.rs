@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ConfigError;
 use crate::backend::{TokenFacts, unix_seconds};
+use crate::config::ConfigError;
 
 /// The claim type used when the application names none: every claim the token carries beyond
 /// the registered ones, as JSON.

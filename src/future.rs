@@ -16,8 +16,8 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::backend::RevocationBackend;
+use crate::decision::Shared;
 use crate::decode::Claims;
-use crate::layer::Shared;
 use crate::reject::Reject;
 
 /// What a request waiting on the backend's slow path carries until the answer comes.

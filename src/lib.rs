@@ -44,11 +44,14 @@
 
 pub mod backend;
 pub mod bearer;
+mod config;
+mod decision;
 pub mod decode;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod future;
 mod layer;
+pub mod purge;
 pub mod reject;
 mod service;
 pub mod session;
@@ -57,14 +60,19 @@ pub mod telemetry;
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
 #[cfg(feature = "postgres")]
-pub use backend::postgres::{PgStore, Purger, Subscription, spawn_purger};
+pub use backend::postgres::{PgStore, Subscription};
 pub use backend::{
     FeedItem, Ledger, Lookup, MemoryStore, RevocationBackend, RevocationEvent, RevocationKind,
     RevocationRecord, RevocationStore, RevokedBy, Snapshot, StoreError, TokenFacts, Verdict,
 };
+pub use config::ConfigError;
+pub use decision::{FailurePolicy, Metrics};
 pub use decode::{Claims, DefaultClaims, InvalidToken, KeySet, MissingJti};
 pub use future::ResponseFuture;
-pub use layer::{ConfigError, FailurePolicy, JwtRevocationBuilder, JwtRevocationLayer, Metrics};
+pub use layer::{JwtRevocationBuilder, JwtRevocationLayer};
+pub use purge::Purge;
+#[cfg(feature = "tokio")]
+pub use purge::{Purger, spawn_purger};
 pub use reject::{DefaultReject, Reject, Rejection};
 pub use service::JwtRevocation;
 

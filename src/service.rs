@@ -18,9 +18,9 @@ use tower::Service;
 
 use crate::backend::RevocationBackend;
 use crate::bearer::request_token;
+use crate::decision::Shared;
 use crate::decode::{Claims, DefaultClaims};
 use crate::future::{Pending, ResponseFuture};
-use crate::layer::Shared;
 use crate::reject::{DefaultReject, Reject, Rejection};
 
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).

@@ -276,10 +276,10 @@ async fn settings_at_their_extremes_are_clamped_or_refused(pool: PgPool) {
         MokaCache::builder(PgStore::new(pool.clone()))
             .negative_ttl(Duration::MAX)
             .start(),
-        Err(StoreError::InvalidInput(_))
+        Err(StoreError::Config(_))
     ));
     assert!(matches!(
         tower_jwt_revocation::spawn_purger(PgStore::new(pool), Duration::ZERO, Duration::ZERO),
-        Err(StoreError::InvalidInput(_))
+        Err(StoreError::Config(_))
     ));
 }

@@ -438,3 +438,31 @@ async fn log_out_everywhere_ends_hundreds_of_sessions_in_one_statement(pool: PgP
             .unwrap();
     assert!(cutoff);
 }
+
+/// Before, the in-memory sessions were never purged: a long-running demo grew without bound.
+/// One purger type drives every store, revocations and sessions alike.
+#[tokio::test]
+async fn memory_sessions_are_purged_by_the_purger_every_store_uses() {
+    let store = MemoryStore::new();
+    let config = SessionConfig {
+        access_token_lifetime: Duration::ZERO,
+        ..SessionConfig::default()
+    };
+    let sessions = MemorySessions::new(store.clone(), config);
+    let ended = sessions.start("ann", SessionMeta::default()).await.unwrap();
+    let live = sessions.start("ann", SessionMeta::default()).await.unwrap();
+    sessions.revoke(&ended.session.id, "ann").await.unwrap();
+    assert_eq!(sessions.len(), 2);
+
+    let _purgers = (
+        tower_jwt_revocation::spawn_purger(sessions.clone(), Duration::from_millis(10), Duration::ZERO)
+            .unwrap(),
+        tower_jwt_revocation::spawn_purger(store, Duration::from_millis(10), Duration::ZERO).unwrap(),
+    );
+    wait_until("the ended session is forgotten", || async { sessions.len() == 1 }).await;
+    assert!(sessions.rotate(&live.refresh_token).await.is_ok());
+    assert!(matches!(
+        sessions.rotate(&ended.refresh_token).await,
+        Err(SessionError::Invalid)
+    ));
+}

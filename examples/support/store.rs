@@ -1,6 +1,6 @@
 //! The store set-up every demo server shares: Postgres (behind the cache tier, or not) when
-//! `DATABASE_URL` is set, the in-memory store otherwise, plus a purger and the sessions
-//! (refresh tokens) on the same store. The demo hands a [`WithStore`] to [`with_store`] (or
+//! `DATABASE_URL` is set, the in-memory store otherwise, plus the sessions (refresh tokens) on
+//! the same store, and a purger for each. The demo hands a [`WithStore`] to [`with_store`] (or
 //! [`with_store_from_env`]), which calls it with whichever concrete store the settings ask for.
 //!
 //! Environment: `DATABASE_URL`; `DATABASE_DIRECT_URL` (a connection past a transaction pooler
@@ -141,6 +141,7 @@ pub async fn with_store<W: WithStore>(
                 Some(mode) => {
                     let cache = MokaCache::builder(store).mode(mode).start()?;
                     let sessions = PgSessions::new(pool, cache.clone(), config);
+                    let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
                     let description = if mode == CacheMode::Mirror {
                         "postgres behind the moka cache (mirror mode)"
                     } else {
@@ -150,6 +151,7 @@ pub async fn with_store<W: WithStore>(
                 }
                 None => {
                     let sessions = PgSessions::new(pool, store.clone(), config);
+                    let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
                     demo.run(store, sessions, "postgres, no cache").await
                 }
             }
@@ -158,6 +160,7 @@ pub async fn with_store<W: WithStore>(
             let store = MemoryStore::new();
             let _purger = spawn_purger(store.clone(), every, margin)?;
             let sessions = MemorySessions::new(store.clone(), config);
+            let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
             demo.run(store, sessions, "memory (revocations are lost on exit)")
                 .await
         }

@@ -158,6 +158,10 @@ pub enum StoreError {
     /// The arguments cannot be stored (for example an empty `jti`).
     #[error("invalid revocation: {0}")]
     InvalidInput(&'static str),
+    /// The store, cache tier or task cannot work as configured: there is no Tokio runtime to
+    /// run its tasks on, or a setting is out of range. Fix the code, not the database.
+    #[error("revocation store misconfigured: {0}")]
+    Config(&'static str),
 }
 
 /// The read side of a backend, asked on every request.

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{
     Issued, Session, SessionConfig, SessionError, SessionMeta, Sessions, random_session_id, random_token,
     token_hash,
 };
-use crate::backend::{RevocationStore, saturating_add};
+use crate::backend::{RevocationStore, StoreError, saturating_add};
+use crate::purge::Purge;
 
 type Hash = [u8; 32];
 
@@ -24,7 +25,8 @@ struct Entry {
     previous: Option<Hash>,
     rotated_at: Option<SystemTime>,
     grace_used: bool,
-    revoked: bool,
+    /// When the session ended, if it did.
+    revoked_at: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,42 @@ impl<S: RevocationStore> MemorySessions<S> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many sessions are held, live or ended but not yet purged.
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets sessions that expired (or ended, and whose access tokens expired) more than
+    /// `margin` ago, with their refresh-token hashes; returns how many. As with
+    /// [`PgSessions::purge_expired`](crate::session::PgSessions), a forgotten session's tokens are
+    /// then simply unknown, which is refused the same way.
+    pub fn purge_expired(&self, margin: Duration) -> u64 {
+        let now = SystemTime::now();
+        let gone = |at: SystemTime, after: Duration| saturating_add(at, after) < now;
+        let mut state = self.lock();
+        let before = state.sessions.len();
+        let lifetime = self.config.access_token_lifetime;
+        state.sessions.retain(|_, entry| {
+            !(gone(entry.session.expires_at, margin)
+                || entry
+                    .revoked_at
+                    .is_some_and(|at| gone(at, margin.saturating_add(lifetime))))
+        });
+        let State {
+            sessions,
+            current,
+            used,
+        } = &mut *state;
+        current.retain(|_, id| sessions.contains_key(id));
+        used.retain(|_, id| sessions.contains_key(id));
+        (before - sessions.len()) as u64
+    }
+
     async fn revoke_sessions(&self, ended: &[(String, String)]) -> Result<(), SessionError> {
         let until = saturating_add(SystemTime::now(), self.config.access_token_lifetime);
         for (sid, subject) in ended {
@@ -92,7 +130,7 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
             previous: None,
             rotated_at: None,
             grace_used: false,
-            revoked: false,
+            revoked_at: None,
         };
         state.sessions.insert(id, entry);
         Ok(Issued {
@@ -116,7 +154,7 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
                 let Some(entry) = sessions.get_mut(&id) else {
                     return Err(SessionError::Invalid);
                 };
-                if entry.revoked || entry.session.expires_at <= now {
+                if entry.revoked_at.is_some() || entry.session.expires_at <= now {
                     return Err(SessionError::Invalid);
                 }
                 let next_hash = token_hash(&next);
@@ -149,11 +187,11 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
                         .rotated_at
                         .is_some_and(|at| now.duration_since(at).unwrap_or_default() <= grace)
             });
-            if in_grace && !entry.revoked {
+            if in_grace && entry.revoked_at.is_none() {
                 entry.grace_used = true;
                 return Err(SessionError::Superseded);
             }
-            entry.revoked = true;
+            entry.revoked_at.get_or_insert(now);
             current.remove(&entry.current);
             (id, entry.session.subject.clone())
         };
@@ -167,7 +205,7 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
         let mut sessions: Vec<Session> = state
             .sessions
             .values()
-            .filter(|e| e.session.subject == subject && !e.revoked && e.session.expires_at > now)
+            .filter(|e| e.session.subject == subject && e.revoked_at.is_none() && e.session.expires_at > now)
             .map(|e| e.session.clone())
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
@@ -181,8 +219,8 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
                 sessions, current, ..
             } = &mut *state;
             match sessions.get_mut(session_id) {
-                Some(entry) if entry.session.subject == subject && !entry.revoked => {
-                    entry.revoked = true;
+                Some(entry) if entry.session.subject == subject && entry.revoked_at.is_none() => {
+                    entry.revoked_at = Some(SystemTime::now());
                     current.remove(&entry.current);
                     (session_id.to_owned(), subject.to_owned())
                 }
@@ -200,9 +238,9 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
             } = &mut *state;
             sessions
                 .values_mut()
-                .filter(|e| e.session.subject == subject && !e.revoked)
+                .filter(|e| e.session.subject == subject && e.revoked_at.is_none())
                 .map(|entry| {
-                    entry.revoked = true;
+                    entry.revoked_at = Some(SystemTime::now());
                     current.remove(&entry.current);
                     (entry.session.id.clone(), subject.to_owned())
                 })
@@ -213,5 +251,12 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
             .revoke_subject(subject, SystemTime::now(), Some("revoke_all"), None)
             .await?;
         Ok(ended.len() as u64)
+    }
+}
+
+/// Drives [`MemorySessions::purge_expired`] from [`spawn_purger`](crate::purge).
+impl<S: RevocationStore> Purge for MemorySessions<S> {
+    fn purge(&self, margin: Duration) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(Ok(self.purge_expired(margin)))
     }
 }

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::backend::postgres::{Protocol, Statement, bounded_sql, epoch_seconds, from_epoch_seconds};
 use crate::backend::{RevocationStore, StoreError, saturating_add};
+use crate::purge::Purge;
 
 /// Runs `$body` (which may `return` early) in one transaction on `$self.pool`, committed only
 /// if it returns `Ok`. `$tx` is the transaction and `$protocol` how statements are sent on it.
@@ -526,4 +527,14 @@ fn now_seconds() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Drives [`PgSessions::purge_expired`] from [`spawn_purger`](crate::purge).
+impl<S: RevocationStore> Purge for PgSessions<S> {
+    async fn purge(&self, margin: Duration) -> Result<u64, StoreError> {
+        self.purge_expired(margin).await.map_err(|error| match error {
+            SessionError::Store(error) => error,
+            other => StoreError::Query(Box::new(other)),
+        })
+    }
 }

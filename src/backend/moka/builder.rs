@@ -85,12 +85,10 @@ impl<B: Ledger> MokaCacheBuilder<B> {
     pub fn start(self) -> Result<MokaCache<B>, StoreError> {
         // moka refuses (panics on) a time to live over 1 000 years.
         if self.negative_ttl > Duration::from_secs(1_000 * 365 * 24 * 3600) {
-            return Err(StoreError::InvalidInput(
-                "negative_ttl must be at most 1 000 years",
-            ));
+            return Err(StoreError::Config("negative_ttl must be at most 1 000 years"));
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Config("needs a Tokio runtime (call it from within one)"))?;
         let tier = Arc::new(Tier {
             backend: self.backend,
             memory: Memory::new(self.max_capacity, self.negative_ttl, self.revocation_grace),

@@ -330,6 +330,7 @@ fn shared_error(error: &Arc<StoreError>) -> StoreError {
     match &**error {
         StoreError::Timeout(timeout) => StoreError::Timeout(*timeout),
         StoreError::InvalidInput(what) => StoreError::InvalidInput(what),
+        StoreError::Config(what) => StoreError::Config(what),
         StoreError::Query(_) => StoreError::Query(Box::new(Shared(Arc::clone(error)))),
         _ => StoreError::Unavailable(Box::new(Shared(Arc::clone(error)))),
     }

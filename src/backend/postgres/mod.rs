@@ -3,8 +3,8 @@
 //! This module owns the SQL side: the queries behind [`RevocationStore`], [`RevocationBackend`]
 //! and [`Ledger`]. Its parts: the schema and its history (`migrations/`, embedded as
 //! [`MIGRATOR`], applied by [`PgStore::migrate`]), statements and value conversions that work
-//! through a transaction pooler (`sql`), the change feed ([`Subscription`]), and scheduled purging
-//! ([`spawn_purger`]). It does not cache: every check is one round trip. Put the cache tier in
+//! through a transaction pooler (`sql`), and the change feed ([`Subscription`]). Scheduled
+//! purging is [`crate::purge`]'s. It does not cache: every check is one round trip. Put the cache tier in
 //! front of it for the per-request path.
 //!
 //! # Guarantees
@@ -35,12 +35,10 @@
 
 mod feed;
 mod migrate;
-mod purge;
 mod sql;
 
 pub use feed::Subscription;
 pub use migrate::HISTORY_TABLE;
-pub use purge::{Purger, spawn_purger};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -258,8 +256,8 @@ impl PgStore {
     }
 
     fn subscribe_after(&self, seq: Option<i64>) -> Result<Subscription, StoreError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Config("needs a Tokio runtime (call it from within one)"))?;
         let (options, protocol) = self.direct_or_pool();
         let listen = self.direct.is_some() || protocol == Protocol::Prepared;
         tracing::info!(

@@ -1,0 +1,228 @@
+//! The per-request decision, shared by every service a layer wraps: the configuration a request
+//! needs ([`Shared`]), the two policies a deployment decides on ([`FailurePolicy`] and
+//! [`MissingJti`](crate::MissingJti), applied here and in [`crate::decode`]), the one place a
+//! backend's answer becomes "pass" or a [`Rejection`], and the counters of those decisions.
+//!
+//! It is the bottom of the request path's modules: `layer` builds a [`Shared`], `service` and
+//! `future` use it, and it depends on none of them.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Response};
+
+use crate::backend::{StoreError, Verdict};
+use crate::decode::Verifier;
+use crate::reject::{Reject, RejectSettings, Rejection};
+use crate::telemetry::{self, Count, Outage};
+
+/// What the layer does with a verified token when the backend cannot say whether it is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Refuse the request with 503 and `Retry-After` (gRPC: UNAVAILABLE). The default: an
+    /// outage of the store never lets a revoked token back in. The price is availability: while
+    /// the store is down, every request whose answer is not cached fails.
+    #[default]
+    Closed,
+    /// Let the request through as if the token were not revoked, counting it in
+    /// [`Metrics::fail_open_passes`] and logging a `warn` event. Keeps the service up through a
+    /// store outage, at the price that a revoked but unexpired token is accepted meanwhile.
+    Open,
+}
+
+/// Counts of the layer's decisions since it was built, shared by every clone of the layer and
+/// its services. Read with [`JwtRevocationLayer::metrics`](crate::JwtRevocationLayer::metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Requests passed to the inner service with verified, unrevoked claims.
+    pub authorized: u64,
+    /// Requests without a token passed through by an `optional()` layer.
+    pub anonymous: u64,
+    /// Requests whose path the `skip_paths` predicate exempted.
+    pub skipped: u64,
+    /// 401s for a missing token.
+    pub rejected_missing: u64,
+    /// 400s for malformed credentials.
+    pub rejected_malformed: u64,
+    /// 401s for tokens that did not verify.
+    pub rejected_invalid: u64,
+    /// 401s for revoked tokens.
+    pub rejected_revoked: u64,
+    /// Backend errors, whatever the policy did with them.
+    pub store_errors: u64,
+    /// Requests let through by [`FailurePolicy::Open`] during a backend error.
+    pub fail_open_passes: u64,
+    /// Checks the backend could not answer on its synchronous fast path.
+    pub slow_checks: u64,
+}
+
+/// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
+/// state that turns store errors into a few log lines.
+pub(crate) struct Counters {
+    authorized: Count,
+    anonymous: Count,
+    skipped: Count,
+    rejected_missing: Count,
+    rejected_malformed: Count,
+    rejected_invalid: Count,
+    rejected_revoked: Count,
+    rejected_unavailable: Count,
+    store_errors: Count,
+    fail_open_passes: Count,
+    slow_checks: Count,
+    outage: Outage,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        telemetry::describe();
+        let outcome =
+            |outcome: &'static [(&'static str, &'static str)]| Count::new(telemetry::REQUESTS, outcome);
+        Self {
+            authorized: outcome(&[("outcome", "authorized")]),
+            anonymous: outcome(&[("outcome", "anonymous")]),
+            skipped: outcome(&[("outcome", "skipped")]),
+            rejected_missing: outcome(&[("outcome", "missing_token")]),
+            rejected_malformed: outcome(&[("outcome", "malformed")]),
+            rejected_invalid: outcome(&[("outcome", "invalid_token")]),
+            rejected_revoked: outcome(&[("outcome", "revoked")]),
+            rejected_unavailable: outcome(&[("outcome", "unavailable")]),
+            fail_open_passes: outcome(&[("outcome", "fail_open")]),
+            store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
+            slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
+            outage: Outage::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Metrics {
+        Metrics {
+            authorized: self.authorized.get(),
+            anonymous: self.anonymous.get(),
+            skipped: self.skipped.get(),
+            rejected_missing: self.rejected_missing.get(),
+            rejected_malformed: self.rejected_malformed.get(),
+            rejected_invalid: self.rejected_invalid.get(),
+            rejected_revoked: self.rejected_revoked.get(),
+            store_errors: self.store_errors.get(),
+            fail_open_passes: self.fail_open_passes.get(),
+            slow_checks: self.slow_checks.get(),
+        }
+    }
+}
+
+/// A predicate on the request path: `true` exempts the request from the layer.
+pub(crate) type SkipPaths = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Everything a request needs, built once and shared by `Arc`.
+pub(crate) struct Shared<S, R> {
+    pub(crate) backend: S,
+    pub(crate) verifier: Verifier,
+    pub(crate) policy: FailurePolicy,
+    pub(crate) optional: bool,
+    pub(crate) skip_paths: Option<SkipPaths>,
+    pub(crate) cookie: Option<String>,
+    pub(crate) max_token_len: usize,
+    pub(crate) settings: RejectSettings,
+    pub(crate) reject: R,
+    pub(crate) counters: Counters,
+}
+
+impl<S: std::fmt::Debug, R: std::fmt::Debug> std::fmt::Debug for Shared<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("backend", &self.backend)
+            .field("verifier", &self.verifier)
+            .field("policy", &self.policy)
+            .field("optional", &self.optional)
+            .field("skip_paths", &self.skip_paths.is_some())
+            .field("max_token_len", &self.max_token_len)
+            .field("settings", &self.settings)
+            .field("reject", &self.reject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R> Shared<S, R> {
+    /// Whether the request at `path` is exempt from the layer; counted when it is.
+    pub(crate) fn skips(&self, path: &str) -> bool {
+        let skip = self.skip_paths.as_ref().is_some_and(|skip| skip(path));
+        if skip {
+            self.counters.skipped.bump();
+        }
+        skip
+    }
+
+    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy.
+    /// The one place this decision is made, for the fast and the slow path alike. Store errors
+    /// are logged as an outage's start and end, not once per request.
+    pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+        match answer {
+            Ok(Verdict::Active) => {
+                self.counters.authorized.bump();
+                Ok(())
+            }
+            Ok(Verdict::Revoked(by)) => Err(Rejection::Revoked(by)),
+            Err(error) => {
+                self.counters.store_errors.bump();
+                match self.policy {
+                    FailurePolicy::Closed => {
+                        self.counters.outage.failed(&error, "closed");
+                        Err(Rejection::Unavailable)
+                    }
+                    FailurePolicy::Open => {
+                        self.counters.fail_open_passes.bump();
+                        self.counters.outage.failed(&error, "open");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`decide`](Self::decide) for an answer of the backend's slow path: an answer there ends
+    /// an outage.
+    pub(crate) fn decide_slow(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+        if answer.is_ok() {
+            self.counters.outage.succeeded();
+        }
+        self.decide(answer)
+    }
+
+    pub(crate) fn count_anonymous(&self) {
+        self.counters.anonymous.bump();
+    }
+
+    pub(crate) fn count_slow_check(&self) {
+        self.counters.slow_checks.bump();
+    }
+
+    /// Builds the response for a rejection: the default one, then the hook.
+    pub(crate) fn reject<B: Default>(&self, rejection: Rejection, request_headers: &HeaderMap) -> Response<B>
+    where
+        R: Reject<B>,
+    {
+        match rejection {
+            Rejection::MissingToken => &self.counters.rejected_missing,
+            Rejection::Malformed(_) => &self.counters.rejected_malformed,
+            Rejection::Invalid(_) => &self.counters.rejected_invalid,
+            Rejection::Revoked(_) => &self.counters.rejected_revoked,
+            Rejection::Unavailable => &self.counters.rejected_unavailable,
+        }
+        .bump();
+        tracing::debug!(
+            reason = rejection.description(),
+            status = rejection.status().as_u16(),
+            "request rejected"
+        );
+        let response = rejection.to_response(request_headers, &self.settings);
+        self.reject.reject(&rejection, response)
+    }
+}
