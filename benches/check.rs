@@ -24,6 +24,7 @@ mod baseline;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower_jwt_revocation::Revocation;
 
 use baseline::{DecodeOnly, Ok200};
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
@@ -149,7 +150,7 @@ async fn bench_pool() -> Option<sqlx::PgPool> {
     let exp = SystemTime::now() + Duration::from_secs(3600);
     for i in 0..1_000 {
         store
-            .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
+            .revoke(&Revocation::token(&format!("revoked-{i}"), exp).owner("someone"))
             .await
             .ok()?;
     }
@@ -227,7 +228,7 @@ fn bench_check(c: &mut Criterion) {
         let exp = SystemTime::now() + Duration::from_secs(3600);
         for i in 0..10_000 {
             memory
-                .revoke(&format!("revoked-{i}"), Some("someone"), exp, None, None)
+                .revoke(&Revocation::token(&format!("revoked-{i}"), exp).owner("someone"))
                 .await
                 .unwrap();
         }

@@ -16,7 +16,6 @@
 mod store;
 
 use std::convert::Infallible;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -26,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use store::{WithStore, with_store_from_env};
 use tower::{Layer, service_fn};
-use tower_jwt_revocation::backend::from_unix_seconds;
+
 use tower_jwt_revocation::jsonwebtoken::DecodingKey;
 use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
 
@@ -56,28 +55,22 @@ async fn handle<S: RevocationStore>(
             StatusCode::OK,
             serde_json::json!({"sub": claims.sub, "jti": claims.jti, "exp": claims.exp}),
         ),
-        (&Method::POST, "/logout") => {
-            let exp = claims.exp.map_or_else(SystemTime::now, from_unix_seconds);
-            match claims.token_id() {
-                Some(jti) => match store
-                    .revoke(jti, claims.sub.as_deref(), exp, Some("logout"), None)
-                    .await
-                {
-                    Ok(_) => Response::builder()
-                        .status(StatusCode::NO_CONTENT)
-                        .body(Full::default())
-                        .unwrap_or_default(),
-                    Err(_) => json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"error": "temporarily_unavailable"}),
-                    ),
-                },
-                None => json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": "token has no id"}),
+        (&Method::POST, "/logout") => match claims.token_revocation() {
+            Some(revocation) => match store.revoke(&revocation.reason("logout")).await {
+                Ok(_) => Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Full::default())
+                    .unwrap_or_default(),
+                Err(_) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": "temporarily_unavailable"}),
                 ),
-            }
-        }
+            },
+            None => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "token has no id"}),
+            ),
+        },
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found"})),
     })
 }

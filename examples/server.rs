@@ -29,6 +29,7 @@ pub mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -40,7 +41,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{WithStore, with_store_from_env};
-use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
+use tower_jwt_revocation::backend::unix_seconds;
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
@@ -365,28 +366,12 @@ async fn me(claims: Claims) -> Json<Value> {
     Json(json!({"sub": claims.sub, "jti": claims.jti, "iat": claims.iat, "exp": claims.exp}))
 }
 
-fn token_expiry(claims: &Claims) -> SystemTime {
-    // The layer only lets tokens with an `exp` through (it is a required claim here).
-    claims
-        .exp
-        .map_or_else(|| SystemTime::now() + MAX_TOKEN_LIFETIME, from_unix_seconds)
-}
-
 async fn logout<S: RevocationStore, X: Sessions>(
     State(state): State<Arc<AppState<S, X>>>,
     claims: Claims,
 ) -> Response {
-    if let Some(jti) = claims.token_id()
-        && let Err(error) = state
-            .store
-            .revoke(
-                jti,
-                claims.sub.as_deref(),
-                token_expiry(&claims),
-                Some("logout"),
-                None,
-            )
-            .await
+    if let Some(revocation) = claims.token_revocation()
+        && let Err(error) = state.store.revoke(&revocation.reason("logout")).await
     {
         return store_unavailable(error);
     }
@@ -460,7 +445,11 @@ async fn admin_revoke<S: RevocationStore, X: Sessions>(
     let expires_at = SystemTime::now() + MAX_TOKEN_LIFETIME;
     match state
         .store
-        .revoke(&jti, None, expires_at, Some("admin"), claims.sub.as_deref())
+        .revoke(
+            &Revocation::token(&jti, expires_at)
+                .reason("admin")
+                .revoked_by(claims.sub.as_deref()),
+        )
         .await
     {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),

@@ -44,7 +44,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 use tower::{Service, service_fn};
-use tower_jwt_revocation::backend::{from_unix_seconds, unix_seconds};
+use tower_jwt_revocation::backend::unix_seconds;
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
 
@@ -125,14 +125,11 @@ where
     }
 
     async fn logout(&self, claims: Claims) -> Result<Empty, Status> {
-        let jti = claims
-            .token_id()
+        let revocation = claims
+            .token_revocation()
             .ok_or_else(|| Status::invalid_argument("token has no id"))?;
-        let exp = claims
-            .exp
-            .map_or_else(|| SystemTime::now() + TOKEN_TTL, from_unix_seconds);
         self.store
-            .revoke(jti, claims.sub.as_deref(), exp, Some("logout"), None)
+            .revoke(&revocation.reason("logout"))
             .await
             .map_err(|_| Status::unavailable("revocation store unavailable"))?;
         Ok(Empty {})

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{TokenFacts, unix_seconds};
+use crate::backend::{Revocation, TokenFacts, far_future, from_unix_seconds, saturating_add, unix_seconds};
 use crate::config::ConfigError;
 
 /// The claim type used when the application names none: every claim the token carries beyond
@@ -67,6 +67,44 @@ impl<C> Claims<C> {
     /// Pass it to [`RevocationStore::revoke`](crate::RevocationStore::revoke) to revoke the token.
     pub fn token_id(&self) -> Option<&str> {
         self.jti.as_deref().or(self.derived_id.as_deref())
+    }
+
+    /// A revocation of this token, to pass to
+    /// [`RevocationStore::revoke`](crate::RevocationStore::revoke): by its
+    /// [`token_id`](Self::token_id), kept until its `exp` (or, without one, until deleted by
+    /// hand), owned by its `sub`. `None` for a token without an id (under [`MissingJti::Allow`]).
+    ///
+    /// ```
+    /// # use tower_jwt_revocation::{Claims, RevocationStore};
+    /// async fn logout(store: &impl RevocationStore, claims: &Claims) -> Result<(), tower_jwt_revocation::StoreError> {
+    ///     if let Some(revocation) = claims.token_revocation() {
+    ///         store.revoke(&revocation.reason("logout")).await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn token_revocation(&self) -> Option<Revocation<'_>> {
+        let expires_at = self.exp.map_or_else(far_future, from_unix_seconds);
+        let jti = self.token_id()?;
+        Some(Revocation::token(jti, expires_at).owner(self.sub.as_deref()))
+    }
+
+    /// A revocation of this token's session (`sid`), owned by its `sub`, kept for
+    /// `longest_token_lifetime` from now or until this token's `exp`, whichever is later: long
+    /// enough to outlive every access token minted for the session before it ended (pass the
+    /// longest lifetime your issuer gives access tokens). `None` for a token without `sid`.
+    pub fn session_revocation(&self, longest_token_lifetime: Duration) -> Option<Revocation<'_>> {
+        let sid = self.sid.as_deref()?;
+        let own = self.exp.map_or_else(far_future, from_unix_seconds);
+        let until = saturating_add(SystemTime::now(), longest_token_lifetime).max(own);
+        Some(Revocation::session(sid, until).owner(self.sub.as_deref()))
+    }
+
+    /// A cutoff for this token's subject at this moment ("log out everywhere"): every token of
+    /// the subject issued up to now, this one included, is revoked. `None` for a token without
+    /// `sub`.
+    pub fn subject_revocation(&self) -> Option<Revocation<'_>> {
+        Some(Revocation::subject(self.sub.as_deref()?, SystemTime::now()))
     }
 
     /// The facts the backend checks, borrowed from these claims.

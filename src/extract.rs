@@ -1,27 +1,55 @@
 //! axum extractors (feature `axum`): handlers take [`Claims<C>`] or `Option<Claims<C>>`.
 //!
 //! The layer has already verified the token and put the claims into the request's extensions;
-//! extracting clones them out. `Claims<C>` on a request that has none (an `optional()` layer and
-//! an anonymous request, or a route the layer does not wrap) is refused with the same 401 and
-//! bare `Bearer` challenge the layer sends for a missing token. `Option<Claims<C>>` never fails.
+//! extracting clones them out. `Claims<C>` on a request the layer let through without a token
+//! (an `optional()` layer and an anonymous request, or a path `skip_paths` exempts) is refused
+//! with the same 401 and bare `Bearer` challenge the layer sends for a missing token. On a request
+//! the layer never saw (a route it does not wrap), or one whose claims it deserialized into
+//! another type than `C`, it is a 500 naming the cause, as axum answers a missing `Extension`:
+//! the server is misconfigured, the client did nothing wrong. `Option<Claims<C>>` never fails.
 
 use std::convert::Infallible;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
+use http::StatusCode;
 use http::request::Parts;
 
 use crate::decode::Claims;
 use crate::reject::{RejectSettings, Rejection};
+use crate::service::Unauthenticated;
 
-/// The rejection of the `Claims<C>` extractor when the request carries no verified claims.
+/// The rejection of the `Claims<C>` extractor when the request carries no verified `Claims<C>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no verified bearer token")]
-pub struct MissingClaims;
+#[non_exhaustive]
+pub enum MissingClaims {
+    /// The layer let the request through without a token: 401 with a bare `Bearer` challenge.
+    #[error("no verified bearer token")]
+    Anonymous,
+    /// The layer did not verify this request for `Claims<C>`: it does not wrap the route, or it
+    /// was built with another claims type. 500, with this message as the body.
+    #[error(
+        "no verified `{claims}` in the request: the route is not behind a JwtRevocationLayer, \
+         or the layer was built for another claims type (JwtRevocationBuilder::claims::<C>() must name the \
+         same type as the handler's Claims<C>)"
+    )]
+    NotVerified {
+        /// The type the handler asked for.
+        claims: &'static str,
+    },
+}
 
 impl IntoResponse for MissingClaims {
     fn into_response(self) -> Response {
-        Rejection::MissingToken.to_response(&http::HeaderMap::new(), &RejectSettings::default())
+        match self {
+            MissingClaims::Anonymous => {
+                Rejection::MissingToken.to_response(&http::HeaderMap::new(), &RejectSettings::default())
+            }
+            MissingClaims::NotVerified { .. } => {
+                tracing::error!(%self, "claims extractor without verified claims");
+                (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+            }
+        }
     }
 }
 
@@ -33,7 +61,13 @@ where
     type Rejection = MissingClaims;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Claims<C>>().cloned().ok_or(MissingClaims)
+        match parts.extensions.get::<Claims<C>>() {
+            Some(claims) => Ok(claims.clone()),
+            None if parts.extensions.get::<Unauthenticated>().is_some() => Err(MissingClaims::Anonymous),
+            None => Err(MissingClaims::NotVerified {
+                claims: std::any::type_name::<Claims<C>>(),
+            }),
+        }
     }
 }
 

@@ -272,7 +272,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         }
     }
 
-    /// Customises rejection responses with a [`Reject`] hook (any
+    /// Customises rejection responses with a [`Reject`](crate::Reject) hook (any
     /// `Fn(&Rejection, Response<B>) -> Response<B>`).
     pub fn on_reject<R2>(self, reject: R2) -> JwtRevocationBuilder<S, C, R2> {
         JwtRevocationBuilder {

@@ -62,8 +62,8 @@ pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{PgStore, Subscription};
 pub use backend::{
-    FeedItem, Ledger, Lookup, MemoryStore, RevocationBackend, RevocationEvent, RevocationKind,
-    RevocationRecord, RevocationStore, RevokedBy, Snapshot, StoreError, TokenFacts, Verdict,
+    FeedItem, Ledger, Lookup, MemoryStore, Revocation, RevocationBackend, RevocationEvent, RevocationKind,
+    RevocationRecord, RevocationStore, RevokedBy, Snapshot, StoreError, Target, TokenFacts, Verdict,
 };
 pub use config::ConfigError;
 pub use decision::{FailurePolicy, Metrics};

@@ -1,5 +1,5 @@
 //! Deleting what has expired, for every store: [`Purge`], and (feature `tokio`, on with
-//! `postgres` and `moka`) [`spawn_purger`], which runs it on a schedule.
+//! `postgres` and `moka`) `spawn_purger`, which runs it on a schedule.
 //!
 //! Revocation stores ([`MemoryStore`](crate::MemoryStore), `PgStore`, `MokaCache`: every
 //! [`RevocationStore`]) and session stores (`MemorySessions`, `PgSessions`) keep records only

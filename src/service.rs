@@ -23,6 +23,12 @@ use crate::decode::{Claims, DefaultClaims};
 use crate::future::{Pending, ResponseFuture};
 use crate::reject::{DefaultReject, Reject, Rejection};
 
+/// Marks a request the layer let through without a token (an `optional()` layer and no token,
+/// or a path `skip_paths` exempts), so a handler asking for claims answers 401, not 500. Zero
+/// sized: inserting it allocates nothing beyond the extensions map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unauthenticated;
+
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
 ///
 /// It never changes the inner service's error type: a refused request is answered with a
@@ -82,12 +88,14 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         if shared.skips(request.uri().path()) {
+            request.extensions_mut().insert(Unauthenticated);
             return ResponseFuture::inner(self.inner.call(request));
         }
         let token = match request_token(request.headers(), shared.cookie.as_deref(), shared.max_token_len) {
             Ok(Some(token)) => token,
             Ok(None) if shared.optional => {
                 shared.count_anonymous();
+                request.extensions_mut().insert(Unauthenticated);
                 return ResponseFuture::inner(self.inner.call(request));
             }
             Ok(None) => return self.rejected(Rejection::MissingToken, &request),

@@ -13,6 +13,7 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{Request, StatusCode};
 use serde_json::json;
 use tower::ServiceExt;
+use tower_jwt_revocation::Revocation;
 use tower_jwt_revocation::jsonwebtoken::crypto::sign;
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
@@ -205,7 +206,7 @@ async fn a_revoked_token_stays_revoked_when_its_signature_is_re_encoded() {
     // ...which is why the id is derived from the signing input: both strings share it.
     assert_eq!(twin, body);
     store
-        .revoke(&id, Some("victim"), in_an_hour(), None, None)
+        .revoke(&Revocation::token(&id, in_an_hour()).owner("victim"))
         .await
         .unwrap();
 
@@ -278,7 +279,7 @@ async fn sizes_and_lifetimes_at_the_edges() {
     let roomy = app(hs256(store.clone()).max_token_len(64 * 1024));
     assert_eq!(bearer(&roomy, &token).await.0, StatusCode::OK);
     store
-        .revoke(&huge_jti, None, in_an_hour(), None, None)
+        .revoke(&Revocation::token(&huge_jti, in_an_hour()))
         .await
         .unwrap();
     assert!(bearer(&roomy, &token).await.1.unwrap().contains("token revoked"));
@@ -337,7 +338,7 @@ async fn header_shapes() {
 async fn a_token_claiming_to_be_issued_in_the_future_is_refused() {
     let store = MemoryStore::new();
     store
-        .revoke_subject("sam", std::time::SystemTime::now(), None, None)
+        .revoke(&Revocation::subject("sam", std::time::SystemTime::now()))
         .await
         .unwrap();
     let layer = app(hs256(store.clone()));

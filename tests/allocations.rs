@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use tower_jwt_revocation::Revocation;
 
 use baseline::{DecodeOnly, Ok200};
 use common::*;
@@ -102,7 +103,7 @@ async fn a_warm_check_allocates_no_more_than_decoding_alone(pool: PgPool) {
 
     let memory = MemoryStore::new();
     memory
-        .revoke("other", None, in_an_hour(), None, None)
+        .revoke(&Revocation::token("other", in_an_hour()))
         .await
         .unwrap();
     let with_memory = allocations_per_request(&mut layer(memory).layer(Ok200), &token);

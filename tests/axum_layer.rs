@@ -4,6 +4,7 @@
 mod common;
 
 use std::time::{Duration, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -244,11 +245,15 @@ async fn revoked_tokens_are_rejected_by_jti_session_and_subject() {
             assert_eq!(bearer(&app, token).await.status, StatusCode::OK, "slow={slow}");
         }
         store
-            .revoke("t1", Some("alice"), in_an_hour(), Some("logout"), None)
+            .revoke(
+                &Revocation::token("t1", in_an_hour())
+                    .owner("alice")
+                    .reason("logout"),
+            )
             .await
             .unwrap();
         store
-            .revoke_session("s1", Some("bob"), in_an_hour(), None, None)
+            .revoke(&Revocation::session("s1", in_an_hour()).owner("bob"))
             .await
             .unwrap();
         for token in [&by_jti, &by_sid] {
@@ -274,7 +279,7 @@ async fn subject_cutoff_revokes_tokens_issued_up_to_its_second_and_not_after() {
     let someone_else = mint(json!({"jti": "dave", "sub": "dave", "iat": cutoff - 1, "exp": now() + 600}));
 
     store
-        .revoke_subject("carol", from_unix_seconds(cutoff), Some("password change"), None)
+        .revoke(&Revocation::subject("carol", from_unix_seconds(cutoff)).reason("password change"))
         .await
         .unwrap();
     for token in [&before, &same_second, &no_iat] {
@@ -288,7 +293,7 @@ async fn subject_cutoff_revokes_tokens_issued_up_to_its_second_and_not_after() {
 
     // An earlier cutoff later on does not bring the revoked tokens back.
     store
-        .revoke_subject("carol", from_unix_seconds(cutoff - 50), None, None)
+        .revoke(&Revocation::subject("carol", from_unix_seconds(cutoff - 50)))
         .await
         .unwrap();
     assert_eq!(bearer(&app, &before).await.status, StatusCode::UNAUTHORIZED);
@@ -316,7 +321,7 @@ async fn missing_jti_policies() {
         (StatusCode::OK, "sub=erin jti=-")
     );
     store
-        .revoke_session("s9", Some("erin"), in_an_hour(), None, None)
+        .revoke(&Revocation::session("s9", in_an_hour()).owner("erin"))
         .await
         .unwrap();
     assert_eq!(
@@ -334,7 +339,7 @@ async fn missing_jti_policies() {
     let id = answer.body.strip_prefix("sub=erin jti=").unwrap().to_owned();
     assert!(id.starts_with("sha256:"), "{id}");
     store
-        .revoke(&id, Some("erin"), in_an_hour(), None, None)
+        .revoke(&Revocation::token(&id, in_an_hour()).owner("erin"))
         .await
         .unwrap();
     assert_eq!(
@@ -404,7 +409,10 @@ async fn optional_layer_lets_anonymous_requests_through_but_not_bad_tokens() {
     let token = mint(claims("j1", "frank"));
     let known = send(&app, get_with("/maybe", &[&format!("Bearer {token}")])).await;
     assert_eq!(known.body, "sub=frank");
-    store.revoke("j1", None, in_an_hour(), None, None).await.unwrap();
+    store
+        .revoke(&Revocation::token("j1", in_an_hour()))
+        .await
+        .unwrap();
     let revoked = send(&app, get_with("/maybe", &[&format!("Bearer {token}")])).await;
     assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
     let garbage = send(&app, get_with("/maybe", &["Bearer abc.def.ghi"])).await;
@@ -441,7 +449,10 @@ async fn rejection_hook_shapes_the_response() {
 async fn grpc_requests_get_a_grpc_status() {
     let store = MemoryStore::new();
     let app = app(builder(store.clone()).build().unwrap());
-    store.revoke("g1", None, in_an_hour(), None, None).await.unwrap();
+    store
+        .revoke(&Revocation::token("g1", in_an_hour()))
+        .await
+        .unwrap();
     let req = Request::get("/me")
         .header(CONTENT_TYPE, "application/grpc")
         .header(AUTHORIZATION, format!("Bearer {}", mint(claims("g1", "a"))))
@@ -483,11 +494,9 @@ async fn revocation_outlives_the_request_that_made_it() {
             let exp = claims.exp.map(from_unix_seconds).unwrap_or_else(SystemTime::now);
             store
                 .revoke(
-                    claims.token_id().unwrap(),
-                    claims.sub.as_deref(),
-                    exp,
-                    Some("logout"),
-                    None,
+                    &Revocation::token(claims.token_id().unwrap(), exp)
+                        .owner(claims.sub.as_deref())
+                        .reason("logout"),
                 )
                 .await
                 .unwrap();
@@ -579,7 +588,10 @@ async fn a_cookie_carries_the_token_when_there_is_no_authorization_header() {
         send(&app, with_cookie(&twice, None)).await.status,
         StatusCode::BAD_REQUEST
     );
-    store.revoke("c1", None, in_an_hour(), None, None).await.unwrap();
+    store
+        .revoke(&Revocation::token("c1", in_an_hour()))
+        .await
+        .unwrap();
     assert_eq!(
         send(&app, with_cookie(&cookie, None)).await.challenge,
         invalid_token("token revoked")
@@ -613,4 +625,36 @@ async fn a_store_outage_is_logged_when_it_begins_and_ends_not_per_request() {
         .collect();
     assert_eq!(ended.len(), 1, "{}", logs.text());
     assert!(ended[0].contains("failed_checks=50"), "{}", ended[0]);
+}
+
+/// Reproduced on `main` before the fix: a handler asking for claims the layer did not put there
+/// (another claims type, or a route the layer does not wrap) got a silent 401, as if the client
+/// had sent no token. Like axum's missing `Extension`, it is now a 500 naming the cause; an
+/// anonymous request through an `optional()` layer still gets the 401 challenge.
+#[tokio::test]
+async fn claims_the_layer_did_not_provide_are_a_server_error_naming_the_cause() {
+    #[derive(Clone, serde::Deserialize)]
+    struct Custom {
+        #[allow(dead_code)]
+        admin: Option<bool>,
+    }
+    let token = mint(claims("mismatch", "xia"));
+    let mismatched = Router::new()
+        .route("/me", get(whoami))
+        .layer(builder(MemoryStore::new()).claims::<Custom>().build().unwrap());
+    let answer = bearer(&mismatched, &token).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(answer.body.contains("Claims<"), "{}", answer.body);
+    assert!(answer.body.contains("JwtRevocationLayer"), "{}", answer.body);
+
+    let unwrapped = Router::new().route("/me", get(whoami));
+    assert_eq!(
+        bearer(&unwrapped, &token).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    let optional = app(builder(MemoryStore::new()).optional().build().unwrap());
+    let anonymous = send(&optional, get_with("/me", &[])).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.challenge.as_deref(), Some("Bearer"));
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::time::Duration;
+use tower_jwt_revocation::Revocation;
 
 use common::cluster::{allow_connections, instance, maintenance, terminate};
 use common::*;
@@ -27,7 +28,11 @@ async fn a_revocation_on_one_instance_is_enforced_on_the_other(pool: PgPool) {
         assert_eq!(a.status(&token).await, StatusCode::OK);
 
         a.cache
-            .revoke(&jti, Some("alice"), in_an_hour(), Some("logout"), None)
+            .revoke(
+                &Revocation::token(&jti, in_an_hour())
+                    .owner("alice")
+                    .reason("logout"),
+            )
             .await
             .unwrap();
         // Read-your-writes on A, without waiting.
@@ -55,7 +60,7 @@ async fn a_revocation_on_one_instance_is_enforced_on_the_other(pool: PgPool) {
         );
         assert_eq!(b.status(&session_token).await, StatusCode::OK);
         a.cache
-            .revoke_session(&format!("sid-{mode:?}"), None, in_an_hour(), None, None)
+            .revoke(&Revocation::session(&format!("sid-{mode:?}"), in_an_hour()))
             .await
             .unwrap();
         b.becomes(&session_token, StatusCode::UNAUTHORIZED).await;
@@ -64,12 +69,10 @@ async fn a_revocation_on_one_instance_is_enforced_on_the_other(pool: PgPool) {
         );
         assert_eq!(b.status(&subject_token).await, StatusCode::OK);
         a.cache
-            .revoke_subject(
+            .revoke(&Revocation::subject(
                 &format!("dora-{mode:?}"),
                 std::time::SystemTime::now(),
-                None,
-                None,
-            )
+            ))
             .await
             .unwrap();
         b.becomes(&subject_token, StatusCode::UNAUTHORIZED).await;
@@ -102,11 +105,11 @@ async fn revocations_made_while_the_listener_is_down_are_enforced_after_it_recon
 
     // Revoked while B's feed is down. B's pool still has its open connections.
     writer
-        .revoke("while-down-queried", None, in_an_hour(), None, None)
+        .revoke(&Revocation::token("while-down-queried", in_an_hour()))
         .await
         .unwrap();
     writer
-        .revoke("while-down-caught-up", None, in_an_hour(), None, None)
+        .revoke(&Revocation::token("while-down-caught-up", in_an_hour()))
         .await
         .unwrap();
     let calls = b.cache.metrics().backend_calls;
@@ -159,7 +162,7 @@ async fn mirror_answers_unrevoked_tokens_without_queries(pool: PgPool) {
     let store = PgStore::new(pool.clone());
     for i in 0..50 {
         store
-            .revoke(&format!("old-{i}"), None, in_an_hour(), None, None)
+            .revoke(&Revocation::token(&format!("old-{i}"), in_an_hour()))
             .await
             .unwrap();
     }
@@ -198,7 +201,7 @@ async fn with_the_database_unreachable_memory_answers_within_the_staleness_bound
     let never_seen = mint(claims("never-seen", "hal"));
     mirror
         .cache
-        .revoke("gone", Some("hal"), in_an_hour(), None, None)
+        .revoke(&Revocation::token("gone", in_an_hour()).owner("hal"))
         .await
         .unwrap();
     lookup.becomes(&revoked, StatusCode::UNAUTHORIZED).await;
@@ -229,7 +232,7 @@ async fn a_mirror_that_does_not_fit_falls_back_to_lookup(pool: PgPool) {
     let store = PgStore::new(pool.clone());
     for i in 0..50 {
         store
-            .revoke(&format!("big-{i}"), None, in_an_hour(), None, None)
+            .revoke(&Revocation::token(&format!("big-{i}"), in_an_hour()))
             .await
             .unwrap();
     }

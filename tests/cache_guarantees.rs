@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::{Duration, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use common::cluster::{Settings, instance, lookup_and_mirror};
 use common::faulty::{Fault, Faulty};
@@ -136,7 +137,7 @@ async fn a_lookup_never_shortens_a_revocation_the_feed_delivered(pool: PgPool) {
     wait_until("the lookup is asked", || async { faulty.lookups() == 1 }).await;
     faulty
         .store
-        .revoke_session("sess", None, in_an_hour(), None, None)
+        .revoke(&Revocation::session("sess", in_an_hour()))
         .await
         .unwrap();
     wait_until("the feed delivers the session revocation", || async {
@@ -170,11 +171,11 @@ async fn a_mirror_starting_within_the_leeway_loads_revocations_of_just_expired_t
     let token = mint(json!({"jti": "just-expired", "sub": "lou", "iat": now() - 100, "exp": expired}));
     PgStore::new(pool.clone())
         .revoke(
-            "just-expired",
-            Some("lou"),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(expired),
-            None,
-            None,
+            &Revocation::token(
+                "just-expired",
+                SystemTime::UNIX_EPOCH + Duration::from_secs(expired),
+            )
+            .owner("lou"),
         )
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower_jwt_revocation::Revocation;
 
 use common::cluster::{Settings, lookup_and_mirror};
 use common::*;
@@ -93,11 +94,21 @@ async fn extreme_times_written_by_hand_read_back_without_panicking(pool: PgPool)
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn times_beyond_the_database_range_are_stored_as_infinity(pool: PgPool) {
     let store = PgStore::new(pool.clone());
-    assert!(store.revoke("far", None, far_future(), None, None).await.unwrap());
+    assert!(
+        store
+            .revoke(&Revocation::token("far", far_future()))
+            .await
+            .unwrap()
+    );
     let long_ago = UNIX_EPOCH - Duration::from_secs(1 << 40);
-    assert!(store.revoke("ancient", None, long_ago, None, None).await.unwrap());
+    assert!(
+        store
+            .revoke(&Revocation::token("ancient", long_ago))
+            .await
+            .unwrap()
+    );
     store
-        .revoke_subject("zed", far_future(), None, None)
+        .revoke(&Revocation::subject("zed", far_future()))
         .await
         .unwrap();
     let infinite: Vec<String> = sqlx::query_scalar(
@@ -179,7 +190,7 @@ async fn tokens_expiring_past_any_clock_are_revoked_without_panicking(pool: PgPo
         let token = mint(json!({"jti": jti, "sub": "ivy", "iat": now(), "exp": exp}));
         assert_eq!(a.status(&token).await, StatusCode::OK);
         a.cache
-            .revoke(jti, Some("ivy"), from_unix_seconds(exp), None, None)
+            .revoke(&Revocation::token(jti, from_unix_seconds(exp)).owner("ivy"))
             .await
             .unwrap();
         assert_eq!(a.status(&token).await, StatusCode::UNAUTHORIZED);
@@ -189,7 +200,7 @@ async fn tokens_expiring_past_any_clock_are_revoked_without_panicking(pool: PgPo
     // The in-memory store keeps such a revocation through purges.
     let memory = MemoryStore::new();
     memory
-        .revoke("max", None, from_unix_seconds(u64::MAX), None, None)
+        .revoke(&Revocation::token("max", from_unix_seconds(u64::MAX)))
         .await
         .unwrap();
     memory.purge_expired(Duration::from_secs(3600)).await.unwrap();

@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::{Duration, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use common::pgbouncer::PgBouncer;
 use common::*;
@@ -56,7 +57,7 @@ async fn the_store_and_sessions_work_through_a_transaction_pooler(pool: PgPool) 
                     let jti = format!("pooled-{w}-{i}");
                     assert!(
                         store
-                            .revoke(&jti, Some("nia"), in_an_hour(), Some("it's"), None)
+                            .revoke(&Revocation::token(&jti, in_an_hour()).owner("nia").reason("it's"))
                             .await
                             .unwrap()
                     );
@@ -76,7 +77,7 @@ async fn the_store_and_sessions_work_through_a_transaction_pooler(pool: PgPool) 
         writer.await.unwrap();
     }
     store
-        .revoke_subject("nia", SystemTime::now(), None, None)
+        .revoke(&Revocation::subject("nia", SystemTime::now()))
         .await
         .unwrap();
     assert_eq!(store.list_by_subject("nia", 200).await.unwrap().len(), 81);
@@ -128,7 +129,7 @@ async fn instances_behind_a_transaction_pooler_enforce_each_others_revocations(p
             let (a, b) = (instance().await, instance().await);
             let jti = format!("across-{with_direct}-{mode:?}");
             assert_eq!(cached(&b, &jti).await, Verdict::Active);
-            a.revoke(&jti, Some("nia"), in_an_hour(), None, None)
+            a.revoke(&Revocation::token(&jti, in_an_hour()).owner("nia"))
                 .await
                 .unwrap();
             assert_eq!(cached(&a, &jti).await, Verdict::Revoked(RevokedBy::Token));

@@ -4,6 +4,7 @@
 mod common;
 
 use std::time::{Duration, Instant, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use axum::Router;
 use axum::body::Body;
@@ -77,7 +78,11 @@ async fn revocation_survives_a_restart_and_is_enforced_by_the_layer(pool: PgPool
         );
         assert!(
             first
-                .revoke("r1", Some("alice"), in_an_hour(), Some("logout"), None)
+                .revoke(
+                    &Revocation::token("r1", in_an_hour())
+                        .owner("alice")
+                        .reason("logout")
+                )
                 .await
                 .unwrap()
         );
@@ -99,13 +104,13 @@ async fn revoking_twice_or_concurrently_keeps_one_row(pool: PgPool) {
     let store = PgStore::new(pool.clone());
     assert!(
         store
-            .revoke("twice", None, in_an_hour(), None, None)
+            .revoke(&Revocation::token("twice", in_an_hour()))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .revoke("twice", None, in_an_hour(), None, None)
+            .revoke(&Revocation::token("twice", in_an_hour()))
             .await
             .unwrap()
     );
@@ -117,7 +122,11 @@ async fn revoking_twice_or_concurrently_keeps_one_row(pool: PgPool) {
     let racers: Vec<_> = (0..50)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.revoke("raced", Some("bob"), in_an_hour(), None, None).await })
+            tokio::spawn(async move {
+                store
+                    .revoke(&Revocation::token("raced", in_an_hour()).owner("bob"))
+                    .await
+            })
         })
         .collect();
     let mut created = 0;
@@ -147,11 +156,11 @@ async fn session_and_subject_revocations_are_enforced(pool: PgPool) {
         mint(json!({"jti": "x", "sub": "dan", "sid": "sess-1", "iat": now(), "exp": now() + 600}));
 
     store
-        .revoke_subject("carol", from_unix_seconds(cutoff), Some("password change"), None)
+        .revoke(&Revocation::subject("carol", from_unix_seconds(cutoff)).reason("password change"))
         .await
         .unwrap();
     store
-        .revoke_session("sess-1", Some("dan"), in_an_hour(), None, None)
+        .revoke(&Revocation::session("sess-1", in_an_hour()).owner("dan"))
         .await
         .unwrap();
     assert_eq!(status(&app, &before).await, StatusCode::UNAUTHORIZED);
@@ -161,7 +170,7 @@ async fn session_and_subject_revocations_are_enforced(pool: PgPool) {
 
     // An earlier cutoff does not move it back.
     store
-        .revoke_subject("carol", from_unix_seconds(cutoff - 50), None, None)
+        .revoke(&Revocation::subject("carol", from_unix_seconds(cutoff - 50)))
         .await
         .unwrap();
     assert_eq!(status(&app, &before).await, StatusCode::UNAUTHORIZED);
@@ -174,7 +183,7 @@ async fn session_and_subject_revocations_are_enforced(pool: PgPool) {
     assert_eq!(stored as u64, cutoff);
     // A later one does move it forward.
     store
-        .revoke_subject("carol", from_unix_seconds(cutoff + 1), None, None)
+        .revoke(&Revocation::subject("carol", from_unix_seconds(cutoff + 1)))
         .await
         .unwrap();
     assert_eq!(status(&app, &after).await, StatusCode::UNAUTHORIZED);
@@ -185,16 +194,16 @@ async fn list_by_subject_is_newest_first(pool: PgPool) {
     let store = PgStore::new(pool.clone());
     for jti in ["one", "two", "three"] {
         store
-            .revoke(jti, Some("erin"), in_an_hour(), None, None)
+            .revoke(&Revocation::token(jti, in_an_hour()).owner("erin"))
             .await
             .unwrap();
     }
     store
-        .revoke_session("sess", Some("erin"), in_an_hour(), None, None)
+        .revoke(&Revocation::session("sess", in_an_hour()).owner("erin"))
         .await
         .unwrap();
     store
-        .revoke("other", Some("frank"), in_an_hour(), None, None)
+        .revoke(&Revocation::token("other", in_an_hour()).owner("frank"))
         .await
         .unwrap();
     let keys: Vec<(RevocationKind, String)> = store
@@ -235,20 +244,17 @@ async fn purge_deletes_exactly_the_rows_past_expiry_plus_margin(pool: PgPool) {
     .unwrap();
     let now = SystemTime::now();
     store
-        .revoke(
+        .revoke(&Revocation::token(
             "inside-margin",
-            None,
             now - Duration::from_secs(30 * 60),
-            None,
-            None,
-        )
+        ))
         .await
         .unwrap();
     store
-        .revoke("live", None, now + Duration::from_secs(600), None, None)
+        .revoke(&Revocation::token("live", now + Duration::from_secs(600)))
         .await
         .unwrap();
-    store.revoke_subject("gina", now, None, None).await.unwrap();
+    store.revoke(&Revocation::subject("gina", now)).await.unwrap();
 
     let deleted = store.purge_expired(Duration::from_secs(3600)).await.unwrap();
     assert_eq!(deleted, 2510);
@@ -277,13 +283,10 @@ async fn purger_task_purges_until_dropped(pool: PgPool) {
     let purger =
         tower_jwt_revocation::spawn_purger(store.clone(), Duration::from_millis(20), Duration::ZERO).unwrap();
     store
-        .revoke(
+        .revoke(&Revocation::token(
             "expired",
-            None,
             SystemTime::now() - Duration::from_secs(5),
-            None,
-            None,
-        )
+        ))
         .await
         .unwrap();
     wait_until("the purger deletes the expired row", || async {
@@ -292,13 +295,10 @@ async fn purger_task_purges_until_dropped(pool: PgPool) {
     .await;
     drop(purger);
     store
-        .revoke(
+        .revoke(&Revocation::token(
             "expired-2",
-            None,
             SystemTime::now() - Duration::from_secs(5),
-            None,
-            None,
-        )
+        ))
         .await
         .unwrap();
     // The dropped purger's task is aborted: the row stays (checked after a few of its periods).
@@ -338,11 +338,10 @@ async fn subscribers_see_revocations_from_the_store_and_from_plain_sql(pool: PgP
 
     writer
         .revoke(
-            "via-store",
-            Some("hana"),
-            in_an_hour(),
-            Some("logout"),
-            Some("hana"),
+            &Revocation::token("via-store", in_an_hour())
+                .owner("hana")
+                .reason("logout")
+                .revoked_by("hana"),
         )
         .await
         .unwrap();
@@ -363,7 +362,7 @@ async fn subscribers_see_revocations_from_the_store_and_from_plain_sql(pool: PgP
     assert_eq!(event.record.subject.as_deref(), Some("ivan"));
 
     writer
-        .revoke_subject("jane", SystemTime::now(), None, None)
+        .revoke(&Revocation::subject("jane", SystemTime::now()))
         .await
         .unwrap();
     let event = next_event(&mut feed).await;
@@ -373,7 +372,7 @@ async fn subscribers_see_revocations_from_the_store_and_from_plain_sql(pool: PgP
     // A key too long for a NOTIFY payload still arrives, read back by seq.
     let long = "k".repeat(9000);
     writer
-        .revoke(&long, None, in_an_hour(), None, None)
+        .revoke(&Revocation::token(&long, in_an_hour()))
         .await
         .unwrap();
     assert_eq!(next_event(&mut feed).await.record.key, long);
@@ -388,7 +387,7 @@ async fn subscriber_delivers_what_was_written_while_its_connection_was_down(pool
     let mut feed = reader.subscribe().unwrap();
     next_in_sync(&mut feed).await;
     writer
-        .revoke("before", None, in_an_hour(), None, None)
+        .revoke(&Revocation::token("before", in_an_hour()))
         .await
         .unwrap();
     assert_eq!(next_event(&mut feed).await.record.key, "before");
@@ -444,7 +443,7 @@ async fn subscriber_delivers_what_was_written_while_its_connection_was_down(pool
     assert_eq!(next_event(&mut feed).await.record.key, "while-down-1");
     assert_eq!(next_event(&mut feed).await.record.key, "while-down-2");
     writer
-        .revoke("after", None, in_an_hour(), None, None)
+        .revoke(&Revocation::token("after", in_an_hour()))
         .await
         .unwrap();
     assert_eq!(next_event(&mut feed).await.record.key, "after");
@@ -469,7 +468,12 @@ async fn unreachable_database_is_an_error_within_the_timeout_and_follows_the_pol
         matches!(error, StoreError::Unavailable(_) | StoreError::Timeout(_)),
         "{error:?}"
     );
-    assert!(store.revoke("any", None, in_an_hour(), None, None).await.is_err());
+    assert!(
+        store
+            .revoke(&Revocation::token("any", in_an_hour()))
+            .await
+            .is_err()
+    );
 
     let token = mint(claims("down", "kim"));
     assert_eq!(

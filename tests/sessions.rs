@@ -338,33 +338,8 @@ struct Unreachable;
 impl tower_jwt_revocation::RevocationStore for Unreachable {
     async fn revoke(
         &self,
-        _: &str,
-        _: Option<&str>,
-        _: std::time::SystemTime,
-        _: Option<&str>,
-        _: Option<&str>,
+        _: &tower_jwt_revocation::Revocation<'_>,
     ) -> Result<bool, tower_jwt_revocation::StoreError> {
-        Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
-    }
-
-    async fn revoke_session(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: std::time::SystemTime,
-        _: Option<&str>,
-        _: Option<&str>,
-    ) -> Result<bool, tower_jwt_revocation::StoreError> {
-        Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
-    }
-
-    async fn revoke_subject(
-        &self,
-        _: &str,
-        _: std::time::SystemTime,
-        _: Option<&str>,
-        _: Option<&str>,
-    ) -> Result<(), tower_jwt_revocation::StoreError> {
         Err(tower_jwt_revocation::StoreError::Unavailable("down".into()))
     }
 

@@ -14,6 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tower_jwt_revocation::Revocation;
 
 use common::cluster::{Instance, allow_connections, instance_with_timeout, maintenance, terminate};
 use common::*;
@@ -155,11 +156,11 @@ async fn revocations_hold_through_listener_kills_and_a_database_outage(pool: PgP
         if tick.is_multiple_of(10) {
             let subject = rng.next(SUBJECTS);
             let result = by
-                .revoke_subject(&format!("s{subject}"), SystemTime::now(), Some("soak"), None)
+                .revoke(&Revocation::subject(&format!("s{subject}"), SystemTime::now()).reason("soak"))
                 .await;
             let mut ledger = ledger.lock().unwrap();
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     ledger.subjects.entry(subject).or_insert_with(Instant::now);
                 }
                 Err(_) => ledger.failed_writes += 1,
@@ -167,7 +168,7 @@ async fn revocations_hold_through_listener_kills_and_a_database_outage(pool: PgP
         } else {
             let token = rng.next(TOKENS);
             let result = by
-                .revoke(&format!("t{token}"), None, in_an_hour(), Some("soak"), None)
+                .revoke(&Revocation::token(&format!("t{token}"), in_an_hour()).reason("soak"))
                 .await;
             let mut ledger = ledger.lock().unwrap();
             match result {

@@ -6,6 +6,7 @@
 //! libFuzzer to mutate.
 #![no_main]
 
+use tower_jwt_revocation::Revocation;
 use std::convert::Infallible;
 use std::future::{Future, ready};
 use std::sync::OnceLock;
@@ -38,7 +39,7 @@ fn layer() -> &'static JwtRevocationLayer<MemoryStore> {
         let store = MemoryStore::new();
         let exp = SystemTime::now() + Duration::from_secs(86_400 * 365 * 50);
         for jti in REVOKED {
-            block_on(store.revoke(jti, None, exp, None, None)).expect("memory revoke");
+            block_on(store.revoke(&Revocation::token(jti, exp))).expect("memory revoke");
         }
         JwtRevocationLayer::builder(store)
             .decoding_key(DecodingKey::from_secret(SECRET))

@@ -12,8 +12,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, StoreError, TokenFacts, Verdict,
-    from_unix_seconds, unix_seconds,
+    Revocation, RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, StoreError, Target,
+    TokenFacts, Verdict, from_unix_seconds, unix_seconds,
 };
 
 /// How long past its token's expiry a revocation is kept before writes sweep it away, unless
@@ -31,13 +31,14 @@ const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tower_jwt_revocation::{MemoryStore, RevocationStore};
+/// use tower_jwt_revocation::{MemoryStore, Revocation, RevocationStore};
 ///
 /// # async fn demo() -> Result<(), tower_jwt_revocation::StoreError> {
 /// let store = MemoryStore::new();
 /// let exp = SystemTime::now() + Duration::from_secs(900);
-/// assert!(store.revoke("jti-1", Some("alice"), exp, Some("logout"), None).await?);
-/// assert!(!store.revoke("jti-1", Some("alice"), exp, None, None).await?); // idempotent
+/// let logout = Revocation::token("jti-1", exp).owner("alice").reason("logout");
+/// assert!(store.revoke(&logout).await?);
+/// assert!(!store.revoke(&logout).await?); // idempotent
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -160,18 +161,13 @@ impl Ledger {
     }
 }
 
-fn entry(
-    subject: Option<&str>,
-    expires_at: SystemTime,
-    reason: Option<&str>,
-    revoked_by: Option<&str>,
-) -> Entry {
+fn entry(revocation: &Revocation<'_>, expires_at: SystemTime) -> Entry {
     Entry {
-        subject: subject.map(str::to_owned),
+        subject: revocation.owner.map(str::to_owned),
         expires_at,
         revoked_at: SystemTime::now(),
-        reason: reason.map(str::to_owned),
-        revoked_by: revoked_by.map(str::to_owned),
+        reason: revocation.reason.map(str::to_owned),
+        revoked_by: revocation.revoked_by.map(str::to_owned),
     }
 }
 
@@ -188,61 +184,40 @@ impl RevocationBackend for MemoryStore {
 }
 
 impl RevocationStore for MemoryStore {
-    async fn revoke(
-        &self,
-        jti: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.insert(RevocationKind::Token, jti, || {
-            entry(subject, expires_at, reason, revoked_by)
-        })
-    }
-
-    async fn revoke_session(
-        &self,
-        sid: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.insert(RevocationKind::Session, sid, || {
-            entry(subject, expires_at, reason, revoked_by)
-        })
-    }
-
-    async fn revoke_subject(
-        &self,
-        subject: &str,
-        not_before: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<(), StoreError> {
-        if subject.is_empty() {
-            return Err(StoreError::InvalidInput("empty subject"));
+    async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
+        let entry = |expires_at| entry(revocation, expires_at);
+        match revocation.target {
+            Target::Token { jti, expires_at } => {
+                self.insert(RevocationKind::Token, jti, || entry(expires_at))
+            }
+            Target::Session { sid, expires_at } => {
+                self.insert(RevocationKind::Session, sid, || entry(expires_at))
+            }
+            Target::Subject { subject, not_before } => {
+                if subject.is_empty() {
+                    return Err(StoreError::InvalidInput("empty subject"));
+                }
+                let not_before = unix_seconds(not_before);
+                let mut ledger = self.write();
+                let cutoff = ledger.subjects.entry(subject.to_owned());
+                let moved = match &cutoff {
+                    std::collections::hash_map::Entry::Occupied(current) => {
+                        not_before > current.get().not_before
+                    }
+                    std::collections::hash_map::Entry::Vacant(_) => true,
+                };
+                // The cutoff only ever moves forward; an earlier one is already covered by it.
+                if moved {
+                    cutoff.insert_entry(Cutoff {
+                        not_before,
+                        revoked_at: SystemTime::now(),
+                        reason: revocation.reason.map(str::to_owned),
+                        revoked_by: revocation.revoked_by.map(str::to_owned),
+                    });
+                }
+                Ok(moved)
+            }
         }
-        let not_before = unix_seconds(not_before);
-        let mut ledger = self.write();
-        let cutoff = ledger
-            .subjects
-            .entry(subject.to_owned())
-            .or_insert_with(|| Cutoff {
-                not_before,
-                revoked_at: SystemTime::now(),
-                reason: None,
-                revoked_by: None,
-            });
-        // The cutoff only ever moves forward; an earlier one is already covered by it.
-        if not_before >= cutoff.not_before {
-            cutoff.not_before = not_before;
-            cutoff.revoked_at = SystemTime::now();
-            cutoff.reason = reason.map(str::to_owned);
-            cutoff.revoked_by = revoked_by.map(str::to_owned);
-        }
-        Ok(())
     }
 
     async fn list_by_subject(
@@ -329,8 +304,26 @@ mod tests {
     #[test]
     fn revoking_twice_keeps_one_record() {
         let store = MemoryStore::new();
-        assert!(block_on(store.revoke("a", Some("alice"), in_an_hour(), Some("first"), None)).unwrap());
-        assert!(!block_on(store.revoke("a", Some("alice"), in_an_hour(), Some("second"), None)).unwrap());
+        assert!(
+            block_on(
+                store.revoke(
+                    &Revocation::token("a", in_an_hour())
+                        .owner("alice")
+                        .reason("first")
+                )
+            )
+            .unwrap()
+        );
+        assert!(
+            !block_on(
+                store.revoke(
+                    &Revocation::token("a", in_an_hour())
+                        .owner("alice")
+                        .reason("second")
+                )
+            )
+            .unwrap()
+        );
         let list = block_on(store.list_by_subject("alice", 10)).unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].reason.as_deref(), Some("first"));
@@ -339,9 +332,9 @@ mod tests {
     #[test]
     fn each_revocation_kind_is_enforced() {
         let store = MemoryStore::new();
-        block_on(store.revoke("t1", Some("alice"), in_an_hour(), None, None)).unwrap();
-        block_on(store.revoke_session("s1", Some("bob"), in_an_hour(), None, None)).unwrap();
-        block_on(store.revoke_subject("carol", from_unix_seconds(1_000), None, None)).unwrap();
+        block_on(store.revoke(&Revocation::token("t1", in_an_hour()).owner("alice"))).unwrap();
+        block_on(store.revoke(&Revocation::session("s1", in_an_hour()).owner("bob"))).unwrap();
+        block_on(store.revoke(&Revocation::subject("carol", from_unix_seconds(1_000)))).unwrap();
 
         assert_eq!(
             store.verdict(&facts("t1", None, "alice", 1)),
@@ -367,8 +360,10 @@ mod tests {
     #[test]
     fn an_earlier_subject_cutoff_does_not_move_it_back() {
         let store = MemoryStore::new();
-        block_on(store.revoke_subject("carol", from_unix_seconds(2_000), Some("late"), None)).unwrap();
-        block_on(store.revoke_subject("carol", from_unix_seconds(1_000), Some("early"), None)).unwrap();
+        block_on(store.revoke(&Revocation::subject("carol", from_unix_seconds(2_000)).reason("late")))
+            .unwrap();
+        block_on(store.revoke(&Revocation::subject("carol", from_unix_seconds(1_000)).reason("early")))
+            .unwrap();
         assert_eq!(
             store.verdict(&facts("t", None, "carol", 1_500)),
             Verdict::Revoked(RevokedBy::Subject)
@@ -384,10 +379,10 @@ mod tests {
         let now = SystemTime::now();
         let long_ago = now - Duration::from_secs(7200);
         let recently = now - Duration::from_secs(30);
-        block_on(store.revoke("old", None, long_ago, None, None)).unwrap();
-        block_on(store.revoke_session("old-session", None, long_ago, None, None)).unwrap();
-        block_on(store.revoke("recent", None, recently, None, None)).unwrap();
-        block_on(store.revoke("live", None, in_an_hour(), None, None)).unwrap();
+        block_on(store.revoke(&Revocation::token("old", long_ago))).unwrap();
+        block_on(store.revoke(&Revocation::session("old-session", long_ago))).unwrap();
+        block_on(store.revoke(&Revocation::token("recent", recently))).unwrap();
+        block_on(store.revoke(&Revocation::token("live", in_an_hour()))).unwrap();
 
         assert_eq!(block_on(store.purge_expired(Duration::from_secs(60))).unwrap(), 2);
         assert_eq!(store.len(), 2);
@@ -400,7 +395,7 @@ mod tests {
         let store = MemoryStore::with_retention(Duration::ZERO);
         let past = SystemTime::now() - Duration::from_secs(10);
         for i in 0..5_000 {
-            block_on(store.revoke(&format!("expired-{i}"), None, past, None, None)).unwrap();
+            block_on(store.revoke(&Revocation::token(&format!("expired-{i}"), past))).unwrap();
         }
         assert!(store.len() < 1_100, "ledger kept {} expired records", store.len());
     }
@@ -409,10 +404,10 @@ mod tests {
     fn list_is_newest_first_and_limited() {
         let store = MemoryStore::new();
         for jti in ["a", "b", "c"] {
-            block_on(store.revoke(jti, Some("alice"), in_an_hour(), None, None)).unwrap();
+            block_on(store.revoke(&Revocation::token(jti, in_an_hour()).owner("alice"))).unwrap();
             std::thread::sleep(Duration::from_millis(2)); // distinct revoked_at, not synchronisation
         }
-        block_on(store.revoke("x", Some("mallory"), in_an_hour(), None, None)).unwrap();
+        block_on(store.revoke(&Revocation::token("x", in_an_hour()).owner("mallory"))).unwrap();
         let keys: Vec<_> = block_on(store.list_by_subject("alice", 2))
             .unwrap()
             .into_iter()
@@ -425,11 +420,11 @@ mod tests {
     fn empty_keys_are_refused() {
         let store = MemoryStore::new();
         assert!(matches!(
-            block_on(store.revoke("", None, in_an_hour(), None, None)),
+            block_on(store.revoke(&Revocation::token("", in_an_hour()))),
             Err(StoreError::InvalidInput(_))
         ));
         assert!(matches!(
-            block_on(store.revoke_subject("", SystemTime::now(), None, None)),
+            block_on(store.revoke(&Revocation::subject("", SystemTime::now()))),
             Err(StoreError::InvalidInput(_))
         ));
     }

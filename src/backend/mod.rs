@@ -13,14 +13,22 @@
 //! ([`subject_cutoff_covers`]), live here so that every backend answers the same way. Storage
 //! lives in the backends ([`MemoryStore`] here; Postgres and the cache tier in their own
 //! modules).
+//!
+//! One rule for time: what comes from a token ([`TokenFacts`], the layer's `Claims`) is a JWT
+//! NumericDate, whole seconds since the Unix epoch as a `u64`, exactly as the token says; what the
+//! application tells a store or reads back from it ([`Revocation`], [`RevocationRecord`]) is a
+//! [`SystemTime`]. [`unix_seconds`] and [`from_unix_seconds`] convert, saturating instead of
+//! panicking.
 
 mod memory;
 #[cfg(feature = "moka")]
 pub mod moka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod revocation;
 
 pub use memory::MemoryStore;
+pub use revocation::{Revocation, Target};
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -230,39 +238,11 @@ pub struct RevocationEvent {
 /// (in memory for [`MemoryStore`]; committed for a database store), and every later
 /// [`RevocationBackend::check`] of the same store sees it.
 pub trait RevocationStore: Send + Sync + 'static {
-    /// Revokes one token by `jti`. `expires_at` is the token's own expiry: the record is kept at
-    /// least until then. Idempotent: returns `true` if this call created the revocation, `false`
-    /// if the token was already revoked (the first record is kept as it was).
-    fn revoke(
-        &self,
-        jti: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Revokes every token carrying `sid`. `expires_at` must cover the expiry of the session's
-    /// last access token. Idempotent like [`revoke`](Self::revoke).
-    fn revoke_session(
-        &self,
-        sid: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Revokes every token of `subject` issued at or before `not_before` (see
-    /// [`subject_cutoff_covers`] for the same-second rule). A later call with an earlier
-    /// `not_before` never moves the cutoff back.
-    fn revoke_subject(
-        &self,
-        subject: &str,
-        not_before: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Files `revocation`: one token, one session, or a subject's cutoff (see [`Revocation`]).
+    /// Idempotent: returns `true` if this call changed the ledger (created the token or session
+    /// revocation, or moved the cutoff forward), `false` if it was already in force (the first
+    /// record of a token or session is kept as it was; a cutoff never moves back).
+    fn revoke(&self, revocation: &Revocation<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The revocations filed for `subject` (tokens, sessions and its cutoff), newest first, at
     /// most `limit` of them.

@@ -5,6 +5,7 @@
 //! hold here. Revocations go to the wrapped [`RevocationStore`] after the session state changed,
 //! so the layer enforces them.
 
+use crate::backend::Revocation;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -74,7 +75,7 @@ impl<S: RevocationStore> MemorySessions<S> {
 
     /// Forgets sessions that expired (or ended, and whose access tokens expired) more than
     /// `margin` ago, with their refresh-token hashes; returns how many. As with
-    /// [`PgSessions::purge_expired`](crate::session::PgSessions), a forgotten session's tokens are
+    /// `PgSessions::purge_expired`, a forgotten session's tokens are
     /// then simply unknown, which is refused the same way.
     pub fn purge_expired(&self, margin: Duration) -> u64 {
         let now = SystemTime::now();
@@ -102,7 +103,11 @@ impl<S: RevocationStore> MemorySessions<S> {
         let until = saturating_add(SystemTime::now(), self.config.access_token_lifetime);
         for (sid, subject) in ended {
             self.store
-                .revoke_session(sid, Some(subject), until, Some("session ended"), None)
+                .revoke(
+                    &Revocation::session(sid, until)
+                        .owner(subject.as_str())
+                        .reason("session ended"),
+                )
                 .await?;
         }
         Ok(())
@@ -248,7 +253,7 @@ impl<S: RevocationStore> Sessions for MemorySessions<S> {
         };
         self.revoke_sessions(&ended).await?;
         self.store
-            .revoke_subject(subject, SystemTime::now(), Some("revoke_all"), None)
+            .revoke(&Revocation::subject(subject, SystemTime::now()).reason("revoke_all"))
             .await?;
         Ok(ended.len() as u64)
     }

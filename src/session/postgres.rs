@@ -22,6 +22,7 @@
 //! asynchronous replica that lost the commit, a reused id can be misread. The worst outcome is a
 //! rotation reported as done whose new token does not exist: the client logs in again.)
 
+use crate::backend::Revocation;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -244,7 +245,11 @@ impl<S: RevocationStore> PgSessions<S> {
         for (sid, subject) in ended {
             if let Err(error) = self
                 .store
-                .revoke_session(sid, Some(subject), until, Some("session ended"), None)
+                .revoke(
+                    &Revocation::session(sid, until)
+                        .owner(subject.as_str())
+                        .reason("session ended"),
+                )
                 .await
             {
                 tracing::warn!(%error, "a committed session revocation could not be applied to this instance's cache; it arrives through the change feed");
@@ -253,7 +258,7 @@ impl<S: RevocationStore> PgSessions<S> {
         if let Some(subject) = cutoff_subject
             && let Err(error) = self
                 .store
-                .revoke_subject(subject, SystemTime::now(), Some("revoke_all"), None)
+                .revoke(&Revocation::subject(subject, SystemTime::now()).reason("revoke_all"))
                 .await
         {
             tracing::warn!(%error, "a committed subject cutoff could not be applied to this instance's cache; it arrives through the change feed");

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+use tower_jwt_revocation::Revocation;
 
 use futures_core::Stream;
 use tokio::sync::watch;
@@ -87,42 +88,8 @@ async fn opened(mut open: watch::Receiver<bool>) {
 }
 
 impl RevocationStore for Faulty {
-    async fn revoke(
-        &self,
-        jti: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.store
-            .revoke(jti, subject, expires_at, reason, revoked_by)
-            .await
-    }
-
-    async fn revoke_session(
-        &self,
-        sid: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.store
-            .revoke_session(sid, subject, expires_at, reason, revoked_by)
-            .await
-    }
-
-    async fn revoke_subject(
-        &self,
-        subject: &str,
-        not_before: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.store
-            .revoke_subject(subject, not_before, reason, revoked_by)
-            .await
+    async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
+        self.store.revoke(revocation).await
     }
 
     async fn list_by_subject(

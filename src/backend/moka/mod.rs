@@ -61,7 +61,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -71,8 +71,8 @@ use self::sync::SyncState;
 use crate::telemetry::{self, Count, Level, Spread};
 
 use super::{
-    Ledger, RevocationBackend, RevocationRecord, RevocationStore, RevokedBy, StoreError, TokenFacts, Verdict,
-    unix_seconds,
+    Ledger, Revocation, RevocationBackend, RevocationRecord, RevocationStore, RevokedBy, StoreError, Target,
+    TokenFacts, Verdict, unix_seconds,
 };
 
 /// How the tier answers a miss.
@@ -437,53 +437,15 @@ impl<B: Ledger> RevocationBackend for MokaCache<B> {
 /// Writes go to the ledger first; the local memory is updated only after the ledger said `Ok`
 /// (read-your-writes on this instance).
 impl<B: Ledger> RevocationStore for MokaCache<B> {
-    async fn revoke(
-        &self,
-        jti: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let created = self
-            .tier
-            .backend
-            .revoke(jti, subject, expires_at, reason, revoked_by)
-            .await?;
-        self.tier.memory.revoked_token(jti, Some(expires_at));
-        Ok(created)
-    }
-
-    async fn revoke_session(
-        &self,
-        sid: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let created = self
-            .tier
-            .backend
-            .revoke_session(sid, subject, expires_at, reason, revoked_by)
-            .await?;
-        self.tier.memory.revoked_session(sid, Some(expires_at));
-        Ok(created)
-    }
-
-    async fn revoke_subject(
-        &self,
-        subject: &str,
-        not_before: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.tier
-            .backend
-            .revoke_subject(subject, not_before, reason, revoked_by)
-            .await?;
-        self.tier.memory.cutoff(subject, unix_seconds(not_before));
-        Ok(())
+    async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
+        let changed = self.tier.backend.revoke(revocation).await?;
+        let memory = &self.tier.memory;
+        match revocation.target {
+            Target::Token { jti, expires_at } => memory.revoked_token(jti, Some(expires_at)),
+            Target::Session { sid, expires_at } => memory.revoked_session(sid, Some(expires_at)),
+            Target::Subject { subject, not_before } => memory.cutoff(subject, unix_seconds(not_before)),
+        }
+        Ok(changed)
     }
 
     async fn list_by_subject(

@@ -43,7 +43,7 @@ pub use migrate::HISTORY_TABLE;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
@@ -52,8 +52,8 @@ use self::feed::FeedConfig;
 use self::sql::{EVENTS_SINCE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, log_select, record_from_row};
 pub(crate) use self::sql::{Protocol, Statement, bounded, classify, epoch_seconds, from_epoch_seconds};
 use super::{
-    Ledger, Lookup, RevocationBackend, RevocationEvent, RevocationRecord, RevocationStore, Snapshot,
-    StoreError, TokenFacts, Verdict,
+    Ledger, Lookup, Revocation, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord,
+    RevocationStore, Snapshot, StoreError, Target, TokenFacts, Verdict,
 };
 
 /// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
@@ -278,30 +278,6 @@ impl PgStore {
         };
         Ok(Subscription::spawn(&runtime, config, seq))
     }
-
-    async fn insert_keyed(
-        &self,
-        sql: &'static str,
-        key: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        if key.is_empty() {
-            return Err(StoreError::InvalidInput("empty revocation key"));
-        }
-        let statement = Statement::new(sql)
-            .text(key)
-            .text(subject)
-            .float(epoch_seconds(expires_at))
-            .text(reason)
-            .text(revoked_by);
-        let inserted = self
-            .bounded(statement.execute_on(self.protocol, &self.pool))
-            .await?;
-        Ok(inserted == 1)
-    }
 }
 
 /// [`classify`], for the session module's queries.
@@ -391,59 +367,43 @@ impl Ledger for PgStore {
 }
 
 impl RevocationStore for PgStore {
-    async fn revoke(
-        &self,
-        jti: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        const SQL: &str = "INSERT INTO jwt_revocations (jti, subject, expires_at, reason, revoked_by) \
-                           VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (jti) DO NOTHING";
-        self.insert_keyed(SQL, jti, subject, expires_at, reason, revoked_by)
-            .await
-    }
-
-    async fn revoke_session(
-        &self,
-        sid: &str,
-        subject: Option<&str>,
-        expires_at: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        const SQL: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
-                           VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
-        self.insert_keyed(SQL, sid, subject, expires_at, reason, revoked_by)
-            .await
-    }
-
-    async fn revoke_subject(
-        &self,
-        subject: &str,
-        not_before: SystemTime,
-        reason: Option<&str>,
-        revoked_by: Option<&str>,
-    ) -> Result<(), StoreError> {
-        if subject.is_empty() {
-            return Err(StoreError::InvalidInput("empty subject"));
-        }
+    async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
         // Truncated to the second (the JWT `iat` resolution); the cutoff only moves forward.
-        let statement = Statement::new(
-            "INSERT INTO jwt_subject_revocations (subject, not_before, reason, revoked_by) \
+        const SUBJECT: &str = "INSERT INTO jwt_subject_revocations (subject, not_before, reason, revoked_by) \
              VALUES ($1, to_timestamp($2::float8), $3, $4) \
              ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
                  reason = excluded.reason, revoked_by = excluded.revoked_by \
-             WHERE excluded.not_before > jwt_subject_revocations.not_before",
-        )
-        .text(subject)
-        .float(epoch_seconds(not_before).floor())
-        .text(reason)
-        .text(revoked_by);
-        self.bounded(statement.execute_on(self.protocol, &self.pool))
+             WHERE excluded.not_before > jwt_subject_revocations.not_before";
+        const TOKEN: &str = "INSERT INTO jwt_revocations (jti, subject, expires_at, reason, revoked_by) \
+             VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (jti) DO NOTHING";
+        const SESSION: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
+             VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
+        let key = revocation.key();
+        if key.is_empty() {
+            return Err(StoreError::InvalidInput("empty revocation key"));
+        }
+        let statement = match revocation.target {
+            Target::Subject { not_before, .. } => Statement::new(SUBJECT)
+                .text(key)
+                .float(epoch_seconds(not_before).floor()),
+            Target::Token { expires_at, .. } | Target::Session { expires_at, .. } => {
+                let sql = if revocation.kind() == RevocationKind::Token {
+                    TOKEN
+                } else {
+                    SESSION
+                };
+                Statement::new(sql)
+                    .text(key)
+                    .text(revocation.owner)
+                    .float(epoch_seconds(expires_at))
+            }
+        }
+        .text(revocation.reason)
+        .text(revocation.revoked_by);
+        let changed = self
+            .bounded(statement.execute_on(self.protocol, &self.pool))
             .await?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     async fn list_by_subject(
