@@ -1,7 +1,7 @@
 //! The per-request decision, shared by every service a layer wraps: the configuration a request
-//! needs ([`Shared`]), the two policies a deployment decides on ([`FailurePolicy`] and
-//! [`MissingJti`](crate::MissingJti), applied here and in [`crate::decode`]), the one place a
-//! backend's answer becomes "pass" or a [`Rejection`], and the counters of those decisions.
+//! needs ([`Shared`]), the failure policy ([`FailurePolicy`]) a deployment decides on, the one
+//! place a backend's answer becomes "pass" or a [`Rejection`], the marker of requests let
+//! through without a token, and the counters of those decisions.
 //!
 //! It is the bottom of the request path's modules: `layer` builds a [`Shared`], `service` and
 //! `future` use it, and it depends on none of them.
@@ -117,6 +117,12 @@ impl Counters {
         }
     }
 }
+
+/// Marks a request the layer let through without a token (an `optional()` layer and no token,
+/// or a path `skip_paths` exempts), so a handler asking for claims answers 401, not 500. Zero
+/// sized: inserting it allocates nothing beyond the extensions map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unauthenticated;
 
 /// A predicate on the request path: `true` exempts the request from the layer.
 pub(crate) type SkipPaths = Arc<dyn Fn(&str) -> bool + Send + Sync>;

@@ -91,8 +91,11 @@ impl<C> Claims<C> {
 
     /// A revocation of this token's session (`sid`), owned by its `sub`, kept for
     /// `longest_token_lifetime` from now or until this token's `exp`, whichever is later: long
-    /// enough to outlive every access token minted for the session before it ended (pass the
-    /// longest lifetime your issuer gives access tokens). `None` for a token without `sid`.
+    /// enough to outlive every access token minted for the session before it ended. Pass the
+    /// longest lifetime your issuer gives access tokens plus the validation leeway. It only
+    /// outlives tokens minted *before* the session ended: end the session in your session store
+    /// too, so no refresh mints more (the crate's `Sessions::revoke` files this revocation
+    /// itself). `None` for a token without `sid`.
     pub fn session_revocation(&self, longest_token_lifetime: Duration) -> Option<Revocation<'_>> {
         let sid = self.sid.as_deref()?;
         let own = self.exp.map_or_else(far_future, from_unix_seconds);
@@ -101,10 +104,14 @@ impl<C> Claims<C> {
     }
 
     /// A cutoff for this token's subject at this moment ("log out everywhere"): every token of
-    /// the subject issued up to now, this one included, is revoked. `None` for a token without
-    /// `sub`.
+    /// the subject issued up to now is revoked, this one included even when its issuer's clock
+    /// runs ahead (the cutoff is at least its `iat`). `None` for a token without `sub`.
     pub fn subject_revocation(&self) -> Option<Revocation<'_>> {
-        Some(Revocation::subject(self.sub.as_deref()?, SystemTime::now()))
+        let own = self.iat.map_or(std::time::UNIX_EPOCH, from_unix_seconds);
+        Some(Revocation::subject(
+            self.sub.as_deref()?,
+            SystemTime::now().max(own),
+        ))
     }
 
     /// The facts the backend checks, borrowed from these claims.

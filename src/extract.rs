@@ -6,18 +6,17 @@
 //! with the same 401 and bare `Bearer` challenge the layer sends for a missing token. On a request
 //! the layer never saw (a route it does not wrap), or one whose claims it deserialized into
 //! another type than `C`, it is a 500 naming the cause, as axum answers a missing `Extension`:
-//! the server is misconfigured, the client did nothing wrong. `Option<Claims<C>>` never fails.
-
-use std::convert::Infallible;
+//! the server is misconfigured, the client did nothing wrong. `Option<Claims<C>>` is `None`
+//! where `Claims<C>` would be 401, and the same 500 where it would be 500.
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
+use crate::decision::Unauthenticated;
 use crate::decode::Claims;
 use crate::reject::{RejectSettings, Rejection};
-use crate::service::Unauthenticated;
 
 /// The rejection of the `Claims<C>` extractor when the request carries no verified `Claims<C>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +52,18 @@ impl IntoResponse for MissingClaims {
     }
 }
 
+/// The claims of a request: `Ok(Some)` when verified for `C`, `Ok(None)` when the layer let it
+/// through without a token, `Err` when the layer never verified it for `C`.
+fn claims<C: Clone + Send + Sync + 'static>(parts: &Parts) -> Result<Option<Claims<C>>, MissingClaims> {
+    match parts.extensions.get::<Claims<C>>() {
+        Some(claims) => Ok(Some(claims.clone())),
+        None if parts.extensions.get::<Unauthenticated>().is_some() => Ok(None),
+        None => Err(MissingClaims::NotVerified {
+            claims: std::any::type_name::<Claims<C>>(),
+        }),
+    }
+}
+
 impl<S, C> FromRequestParts<S> for Claims<C>
 where
     S: Send + Sync,
@@ -61,24 +72,20 @@ where
     type Rejection = MissingClaims;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Claims<C>>() {
-            Some(claims) => Ok(claims.clone()),
-            None if parts.extensions.get::<Unauthenticated>().is_some() => Err(MissingClaims::Anonymous),
-            None => Err(MissingClaims::NotVerified {
-                claims: std::any::type_name::<Claims<C>>(),
-            }),
-        }
+        claims(parts)?.ok_or(MissingClaims::Anonymous)
     }
 }
 
+/// `None` for a request the layer let through without a token; a request it never verified
+/// for `C` is the same 500 as for `Claims<C>`.
 impl<S, C> OptionalFromRequestParts<S> for Claims<C>
 where
     S: Send + Sync,
     C: Clone + Send + Sync + 'static,
 {
-    type Rejection = Infallible;
+    type Rejection = MissingClaims;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<Claims<C>>().cloned())
+        claims(parts)
     }
 }

@@ -38,7 +38,8 @@
 //! Features: `rust_crypto` (default) or `aws_lc_rs` select `jsonwebtoken`'s crypto backend;
 //! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor; `postgres` adds
 //! `PgStore`, the durable ledger shared by every instance; `moka` adds `MokaCache`, the
-//! in-process tier that answers most checks from memory.
+//! in-process tier that answers most checks from memory; `tokio` (on with `postgres` and
+//! `moka`) adds `spawn_purger`; `metrics` publishes counters through the `metrics` facade.
 
 #![warn(missing_docs)]
 
@@ -63,7 +64,8 @@ pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
 pub use backend::postgres::{PgStore, Subscription};
 pub use backend::{
     FeedItem, Ledger, Lookup, MemoryStore, Revocation, RevocationBackend, RevocationEvent, RevocationKind,
-    RevocationRecord, RevocationStore, RevokedBy, Snapshot, StoreError, Target, TokenFacts, Verdict,
+    RevocationRecord, RevocationStore, RevocationTarget, RevokedBy, Snapshot, StoreError, TokenFacts,
+    Verdict,
 };
 pub use config::ConfigError;
 pub use decision::{FailurePolicy, Metrics};

@@ -18,16 +18,10 @@ use tower::Service;
 
 use crate::backend::RevocationBackend;
 use crate::bearer::request_token;
-use crate::decision::Shared;
+use crate::decision::{Shared, Unauthenticated};
 use crate::decode::{Claims, DefaultClaims};
 use crate::future::{Pending, ResponseFuture};
 use crate::reject::{DefaultReject, Reject, Rejection};
-
-/// Marks a request the layer let through without a token (an `optional()` layer and no token,
-/// or a path `skip_paths` exempts), so a handler asking for claims answers 401, not 500. Zero
-/// sized: inserting it allocates nothing beyond the extensions map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unauthenticated;
 
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
 ///

@@ -658,3 +658,88 @@ async fn claims_the_layer_did_not_provide_are_a_server_error_naming_the_cause() 
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.challenge.as_deref(), Some("Bearer"));
 }
+
+/// Found in review, reproduced before the fix: `subject_revocation` filed the cutoff at the
+/// server's "now", so a token whose issuer clock runs a few seconds ahead (accepted within the
+/// `iat` leeway) survived its own "log out everywhere".
+#[tokio::test]
+async fn the_revocation_helpers_cover_the_token_they_come_from() {
+    let store = MemoryStore::new();
+    let skew = std::time::Duration::from_secs(60);
+    let app = app(builder(store.clone()).iat_leeway(skew).build().unwrap());
+    let ahead =
+        mint(json!({"jti": "ahead", "sub": "yan", "sid": "s-yan", "iat": now() + 30, "exp": now() + 600}));
+    let verifier = |token: &str| {
+        tower_jwt_revocation::decode::Verifier::new(
+            tower_jwt_revocation::decode::KeySource::Single(
+                tower_jwt_revocation::jsonwebtoken::DecodingKey::from_secret(SECRET),
+            ),
+            &Validation::new(Algorithm::HS256),
+            None,
+            tower_jwt_revocation::MissingJti::Reject,
+            None,
+        )
+        .unwrap()
+        .verify::<tower_jwt_revocation::DefaultClaims>(token)
+        .unwrap()
+    };
+    let claims = verifier(&ahead);
+    assert_eq!(bearer(&app, &ahead).await.status, StatusCode::OK);
+    store.revoke(&claims.subject_revocation().unwrap()).await.unwrap();
+    assert_eq!(bearer(&app, &ahead).await.status, StatusCode::UNAUTHORIZED);
+
+    let other = mint(json!({"jti": "own", "sub": "zed", "sid": "s-zed", "iat": now(), "exp": now() + 600}));
+    let sibling =
+        mint(json!({"jti": "sibling", "sub": "zed", "sid": "s-zed", "iat": now(), "exp": now() + 600}));
+    let claims = verifier(&other);
+    store
+        .revoke(
+            &claims
+                .session_revocation(std::time::Duration::from_secs(3600))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bearer(&app, &sibling).await.status, StatusCode::UNAUTHORIZED);
+    let lone = mint(json!({"jti": "lone", "sub": "amy", "iat": now(), "exp": now() + 600}));
+    store
+        .revoke(&verifier(&lone).token_revocation().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bearer(&app, &lone).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Found in review: `Option<Claims<C>>` with a `C` the layer does not produce answered `None`
+/// for every authenticated user, silently treating them as anonymous.
+#[tokio::test]
+async fn optional_claims_of_the_wrong_type_are_a_server_error_too() {
+    #[derive(Clone, serde::Deserialize)]
+    struct Custom {}
+    async fn maybe_custom(claims: Option<Claims<Custom>>) -> &'static str {
+        if claims.is_some() { "some" } else { "none" }
+    }
+    let token = mint(claims("opt", "bea"));
+    let mismatched = Router::new()
+        .route("/maybe", get(maybe_custom))
+        .layer(builder(MemoryStore::new()).optional().build().unwrap());
+    assert_eq!(
+        send(&mismatched, get_with("/maybe", &[&format!("Bearer {token}")]))
+            .await
+            .status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    // Anonymous through the optional layer: `None`, as before.
+    let anonymous = send(&mismatched, get_with("/maybe", &[])).await;
+    assert_eq!(
+        (anonymous.status, anonymous.body.as_str()),
+        (StatusCode::OK, "none")
+    );
+    // The right type: `Some`.
+    let matched = app(builder(MemoryStore::new()).optional().build().unwrap());
+    assert_eq!(
+        send(&matched, get_with("/maybe", &[&format!("Bearer {token}")]))
+            .await
+            .body,
+        "sub=bea"
+    );
+}

@@ -51,7 +51,7 @@ struct Outcome {
 struct Ledger {
     /// Token index → when its `revoke` returned `Ok`.
     tokens: HashMap<usize, Instant>,
-    /// Subject index → when its `revoke_subject` returned `Ok` (covers every token, all issued
+    /// Subject index → when its subject cutoff's `revoke` returned `Ok` (covers every token, all issued
     /// before the soak started).
     subjects: HashMap<usize, Instant>,
     failed_writes: usize,

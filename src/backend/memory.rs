@@ -12,8 +12,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Revocation, RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, StoreError, Target,
-    TokenFacts, Verdict, from_unix_seconds, unix_seconds,
+    Revocation, RevocationBackend, RevocationKind, RevocationRecord, RevocationStore, RevocationTarget,
+    StoreError, TokenFacts, Verdict, from_unix_seconds, unix_seconds,
 };
 
 /// How long past its token's expiry a revocation is kept before writes sweep it away, unless
@@ -187,13 +187,13 @@ impl RevocationStore for MemoryStore {
     async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
         let entry = |expires_at| entry(revocation, expires_at);
         match revocation.target {
-            Target::Token { jti, expires_at } => {
+            RevocationTarget::Token { jti, expires_at } => {
                 self.insert(RevocationKind::Token, jti, || entry(expires_at))
             }
-            Target::Session { sid, expires_at } => {
+            RevocationTarget::Session { sid, expires_at } => {
                 self.insert(RevocationKind::Session, sid, || entry(expires_at))
             }
-            Target::Subject { subject, not_before } => {
+            RevocationTarget::Subject { subject, not_before } => {
                 if subject.is_empty() {
                     return Err(StoreError::InvalidInput("empty subject"));
                 }

@@ -18,7 +18,7 @@
 //! NumericDate, whole seconds since the Unix epoch as a `u64`, exactly as the token says; what the
 //! application tells a store or reads back from it ([`Revocation`], [`RevocationRecord`]) is a
 //! [`SystemTime`]. [`unix_seconds`] and [`from_unix_seconds`] convert, saturating instead of
-//! panicking.
+//! panicking. ([`Lookup::subject_cutoff`] is compared with `iat`, so it is in the token's unit.)
 
 mod memory;
 #[cfg(feature = "moka")]
@@ -28,7 +28,7 @@ pub mod postgres;
 mod revocation;
 
 pub use memory::MemoryStore;
-pub use revocation::{Revocation, Target};
+pub use revocation::{Revocation, RevocationTarget};
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

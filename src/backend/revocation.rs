@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 /// What a [`Revocation`] revokes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target<'a> {
+pub enum RevocationTarget<'a> {
     /// One token, by its `jti` (or the id `MissingJti::HashSigningInput` derived for it). The
     /// record is kept at least until `expires_at`, the token's own expiry.
     Token {
@@ -66,7 +66,7 @@ pub enum Target<'a> {
 #[non_exhaustive]
 pub struct Revocation<'a> {
     /// What is revoked, and how long the record must be kept.
-    pub target: Target<'a>,
+    pub target: RevocationTarget<'a>,
     /// Whose token or session it is, for listings ([`list_by_subject`]); a subject cutoff's owner
     /// is its subject.
     ///
@@ -81,13 +81,13 @@ pub struct Revocation<'a> {
 impl<'a> Revocation<'a> {
     /// Revokes one token, kept until `expires_at` (its `exp`).
     pub fn token(jti: &'a str, expires_at: SystemTime) -> Self {
-        Self::of(Target::Token { jti, expires_at })
+        Self::of(RevocationTarget::Token { jti, expires_at })
     }
 
     /// Revokes every token of session `sid`, kept until `expires_at` (the expiry of its last
     /// access token).
     pub fn session(sid: &'a str, expires_at: SystemTime) -> Self {
-        Self::of(Target::Session { sid, expires_at })
+        Self::of(RevocationTarget::Session { sid, expires_at })
     }
 
     /// Revokes every token of `subject` issued at or before `not_before` ("log out everywhere"
@@ -95,11 +95,11 @@ impl<'a> Revocation<'a> {
     pub fn subject(subject: &'a str, not_before: SystemTime) -> Self {
         Self {
             owner: Some(subject),
-            ..Self::of(Target::Subject { subject, not_before })
+            ..Self::of(RevocationTarget::Subject { subject, not_before })
         }
     }
 
-    fn of(target: Target<'a>) -> Self {
+    fn of(target: RevocationTarget<'a>) -> Self {
         Self {
             target,
             owner: None,
@@ -111,7 +111,7 @@ impl<'a> Revocation<'a> {
     /// Whose token or session it is (the token's `sub`); `None` leaves it unset.
     #[must_use]
     pub fn owner(mut self, subject: impl Into<Option<&'a str>>) -> Self {
-        if let Target::Subject { subject, .. } = self.target {
+        if let RevocationTarget::Subject { subject, .. } = self.target {
             // A cutoff belongs to its own subject, whatever this says.
             self.owner = Some(subject);
         } else {
@@ -137,18 +137,18 @@ impl<'a> Revocation<'a> {
     /// The kind of key this revocation is filed under.
     pub fn kind(&self) -> super::RevocationKind {
         match self.target {
-            Target::Token { .. } => super::RevocationKind::Token,
-            Target::Session { .. } => super::RevocationKind::Session,
-            Target::Subject { .. } => super::RevocationKind::Subject,
+            RevocationTarget::Token { .. } => super::RevocationKind::Token,
+            RevocationTarget::Session { .. } => super::RevocationKind::Session,
+            RevocationTarget::Subject { .. } => super::RevocationKind::Subject,
         }
     }
 
     /// The `jti`, `sid` or subject it is filed under.
     pub fn key(&self) -> &'a str {
         match self.target {
-            Target::Token { jti, .. } => jti,
-            Target::Session { sid, .. } => sid,
-            Target::Subject { subject, .. } => subject,
+            RevocationTarget::Token { jti, .. } => jti,
+            RevocationTarget::Session { sid, .. } => sid,
+            RevocationTarget::Subject { subject, .. } => subject,
         }
     }
 }

@@ -71,8 +71,8 @@ use self::sync::SyncState;
 use crate::telemetry::{self, Count, Level, Spread};
 
 use super::{
-    Ledger, Revocation, RevocationBackend, RevocationRecord, RevocationStore, RevokedBy, StoreError, Target,
-    TokenFacts, Verdict, unix_seconds,
+    Ledger, Revocation, RevocationBackend, RevocationRecord, RevocationStore, RevocationTarget, RevokedBy,
+    StoreError, TokenFacts, Verdict, unix_seconds,
 };
 
 /// How the tier answers a miss.
@@ -441,9 +441,11 @@ impl<B: Ledger> RevocationStore for MokaCache<B> {
         let changed = self.tier.backend.revoke(revocation).await?;
         let memory = &self.tier.memory;
         match revocation.target {
-            Target::Token { jti, expires_at } => memory.revoked_token(jti, Some(expires_at)),
-            Target::Session { sid, expires_at } => memory.revoked_session(sid, Some(expires_at)),
-            Target::Subject { subject, not_before } => memory.cutoff(subject, unix_seconds(not_before)),
+            RevocationTarget::Token { jti, expires_at } => memory.revoked_token(jti, Some(expires_at)),
+            RevocationTarget::Session { sid, expires_at } => memory.revoked_session(sid, Some(expires_at)),
+            RevocationTarget::Subject { subject, not_before } => {
+                memory.cutoff(subject, unix_seconds(not_before))
+            }
         }
         Ok(changed)
     }

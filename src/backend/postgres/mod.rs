@@ -53,7 +53,7 @@ use self::sql::{EVENTS_SINCE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, lo
 pub(crate) use self::sql::{Protocol, Statement, bounded, classify, epoch_seconds, from_epoch_seconds};
 use super::{
     Ledger, Lookup, Revocation, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord,
-    RevocationStore, Snapshot, StoreError, Target, TokenFacts, Verdict,
+    RevocationStore, RevocationTarget, Snapshot, StoreError, TokenFacts, Verdict,
 };
 
 /// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
@@ -383,10 +383,10 @@ impl RevocationStore for PgStore {
             return Err(StoreError::InvalidInput("empty revocation key"));
         }
         let statement = match revocation.target {
-            Target::Subject { not_before, .. } => Statement::new(SUBJECT)
+            RevocationTarget::Subject { not_before, .. } => Statement::new(SUBJECT)
                 .text(key)
                 .float(epoch_seconds(not_before).floor()),
-            Target::Token { expires_at, .. } | Target::Session { expires_at, .. } => {
+            RevocationTarget::Token { expires_at, .. } | RevocationTarget::Session { expires_at, .. } => {
                 let sql = if revocation.kind() == RevocationKind::Token {
                     TOKEN
                 } else {
