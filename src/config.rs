@@ -42,4 +42,27 @@ pub enum ConfigError {
         "jsonwebtoken has no usable crypto provider (enable the rust_crypto or aws_lc_rs feature, or install one)"
     )]
     NoCryptoProvider,
+    /// Both a layer-wide key (`decoding_key`, `key_set`, `jwks`) and per-issuer keys
+    /// (`issuer`) were given; use one or the other.
+    #[error("both a layer-wide key and per-issuer keys are configured")]
+    KeysAndIssuers,
+    /// Two issuers with the same `iss`.
+    #[error("issuer {0:?} is configured twice")]
+    DuplicateIssuer(String),
+    /// A key source found by discovery belongs to another issuer than the one it is configured
+    /// for (or than the validation's `iss`).
+    #[error("keys discovered for issuer {discovered:?} are configured for {configured:?}")]
+    IssuerMismatch {
+        /// The issuer the configuration names.
+        configured: String,
+        /// The issuer the key source was discovered from.
+        discovered: String,
+    },
+    /// A required scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`,
+    /// `\`, controls, non-ASCII).
+    #[error("scope {0:?} is not an RFC 6749 scope token")]
+    InvalidScope(String),
+    /// `require` was called before `claims::<C2>()`: the predicate was for the old claim type.
+    #[error("set the claims type before the claims predicate (`claims::<C>()` then `require`)")]
+    PredicateBeforeClaims,
 }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use http::{HeaderMap, Response};
 
 use crate::backend::{StoreError, Verdict};
-use crate::decode::Verifier;
+use crate::decode::{Claims, Verifier};
 use crate::reject::{Reject, RejectSettings, Rejection};
+use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::telemetry::{self, Count, Outage};
 
 /// What the layer does with a verified token when the backend cannot say whether it is revoked.
@@ -54,6 +55,11 @@ pub struct Metrics {
     pub fail_open_passes: u64,
     /// Checks the backend could not answer on its synchronous fast path.
     pub slow_checks: u64,
+    /// 403s for valid, unrevoked tokens lacking a required scope (or refused by the claims
+    /// predicate).
+    pub rejected_forbidden: u64,
+    /// 503s because the identity provider's keys were not fetched yet.
+    pub rejected_keys_unavailable: u64,
 }
 
 /// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
@@ -67,6 +73,8 @@ pub(crate) struct Counters {
     rejected_invalid: Count,
     rejected_revoked: Count,
     rejected_unavailable: Count,
+    rejected_forbidden: Count,
+    rejected_keys_unavailable: Count,
     store_errors: Count,
     fail_open_passes: Count,
     slow_checks: Count,
@@ -87,6 +95,8 @@ impl Default for Counters {
             rejected_invalid: outcome(&[("outcome", "invalid_token")]),
             rejected_revoked: outcome(&[("outcome", "revoked")]),
             rejected_unavailable: outcome(&[("outcome", "unavailable")]),
+            rejected_forbidden: outcome(&[("outcome", "insufficient_scope")]),
+            rejected_keys_unavailable: outcome(&[("outcome", "keys_unavailable")]),
             fail_open_passes: outcome(&[("outcome", "fail_open")]),
             store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
             slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
@@ -114,6 +124,8 @@ impl Counters {
             store_errors: self.store_errors.get(),
             fail_open_passes: self.fail_open_passes.get(),
             slow_checks: self.slow_checks.get(),
+            rejected_forbidden: self.rejected_forbidden.get(),
+            rejected_keys_unavailable: self.rejected_keys_unavailable.get(),
         }
     }
 }
@@ -137,6 +149,7 @@ pub(crate) struct Shared<S, R> {
     pub(crate) cookie: Option<String>,
     pub(crate) max_token_len: usize,
     pub(crate) settings: RejectSettings,
+    pub(crate) scopes: Option<RequiredScopes>,
     pub(crate) reject: R,
     pub(crate) counters: Counters,
 }
@@ -166,11 +179,22 @@ impl<S, R> Shared<S, R> {
         skip
     }
 
-    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy.
-    /// The one place this decision is made, for the fast and the slow path alike. Store errors
-    /// are logged as an outage's start and end, not once per request.
-    pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+    /// Whether verified `claims` lack a required scope or fail the predicate: decided before
+    /// the revocation check, answered (403) only after it, so a revoked token is a 401.
+    pub(crate) fn denies<C>(&self, claims: &Claims<C>, check: Option<&ClaimsCheck<C>>) -> bool {
+        self.scopes
+            .as_ref()
+            .is_some_and(|scopes| !scopes.granted_by(claims))
+            || check.is_some_and(|check| !check(claims))
+    }
+
+    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy;
+    /// `denied` (from [`denies`](Self::denies)) turns a pass into a 403. The one place this
+    /// decision is made, for the fast and the slow path alike. Store errors are logged as an
+    /// outage's start and end, not once per request.
+    pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>, denied: bool) -> Result<(), Rejection> {
         match answer {
+            Ok(Verdict::Active) if denied => Err(Rejection::InsufficientScope),
             Ok(Verdict::Active) => {
                 self.counters.authorized.bump();
                 Ok(())
@@ -184,8 +208,11 @@ impl<S, R> Shared<S, R> {
                         Err(Rejection::Unavailable)
                     }
                     FailurePolicy::Open => {
-                        self.counters.fail_open_passes.bump();
                         self.counters.outage.failed(&error, "open");
+                        if denied {
+                            return Err(Rejection::InsufficientScope);
+                        }
+                        self.counters.fail_open_passes.bump();
                         Ok(())
                     }
                 }
@@ -195,11 +222,15 @@ impl<S, R> Shared<S, R> {
 
     /// [`decide`](Self::decide) for an answer of the backend's slow path: an answer there ends
     /// an outage.
-    pub(crate) fn decide_slow(&self, answer: Result<Verdict, StoreError>) -> Result<(), Rejection> {
+    pub(crate) fn decide_slow(
+        &self,
+        answer: Result<Verdict, StoreError>,
+        denied: bool,
+    ) -> Result<(), Rejection> {
         if answer.is_ok() {
             self.counters.outage.succeeded();
         }
-        self.decide(answer)
+        self.decide(answer, denied)
     }
 
     pub(crate) fn count_anonymous(&self) {
@@ -221,6 +252,8 @@ impl<S, R> Shared<S, R> {
             Rejection::Invalid(_) => &self.counters.rejected_invalid,
             Rejection::Revoked(_) => &self.counters.rejected_revoked,
             Rejection::Unavailable => &self.counters.rejected_unavailable,
+            Rejection::InsufficientScope => &self.counters.rejected_forbidden,
+            Rejection::KeysUnavailable => &self.counters.rejected_keys_unavailable,
         }
         .bump();
         tracing::debug!(

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -53,6 +53,13 @@ pub struct Claims<C = DefaultClaims> {
     /// Not before (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// OAuth scopes as RFC 8693 §4.2 writes them (`scope`: a space-separated string; an array
+    /// is accepted too). Read them with [`scopes`](Self::scopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scopes>,
+    /// Scopes as Okta and Entra ID send them (`scp`: an array or a space-separated string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scp: Option<Scopes>,
     /// The application's own claims.
     #[serde(flatten)]
     pub custom: C,
@@ -114,6 +121,17 @@ impl<C> Claims<C> {
         ))
     }
 
+    /// Every scope the token grants: those of `scope` and of `scp`.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.iter().chain(self.scp.iter()).flat_map(Scopes::iter)
+    }
+
+    /// Whether the token grants `scope` (exact, case-sensitive comparison, as RFC 6749 §3.3
+    /// says).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|granted| granted == scope)
+    }
+
     /// The facts the backend checks, borrowed from these claims.
     pub fn facts(&self) -> TokenFacts<'_> {
         TokenFacts {
@@ -123,6 +141,30 @@ impl<C> Claims<C> {
             issued_at: self.iat,
             expires_at: self.exp,
         }
+    }
+}
+
+/// A scope claim: a space-separated string (RFC 8693 §4.2) or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scopes {
+    /// `"read write"`.
+    Text(String),
+    /// `["read", "write"]`.
+    List(Vec<String>),
+}
+
+impl Scopes {
+    /// The scopes, one by one.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let (text, list): (Option<&str>, &[String]) = match self {
+            Scopes::Text(text) => (Some(text), &[]),
+            Scopes::List(list) => (None, list),
+        };
+        text.into_iter()
+            .flat_map(|text| text.split(' '))
+            .chain(list.iter().map(String::as_str))
+            .filter(|scope| !scope.is_empty())
     }
 }
 
@@ -240,7 +282,7 @@ impl InvalidToken {
         }
     }
 
-    fn from_jwt(error: &jsonwebtoken::errors::Error) -> Self {
+    pub(crate) fn from_jwt(error: &jsonwebtoken::errors::Error) -> Self {
         match error.kind() {
             ErrorKind::InvalidSignature => InvalidToken::BadSignature,
             ErrorKind::InvalidAlgorithm
@@ -292,16 +334,21 @@ fn crypto_works(key: &DecodingKey, algorithm: jsonwebtoken::Algorithm) -> bool {
     .is_ok()
 }
 
-/// One key with the validation restricted to the algorithms of its family, so `jsonwebtoken`
-/// never sees an allow-list mixing families (which it refuses on every request).
+/// One key with the validation restricted to the algorithms it may verify, so `jsonwebtoken`
+/// never sees an allow-list mixing families (which it refuses on every request) and a token's
+/// `alg` always has to fit its key.
 #[derive(Clone)]
-struct KeyedValidation {
+pub(crate) struct KeyedValidation {
     key: DecodingKey,
     validation: Validation,
 }
 
 impl KeyedValidation {
-    fn new(kid: Option<&str>, key: DecodingKey, validation: &Validation) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        kid: Option<&str>,
+        key: DecodingKey,
+        validation: &Validation,
+    ) -> Result<Self, ConfigError> {
         let family = key.family();
         if !validation.algorithms.iter().any(|alg| alg.family() == family) {
             return Err(ConfigError::KeyAlgorithmMismatch {
@@ -320,21 +367,173 @@ impl KeyedValidation {
         }
         Ok(Self { key, validation })
     }
+
+    /// A key whose algorithms the caller has already narrowed to its family.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) fn unchecked(key: DecodingKey, validation: Validation) -> Self {
+        Self { key, validation }
+    }
+
+    /// Whether this key verifies tokens signed with `algorithm`.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) fn accepts(&self, algorithm: Algorithm) -> bool {
+        self.validation.algorithms.contains(&algorithm)
+    }
 }
 
+/// The keys of one issuer (or of the only key source), each with its validation.
 #[derive(Clone)]
-// One per layer, never moved on the request path: the size difference costs nothing, and
+// One per issuer, never moved on the request path: the size difference costs nothing, and
 // boxing would add an indirection to every verification.
 #[allow(clippy::large_enum_variant)]
 enum Keys {
     Single(KeyedValidation),
     ByKid(HashMap<String, KeyedValidation>),
+    #[cfg(feature = "jwks")]
+    Jwks(std::sync::Arc<crate::jwks::verify::JwksKeys>),
 }
+
+/// Why no key was found for a token.
+pub(crate) enum KeyMiss<'a> {
+    /// The token is refused as it is.
+    Invalid(InvalidToken),
+    /// The key source may learn the key by fetching: `has_keys` is false when it holds none yet.
+    #[cfg(feature = "jwks")]
+    Fetch {
+        jwks: &'a crate::jwks::Jwks,
+        has_keys: bool,
+    },
+    #[cfg(not(feature = "jwks"))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<&'a ()>),
+}
+
+impl Keys {
+    /// Runs `verify` with the key `token` names, or says why there is none.
+    fn with_key<R>(&self, token: &str, verify: impl FnOnce(&KeyedValidation) -> R) -> Result<R, KeyMiss<'_>> {
+        match self {
+            Keys::Single(keyed) => Ok(verify(keyed)),
+            Keys::ByKid(map) => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|e| KeyMiss::Invalid(InvalidToken::from_jwt(&e)))?;
+                let keyed = header
+                    .kid
+                    .as_deref()
+                    .and_then(|kid| map.get(kid))
+                    .ok_or(KeyMiss::Invalid(InvalidToken::UnknownKey))?;
+                Ok(verify(keyed))
+            }
+            #[cfg(feature = "jwks")]
+            Keys::Jwks(keys) => keys.with_key(token, verify),
+        }
+    }
+
+    fn kids(&self) -> Vec<String> {
+        match self {
+            Keys::Single(_) => Vec::new(),
+            Keys::ByKid(map) => map.keys().cloned().collect(),
+            #[cfg(feature = "jwks")]
+            Keys::Jwks(keys) => keys.kids(),
+        }
+    }
+}
+
+/// The accepted issuers: one key source for every token (its validation says which `iss` it
+/// accepts), or several chosen by the token's `iss` before any key is tried.
+#[derive(Clone)]
+// As for `Keys`: one per layer, read in place.
+#[allow(clippy::large_enum_variant)]
+enum Issuers {
+    One(Keys),
+    ByIss(HashMap<String, Keys>),
+}
+
+/// An accepted token issuer with its own keys, audience and algorithms, for a layer that
+/// accepts tokens of several providers ([`JwtRevocationBuilder::issuer`]). A token is matched
+/// to its issuer by its (not yet verified) `iss` claim first; only that issuer's keys are
+/// tried, under that issuer's validation, so one provider's key can never verify a token
+/// claiming to be from another.
+///
+/// Everything not set here (leeway, required claims, `nbf`) comes from the layer's
+/// [`validation`](JwtRevocationBuilder::validation).
+///
+/// [`JwtRevocationBuilder::issuer`]: crate::JwtRevocationBuilder::issuer
+/// [`JwtRevocationBuilder::validation`]: crate::JwtRevocationBuilder::validation
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    pub(crate) iss: String,
+    pub(crate) keys: KeySource,
+    pub(crate) audience: Option<Vec<String>>,
+    pub(crate) algorithms: Option<Vec<Algorithm>>,
+}
+
+impl Issuer {
+    /// Tokens whose `iss` is `iss`, verified with `keys`: a [`DecodingKey`], a [`KeySet`], or
+    /// (feature `jwks`) a [`Jwks`](crate::Jwks), whose discovered issuer must then be `iss`.
+    pub fn new(iss: impl Into<String>, keys: impl Into<KeySource>) -> Self {
+        Self {
+            iss: iss.into(),
+            keys: keys.into(),
+            audience: None,
+            algorithms: None,
+        }
+    }
+
+    /// The audiences this issuer's tokens must name one of in `aud` (instead of the layer
+    /// validation's).
+    #[must_use]
+    pub fn audience<I, T>(mut self, audience: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.audience = Some(audience.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The algorithms this issuer's tokens may use (instead of the layer validation's; for a
+    /// [`Jwks`](crate::Jwks) the default is every asymmetric algorithm).
+    #[must_use]
+    pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        self.algorithms = Some(algorithms.to_vec());
+        self
+    }
+}
+
+/// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list for keys from a
+/// [`Jwks`](crate::Jwks) when the validation was not set.
+pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Why [`Verifier::check`] did not return claims.
+pub(crate) enum Unverified {
+    /// Refused: 401.
+    Invalid(InvalidToken),
+    /// The key source holds no keys yet: 503, retryable.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    KeysUnavailable,
+    /// The key source is fetching a key set that may hold the token's key: wait, then check
+    /// again without waiting.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    Wait(KeyWait),
+}
+
+/// A wait for a key set being fetched.
+pub(crate) type KeyWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The token verifier the layer builds once from its configuration and uses for every request.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Keys,
+    issuers: Issuers,
     required_typ: Option<String>,
     missing_jti: MissingJti,
     max_lifetime: Option<u64>,
@@ -344,12 +543,12 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<&str> = match &self.keys {
-            Keys::Single(_) => Vec::new(),
-            Keys::ByKid(map) => map.keys().map(String::as_str).collect(),
+        let mut debug = f.debug_struct("Verifier");
+        match &self.issuers {
+            Issuers::One(keys) => debug.field("kids", &keys.kids()),
+            Issuers::ByIss(map) => debug.field("issuers", &map.keys().collect::<Vec<_>>()),
         };
-        f.debug_struct("Verifier")
-            .field("kids", &kids)
+        debug
             .field("required_typ", &self.required_typ)
             .field("missing_jti", &self.missing_jti)
             .field("max_lifetime", &self.max_lifetime)
@@ -360,11 +559,80 @@ impl std::fmt::Debug for Verifier {
 
 /// Where the verifier's keys come from.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum KeySource {
     /// One key for every token.
     Single(DecodingKey),
     /// A key chosen by the token header's `kid`.
     Set(KeySet),
+    /// Keys published by an identity provider, chosen by `kid`, refreshed in the background.
+    #[cfg(feature = "jwks")]
+    Jwks(crate::jwks::Jwks),
+}
+
+impl From<DecodingKey> for KeySource {
+    fn from(key: DecodingKey) -> Self {
+        KeySource::Single(key)
+    }
+}
+
+impl From<KeySet> for KeySource {
+    fn from(keys: KeySet) -> Self {
+        KeySource::Set(keys)
+    }
+}
+
+#[cfg(feature = "jwks")]
+impl From<crate::jwks::Jwks> for KeySource {
+    fn from(jwks: crate::jwks::Jwks) -> Self {
+        KeySource::Jwks(jwks)
+    }
+}
+
+impl KeySource {
+    /// The allow-list used when nobody set one: every asymmetric algorithm for a key source
+    /// whose keys are not known in advance (plus HMAC when it allows symmetric keys).
+    pub(crate) fn default_algorithms(&self) -> Option<Vec<Algorithm>> {
+        match self {
+            KeySource::Single(_) | KeySource::Set(_) => None,
+            #[cfg(feature = "jwks")]
+            KeySource::Jwks(jwks) => {
+                let mut algorithms = ASYMMETRIC_ALGORITHMS.to_vec();
+                if jwks.allows_symmetric_keys() {
+                    algorithms.extend([Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]);
+                }
+                Some(algorithms)
+            }
+        }
+    }
+
+    fn into_keys(self, validation: &Validation) -> Result<Keys, ConfigError> {
+        Ok(match self {
+            KeySource::Single(key) => Keys::Single(KeyedValidation::new(None, key, validation)?),
+            KeySource::Set(set) => {
+                if set.keys.is_empty() {
+                    return Err(ConfigError::EmptyKeySet);
+                }
+                let mut by_kid = HashMap::with_capacity(set.keys.len());
+                for (kid, key) in set.keys {
+                    let keyed = KeyedValidation::new(Some(&kid), key, validation)?;
+                    by_kid.insert(kid, keyed);
+                }
+                Keys::ByKid(by_kid)
+            }
+            #[cfg(feature = "jwks")]
+            KeySource::Jwks(jwks) => {
+                // No key is known yet to probe the crypto provider with; any key will do.
+                if !crypto_works(&DecodingKey::from_secret(b"probe"), Algorithm::HS256) {
+                    return Err(ConfigError::NoCryptoProvider);
+                }
+                Keys::Jwks(std::sync::Arc::new(crate::jwks::verify::JwksKeys::new(
+                    jwks,
+                    validation.clone(),
+                )))
+            }
+        })
+    }
 }
 
 impl Verifier {
@@ -384,28 +652,80 @@ impl Verifier {
         if validation.algorithms.is_empty() {
             return Err(ConfigError::NoAlgorithms);
         }
+        Self::with_issuers(
+            Issuers::One(keys.into_keys(validation)?),
+            required_typ,
+            missing_jti,
+            max_lifetime,
+        )
+    }
+
+    /// A verifier for several issuers, each with its validation: `base` with the issuer's
+    /// `iss`, and its audience and algorithms where it sets them. With one issuer this is
+    /// [`new`](Self::new) with `iss` required.
+    pub fn for_issuers(
+        issuers: Vec<Issuer>,
+        base: &Validation,
+        required_typ: Option<String>,
+        missing_jti: MissingJti,
+        max_lifetime: Option<Duration>,
+    ) -> Result<Self, ConfigError> {
+        install_crypto_provider();
+        let count = issuers.len();
+        let mut by_iss = HashMap::with_capacity(count);
+        for issuer in issuers {
+            #[cfg(feature = "jwks")]
+            if let KeySource::Jwks(jwks) = &issuer.keys
+                && let Some(discovered) = jwks.issuer()
+                && discovered != issuer.iss
+            {
+                return Err(ConfigError::IssuerMismatch {
+                    configured: issuer.iss,
+                    discovered: discovered.to_owned(),
+                });
+            }
+            let mut validation = base.clone();
+            validation.set_issuer(&[&issuer.iss]);
+            if let Some(audience) = &issuer.audience {
+                validation.set_audience(audience);
+            }
+            if let Some(algorithms) = issuer
+                .algorithms
+                .clone()
+                .or_else(|| issuer.keys.default_algorithms())
+            {
+                validation.algorithms = algorithms;
+            }
+            if validation.algorithms.is_empty() {
+                return Err(ConfigError::NoAlgorithms);
+            }
+            let keys = issuer.keys.into_keys(&validation)?;
+            if by_iss.insert(issuer.iss.clone(), keys).is_some() {
+                return Err(ConfigError::DuplicateIssuer(issuer.iss));
+            }
+        }
+        let issuers = match by_iss.len() {
+            0 => return Err(ConfigError::NoKey),
+            1 => Issuers::One(by_iss.into_values().next().ok_or(ConfigError::NoKey)?),
+            _ => Issuers::ByIss(by_iss),
+        };
+        Self::with_issuers(issuers, required_typ, missing_jti, max_lifetime)
+    }
+
+    fn with_issuers(
+        issuers: Issuers,
+        required_typ: Option<String>,
+        missing_jti: MissingJti,
+        max_lifetime: Option<Duration>,
+    ) -> Result<Self, ConfigError> {
         if required_typ
             .as_deref()
             .is_some_and(|t| normalize_typ(t).is_empty())
         {
             return Err(ConfigError::EmptyTyp);
         }
-        let keys = match keys {
-            KeySource::Single(key) => Keys::Single(KeyedValidation::new(None, key, validation)?),
-            KeySource::Set(set) => {
-                if set.keys.is_empty() {
-                    return Err(ConfigError::EmptyKeySet);
-                }
-                let mut by_kid = HashMap::with_capacity(set.keys.len());
-                for (kid, key) in set.keys {
-                    let keyed = KeyedValidation::new(Some(&kid), key, validation)?;
-                    by_kid.insert(kid, keyed);
-                }
-                Keys::ByKid(by_kid)
-            }
-        };
         Ok(Self {
-            keys,
+            issuers,
             required_typ,
             missing_jti,
             max_lifetime: max_lifetime.map(|d| d.as_secs()),
@@ -423,19 +743,56 @@ impl Verifier {
         self
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims. A token naming a key a [`Jwks`](crate::Jwks)
+    /// does not hold is refused here ([`InvalidToken::UnknownKey`]); the layer instead asks the
+    /// key source to fetch and waits for it.
     pub fn verify<C: DeserializeOwned>(&self, token: &str) -> Result<Claims<C>, InvalidToken> {
-        let keyed = match &self.keys {
-            Keys::Single(keyed) => keyed,
-            Keys::ByKid(map) => {
-                let header = jsonwebtoken::decode_header(token).map_err(|e| InvalidToken::from_jwt(&e))?;
-                header
-                    .kid
-                    .as_deref()
-                    .and_then(|kid| map.get(kid))
-                    .ok_or(InvalidToken::UnknownKey)?
-            }
+        self.check(token, false).map_err(|unverified| match unverified {
+            Unverified::Invalid(invalid) => invalid,
+            Unverified::KeysUnavailable | Unverified::Wait(_) => InvalidToken::UnknownKey,
+        })
+    }
+
+    /// Verifies `token`; with `may_fetch`, a token naming a key the key source may learn by
+    /// fetching gets a wait for that fetch instead of a refusal.
+    pub(crate) fn check<C: DeserializeOwned>(
+        &self,
+        token: &str,
+        may_fetch: bool,
+    ) -> Result<Claims<C>, Unverified> {
+        let keys = match &self.issuers {
+            Issuers::One(keys) => keys,
+            Issuers::ByIss(map) => unverified_issuer(token)
+                .and_then(|iss| map.get(iss.as_str()))
+                .ok_or(Unverified::Invalid(InvalidToken::Issuer))?,
         };
+        match keys.with_key(token, |keyed| self.verify_with(token, keyed)) {
+            Ok(verified) => verified.map_err(Unverified::Invalid),
+            Err(KeyMiss::Invalid(invalid)) => Err(Unverified::Invalid(invalid)),
+            #[cfg(feature = "jwks")]
+            Err(KeyMiss::Fetch { jwks, has_keys }) => {
+                if may_fetch && let Some(wait) = jwks.request_fetch() {
+                    return Err(Unverified::Wait(wait));
+                }
+                Err(if has_keys {
+                    Unverified::Invalid(InvalidToken::UnknownKey)
+                } else {
+                    Unverified::KeysUnavailable
+                })
+            }
+            #[cfg(not(feature = "jwks"))]
+            Err(KeyMiss::Never(_)) => {
+                let _ = may_fetch;
+                Err(Unverified::Invalid(InvalidToken::UnknownKey))
+            }
+        }
+    }
+
+    fn verify_with<C: DeserializeOwned>(
+        &self,
+        token: &str,
+        keyed: &KeyedValidation,
+    ) -> Result<Claims<C>, InvalidToken> {
         let data = jsonwebtoken::decode::<Claims<C>>(token, &keyed.key, &keyed.validation)
             .map_err(|e| InvalidToken::from_jwt(&e))?;
         if let Some(required) = &self.required_typ {
@@ -471,6 +828,21 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// The `iss` of a token's payload, read before verification only to choose the issuer whose
+/// keys and validation then verify it. `None` for a token that is not a JWT or has no string
+/// `iss`.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let mut parts = token.splitn(3, '.');
+    let (_, payload) = (parts.next()?, parts.next()?);
+    let decoded = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let iss: Iss = serde_json::from_slice(&decoded).ok()?;
+    iss.iss
 }
 
 /// RFC 8725 §3.11 / RFC 7515 §4.1.9: `typ` values are media types, compared case-insensitively,

@@ -2,9 +2,10 @@
 //!
 //! A small `pin-project-lite` state machine, as tower-http writes its futures: `Inner` (the
 //! request was decided in `call` and is now the inner service's), `Checking` (waiting for the
-//! backend's slow path, holding the request, its claims and the ready inner service), or
-//! `Rejected` (a response built in `call`). Deciding on a fast-path answer allocates nothing
-//! here and awaits nothing.
+//! backend's slow path, holding the request, its claims and the ready inner service),
+//! `AwaitingKeys` (the token named a key the identity provider's set lacks, and a fetch of the
+//! set is in flight: verify again when it ends), or `Rejected` (a response built in `call`).
+//! Deciding on a fast-path answer allocates nothing here and awaits nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,16 +16,29 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use serde::de::DeserializeOwned;
+
 use crate::backend::RevocationBackend;
+use crate::bearer::request_token;
 use crate::decision::Shared;
-use crate::decode::Claims;
-use crate::reject::Reject;
+use crate::decode::{Claims, KeyWait, Unverified};
+use crate::reject::{Reject, Rejection};
+use crate::scope::ClaimsCheck;
 
 /// What a request waiting on the backend's slow path carries until the answer comes.
 pub(crate) struct Pending<Inner, ReqBody, C> {
     pub(crate) inner: Inner,
     pub(crate) request: Request<ReqBody>,
     pub(crate) claims: Claims<C>,
+    /// The claims lack a required scope: a 403 if the token is not revoked.
+    pub(crate) denied: bool,
+}
+
+/// What a request waiting for the key set carries until the fetch ends.
+pub(crate) struct KeyPending<Inner, ReqBody, C> {
+    pub(crate) inner: Inner,
+    pub(crate) request: Request<ReqBody>,
+    pub(crate) check: Option<ClaimsCheck<C>>,
 }
 
 pin_project! {
@@ -54,6 +68,11 @@ pin_project! {
             #[pin]
             check: S::Future,
             pending: Option<Pending<Inner, ReqBody, C>>,
+            shared: Arc<Shared<S, R>>,
+        },
+        AwaitingKeys {
+            wait: KeyWait,
+            unverified: Option<KeyPending<Inner, ReqBody, C>>,
             shared: Arc<Shared<S, R>>,
         },
         Rejected {
@@ -87,6 +106,20 @@ where
         }
     }
 
+    pub(crate) fn awaiting_keys(
+        wait: KeyWait,
+        unverified: KeyPending<Inner, ReqBody, C>,
+        shared: Arc<Shared<S, R>>,
+    ) -> Self {
+        Self {
+            state: State::AwaitingKeys {
+                wait,
+                unverified: Some(unverified),
+                shared,
+            },
+        }
+    }
+
     pub(crate) fn rejected(response: Inner::Response) -> Self {
         Self {
             state: State::Rejected {
@@ -100,7 +133,7 @@ impl<Inner, ReqBody, ResBody, S, C, R> Future for ResponseFuture<Inner, ReqBody,
 where
     Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S: RevocationBackend,
-    C: Clone + Send + Sync + 'static,
+    C: DeserializeOwned + Clone + Send + Sync + 'static,
     R: Reject<ResBody>,
     ResBody: Default,
 {
@@ -127,8 +160,9 @@ where
                         mut inner,
                         mut request,
                         claims,
+                        denied,
                     } = pending.take().expect("ResponseFuture polled after completion");
-                    match shared.decide_slow(answer) {
+                    match shared.decide_slow(answer, denied) {
                         Ok(()) => {
                             request.extensions_mut().insert(claims);
                             let future = inner.call(request);
@@ -136,6 +170,67 @@ where
                         }
                         Err(rejection) => {
                             return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
+                        }
+                    }
+                }
+                StateProj::AwaitingKeys {
+                    wait,
+                    unverified,
+                    shared,
+                } => {
+                    ready!(wait.as_mut().poll(cx));
+                    let KeyPending {
+                        mut inner,
+                        mut request,
+                        check,
+                    } = unverified.take().expect("ResponseFuture polled after completion");
+                    let shared = Arc::clone(shared);
+                    // The token was read from these headers in `call`; read again, it is the same.
+                    let verified = match request_token(
+                        request.headers(),
+                        shared.cookie.as_deref(),
+                        shared.max_token_len,
+                    ) {
+                        Ok(Some(token)) => shared.verifier.check::<C>(token, false),
+                        _ => Err(Unverified::Invalid(crate::InvalidToken::Malformed)),
+                    };
+                    let claims = match verified {
+                        Ok(claims) => claims,
+                        Err(unverified) => {
+                            let rejection = match unverified {
+                                Unverified::Invalid(invalid) => Rejection::Invalid(invalid),
+                                Unverified::KeysUnavailable | Unverified::Wait(_) => {
+                                    Rejection::KeysUnavailable
+                                }
+                            };
+                            return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
+                        }
+                    };
+                    let denied = shared.denies(&claims, check.as_ref());
+                    match shared.backend.try_check(&claims.facts()) {
+                        Some(answer) => match shared.decide(answer, denied) {
+                            Ok(()) => {
+                                request.extensions_mut().insert(claims);
+                                let future = inner.call(request);
+                                state.set(State::Inner { future });
+                            }
+                            Err(rejection) => {
+                                return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
+                            }
+                        },
+                        None => {
+                            shared.count_slow_check();
+                            let check = shared.backend.check(&claims.facts());
+                            state.set(State::Checking {
+                                check,
+                                pending: Some(Pending {
+                                    inner,
+                                    request,
+                                    claims,
+                                    denied,
+                                }),
+                                shared,
+                            });
                         }
                     }
                 }

@@ -17,8 +17,9 @@ use crate::backend::RevocationBackend;
 use crate::bearer::DEFAULT_MAX_TOKEN_LEN;
 use crate::config::ConfigError;
 use crate::decision::{Counters, FailurePolicy, Metrics, Shared, SkipPaths};
-use crate::decode::{DefaultClaims, KeySet, KeySource, MissingJti, Verifier};
+use crate::decode::{Claims, DefaultClaims, Issuer, KeySet, KeySource, MissingJti, Verifier};
 use crate::reject::{DefaultReject, RejectSettings};
+use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::service::JwtRevocation;
 
 /// A Tower layer that validates the bearer JWT of every request and refuses revoked tokens.
@@ -41,6 +42,7 @@ use crate::service::JwtRevocation;
 /// ```
 pub struct JwtRevocationLayer<S, C = DefaultClaims, R = DefaultReject> {
     shared: Arc<Shared<S, R>>,
+    check: Option<ClaimsCheck<C>>,
     _claims: PhantomData<fn() -> C>,
 }
 
@@ -48,6 +50,7 @@ impl<S, C, R> Clone for JwtRevocationLayer<S, C, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            check: self.check.clone(),
             _claims: PhantomData,
         }
     }
@@ -85,7 +88,7 @@ impl<Inner, S, C, R> Layer<Inner> for JwtRevocationLayer<S, C, R> {
     type Service = JwtRevocation<Inner, S, C, R>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
-        JwtRevocation::new(inner, Arc::clone(&self.shared))
+        JwtRevocation::new(inner, Arc::clone(&self.shared), self.check.clone())
     }
 }
 
@@ -96,13 +99,20 @@ pub struct JwtRevocationBuilder<S, C = DefaultClaims, R = DefaultReject> {
     backend: S,
     config: Config,
     reject: R,
+    check: Option<ClaimsCheck<C>>,
     _claims: PhantomData<fn() -> C>,
 }
 
 /// The builder's settings that do not depend on its type parameters.
 struct Config {
     keys: Option<KeySource>,
+    issuers: Vec<Issuer>,
     validation: Validation,
+    /// The application set the validation (its algorithms are then used as they are).
+    validation_set: bool,
+    scopes: Vec<String>,
+    /// A predicate was set and then dropped by `claims::<C2>()`.
+    check_dropped: bool,
     required_typ: Option<String>,
     max_lifetime: Option<Duration>,
     iat_leeway: Option<Duration>,
@@ -126,7 +136,11 @@ impl<S> JwtRevocationBuilder<S> {
             backend,
             config: Config {
                 keys: None,
+                issuers: Vec::new(),
                 validation,
+                validation_set: false,
+                scopes: Vec::new(),
+                check_dropped: false,
                 required_typ: None,
                 max_lifetime: None,
                 iat_leeway: None,
@@ -139,6 +153,7 @@ impl<S> JwtRevocationBuilder<S> {
                 settings: RejectSettings::default(),
             },
             reject: DefaultReject,
+            check: None,
             _claims: PhantomData,
         }
     }
@@ -158,11 +173,53 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         self
     }
 
+    /// Verifies each token with the key its header's `kid` names among those an identity
+    /// provider publishes (feature `jwks`); a token without `kid` is verified when exactly one
+    /// key fits its `alg`. A key source found by discovery also requires `iss` to be its
+    /// issuer. Unless [`validation`](Self::validation) is set, the allow-list is every
+    /// asymmetric algorithm (see [`ASYMMETRIC_ALGORITHMS`](crate::decode::ASYMMETRIC_ALGORITHMS)).
+    #[cfg(feature = "jwks")]
+    pub fn jwks(mut self, jwks: crate::jwks::Jwks) -> Self {
+        self.config.keys = Some(KeySource::Jwks(jwks));
+        self
+    }
+
+    /// Accepts tokens of `issuer` (call once per issuer): each token is matched to its issuer by
+    /// `iss` before any key is tried, and verified with that issuer's keys, audience and
+    /// algorithms. Exclusive with [`decoding_key`](Self::decoding_key),
+    /// [`key_set`](Self::key_set) and `jwks`.
+    pub fn issuer(mut self, issuer: Issuer) -> Self {
+        self.config.issuers.push(issuer);
+        self
+    }
+
     /// The `jsonwebtoken` validation: algorithm allow-list, `iss`, `aud`, leeway, required
     /// claims. The default is `Validation::default()` (HS256, `exp` required, 60 s leeway) with
-    /// `nbf` checking switched on.
+    /// `nbf` checking switched on; with keys from a `Jwks`, every asymmetric algorithm instead
+    /// of HS256.
     pub fn validation(mut self, validation: Validation) -> Self {
         self.config.validation = validation;
+        self.config.validation_set = true;
+        self
+    }
+
+    /// Requires every token to grant all of `scopes` (in `scope` or `scp`), checked after the
+    /// token verified and was found not revoked: 403 `insufficient_scope` naming them
+    /// otherwise. For scopes per route, use [`RequireScopes`](crate::RequireScopes).
+    pub fn require_scopes<I, T>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.config.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Requires `predicate` to hold for every token's verified claims, checked after the
+    /// revocation check: 403 `insufficient_scope` otherwise. Set the claims type first
+    /// ([`claims`](Self::claims)).
+    pub fn require(mut self, predicate: impl Fn(&Claims<C>) -> bool + Send + Sync + 'static) -> Self {
+        self.check = Some(Arc::new(predicate));
         self
     }
 
@@ -264,10 +321,13 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// Deserializes the application's own claims into `C2` (the registered ones stay typed
     /// fields of [`Claims`](crate::Claims)).
     pub fn claims<C2>(self) -> JwtRevocationBuilder<S, C2, R> {
+        let mut config = self.config;
+        config.check_dropped |= self.check.is_some();
         JwtRevocationBuilder {
             backend: self.backend,
-            config: self.config,
+            config,
             reject: self.reject,
+            check: None,
             _claims: PhantomData,
         }
     }
@@ -279,14 +339,21 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
             backend: self.backend,
             config: self.config,
             reject,
+            check: self.check,
             _claims: PhantomData,
         }
     }
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<JwtRevocationLayer<S, C, R>, ConfigError> {
-        let config = self.config;
-        let keys = config.keys.ok_or(ConfigError::NoKey)?;
+        let mut config = self.config;
+        if config.check_dropped {
+            return Err(ConfigError::PredicateBeforeClaims);
+        }
+        let scopes = RequiredScopes::new(std::mem::take(&mut config.scopes))?;
+        if !scopes.is_empty() {
+            config.settings.scope = Some(scopes.challenge());
+        }
         if let Some(realm) = &config.settings.realm
             && !realm
                 .bytes()
@@ -305,13 +372,57 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         }) {
             return Err(ConfigError::InvalidCookieName);
         }
-        let mut verifier = Verifier::new(
-            keys,
-            &config.validation,
-            config.required_typ,
-            config.missing_jti,
-            config.max_lifetime,
-        )?;
+        let mut validation = config.validation;
+        let mut verifier = match (config.keys, config.issuers) {
+            (Some(_), issuers) if !issuers.is_empty() => return Err(ConfigError::KeysAndIssuers),
+            (None, issuers) if issuers.is_empty() => return Err(ConfigError::NoKey),
+            (Some(keys), _) => {
+                if !config.validation_set
+                    && let Some(algorithms) = keys.default_algorithms()
+                {
+                    validation.algorithms = algorithms;
+                }
+                #[cfg(feature = "jwks")]
+                if let KeySource::Jwks(jwks) = &keys
+                    && let Some(discovered) = jwks.issuer()
+                {
+                    match &validation.iss {
+                        None => validation.set_issuer(&[discovered]),
+                        Some(accepted) if accepted.contains(discovered) => {}
+                        Some(accepted) => {
+                            return Err(ConfigError::IssuerMismatch {
+                                configured: accepted.iter().cloned().collect::<Vec<_>>().join(" "),
+                                discovered: discovered.to_owned(),
+                            });
+                        }
+                    }
+                }
+                Verifier::new(
+                    keys,
+                    &validation,
+                    config.required_typ,
+                    config.missing_jti,
+                    config.max_lifetime,
+                )?
+            }
+            (None, mut issuers) => {
+                if config.validation_set {
+                    // An allow-list the application set applies to every issuer that sets none.
+                    for issuer in &mut issuers {
+                        issuer
+                            .algorithms
+                            .get_or_insert_with(|| validation.algorithms.clone());
+                    }
+                }
+                Verifier::for_issuers(
+                    issuers,
+                    &validation,
+                    config.required_typ,
+                    config.missing_jti,
+                    config.max_lifetime,
+                )?
+            }
+        };
         if let Some(leeway) = config.iat_leeway {
             verifier = verifier.with_iat_leeway(leeway);
         }
@@ -325,9 +436,11 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 cookie: config.cookie,
                 max_token_len: config.max_token_len,
                 settings: config.settings,
+                scopes: (!scopes.is_empty()).then_some(scopes),
                 reject: self.reject,
                 counters: Counters::default(),
             }),
+            check: self.check,
             _claims: PhantomData,
         })
     }

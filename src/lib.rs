@@ -51,9 +51,12 @@ pub mod decode;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod future;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 mod layer;
 pub mod purge;
 pub mod reject;
+pub mod scope;
 mod service;
 pub mod session;
 pub mod telemetry;
@@ -69,13 +72,16 @@ pub use backend::{
 };
 pub use config::ConfigError;
 pub use decision::{FailurePolicy, Metrics};
-pub use decode::{Claims, DefaultClaims, InvalidToken, KeySet, MissingJti};
+pub use decode::{Claims, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti, Scopes};
 pub use future::ResponseFuture;
+#[cfg(feature = "jwks")]
+pub use jwks::{Jwks, JwksBuilder, JwksError, JwksStats};
 pub use layer::{JwtRevocationBuilder, JwtRevocationLayer};
 pub use purge::Purge;
 #[cfg(feature = "tokio")]
 pub use purge::{Purger, spawn_purger};
 pub use reject::{DefaultReject, Reject, Rejection};
+pub use scope::RequireScopes;
 pub use service::JwtRevocation;
 
 /// The `jsonwebtoken` this crate is built with, for keys and `Validation` of the same version.

@@ -36,6 +36,13 @@ pub enum Rejection {
     /// The revocation store could not answer and the policy is
     /// [`FailurePolicy::Closed`](crate::FailurePolicy::Closed): 503 with `Retry-After`.
     Unavailable,
+    /// The token is valid and not revoked but lacks a required scope, or the claims predicate
+    /// refused it: 403 `insufficient_scope` (RFC 6750 §3.1) with the required `scope`; gRPC
+    /// PERMISSION_DENIED.
+    InsufficientScope,
+    /// The identity provider's keys have not been fetched yet (or not since start-up): 503 with
+    /// `Retry-After`; gRPC UNAVAILABLE.
+    KeysUnavailable,
 }
 
 impl Rejection {
@@ -43,7 +50,8 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
-            Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Unavailable | Rejection::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::InsufficientScope => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -51,8 +59,9 @@ impl Rejection {
     /// The RFC 6750 error code, if the case has one.
     pub fn error_code(&self) -> Option<&'static str> {
         match self {
-            Rejection::MissingToken | Rejection::Unavailable => None,
+            Rejection::MissingToken | Rejection::Unavailable | Rejection::KeysUnavailable => None,
             Rejection::Malformed(_) => Some("invalid_request"),
+            Rejection::InsufficientScope => Some("insufficient_scope"),
             Rejection::Invalid(_) | Rejection::Revoked(_) => Some("invalid_token"),
         }
     }
@@ -69,15 +78,24 @@ impl Rejection {
             Rejection::Invalid(invalid) => invalid.description(),
             Rejection::Revoked(_) => "token revoked",
             Rejection::Unavailable => "authorization temporarily unavailable",
+            Rejection::InsufficientScope => "insufficient scope",
+            Rejection::KeysUnavailable => "signing keys not available yet",
         }
     }
 
-    /// The gRPC status code: 16 UNAUTHENTICATED, or 14 UNAVAILABLE for a store outage.
+    /// The gRPC status code: 16 UNAUTHENTICATED, 14 UNAVAILABLE for a store outage or keys
+    /// not fetched yet, 7 PERMISSION_DENIED for a missing scope.
     pub fn grpc_status(&self) -> u16 {
         match self {
-            Rejection::Unavailable => 14,
+            Rejection::Unavailable | Rejection::KeysUnavailable => 14,
+            Rejection::InsufficientScope => 7,
             _ => 16,
         }
+    }
+
+    /// Whether this is a 503 a client should retry (after `Retry-After`).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Rejection::Unavailable | Rejection::KeysUnavailable)
     }
 
     /// A small JSON rendering, `{"error": ..., "error_description": ...}`, for hooks that want
@@ -85,7 +103,7 @@ impl Rejection {
     /// `temporarily_unavailable` for an outage.
     pub fn json_body(&self) -> String {
         let error = self.error_code().unwrap_or(match self {
-            Rejection::Unavailable => "temporarily_unavailable",
+            Rejection::Unavailable | Rejection::KeysUnavailable => "temporarily_unavailable",
             _ => "unauthorized",
         });
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
@@ -93,10 +111,15 @@ impl Rejection {
 
     /// The `WWW-Authenticate` challenge, or `None` for an outage (RFC 6750 has no code for it).
     pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
-        if *self == Rejection::Unavailable {
+        self.challenge(realm, None)
+    }
+
+    /// The challenge with the `scope` a 403 names (RFC 6750 §3: the scope needed).
+    fn challenge(&self, realm: Option<&str>, scope: Option<&str>) -> Option<HeaderValue> {
+        if self.is_retryable() {
             return None;
         }
-        let mut params = Vec::with_capacity(3);
+        let mut params = Vec::with_capacity(4);
         if let Some(realm) = realm {
             params.push(format!("realm=\"{realm}\""));
         }
@@ -104,13 +127,18 @@ impl Rejection {
             params.push(format!("error=\"{code}\""));
             params.push(format!("error_description=\"{}\"", self.description()));
         }
+        if *self == Rejection::InsufficientScope
+            && let Some(scope) = scope
+        {
+            params.push(format!("scope=\"{scope}\""));
+        }
         let value = if params.is_empty() {
             "Bearer".to_owned()
         } else {
             format!("Bearer {}", params.join(", "))
         };
-        // Descriptions are fixed ASCII and realms are checked when the layer is built, so the
-        // value is always a valid header; `ok()` is the fallback that cannot be taken.
+        // Descriptions are fixed ASCII, and realms and scopes are checked when the layer is
+        // built, so the value is always a valid header; `ok()` is the fallback never taken.
         HeaderValue::from_str(&value).ok()
     }
 
@@ -133,10 +161,10 @@ impl Rejection {
         }
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        if let Some(challenge) = self.www_authenticate(settings.realm.as_deref()) {
+        if let Some(challenge) = self.challenge(settings.realm.as_deref(), settings.scope.as_deref()) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
-        if *self == Rejection::Unavailable {
+        if self.is_retryable() {
             headers.insert(
                 RETRY_AFTER,
                 HeaderValue::from(settings.retry_after.as_secs().max(1)),
@@ -153,6 +181,8 @@ pub struct RejectSettings {
     pub realm: Option<String>,
     /// The `Retry-After` of a 503.
     pub retry_after: Duration,
+    /// The `scope` a 403 names: the required scopes, space-separated.
+    pub scope: Option<String>,
 }
 
 impl Default for RejectSettings {
@@ -160,6 +190,7 @@ impl Default for RejectSettings {
         Self {
             realm: None,
             retry_after: Duration::from_secs(5),
+            scope: None,
         }
     }
 }
@@ -270,6 +301,29 @@ mod tests {
     }
 
     #[test]
+    fn insufficient_scope_is_a_403_naming_the_scope() {
+        let settings = RejectSettings {
+            realm: Some("api".into()),
+            scope: Some("revocations:admin read".into()),
+            ..RejectSettings::default()
+        };
+        let res: Response<()> = Rejection::InsufficientScope.to_response(&HeaderMap::new(), &settings);
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="insufficient_scope", error_description="insufficient scope", scope="revocations:admin read""#
+        );
+        let mut grpc = HeaderMap::new();
+        grpc.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let denied: Response<()> = Rejection::InsufficientScope.to_response(&grpc, &settings);
+        assert_eq!(denied.headers()["grpc-status"], "7");
+        let keys: Response<()> = Rejection::KeysUnavailable.to_response(&HeaderMap::new(), &settings);
+        assert_eq!(keys.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(keys.headers()[RETRY_AFTER], "5");
+        assert!(keys.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
     fn grpc_message_is_percent_encoded() {
         assert_eq!(percent_encode("a b%c\u{e9}"), "a b%25c%C3%A9");
     }
@@ -277,8 +331,8 @@ mod tests {
     #[test]
     fn outage_sets_retry_after() {
         let settings = RejectSettings {
-            realm: None,
             retry_after: Duration::from_secs(7),
+            ..RejectSettings::default()
         };
         let res: Response<()> = Rejection::Unavailable.to_response(&HeaderMap::new(), &settings);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

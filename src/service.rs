@@ -1,7 +1,8 @@
 //! [`JwtRevocation`]: the service the layer wraps around an inner service.
 //!
 //! This module owns the order of the request path: bearer syntax, then signature and time
-//! claims, then revocation, so a malformed, forged or expired token never costs a store lookup.
+//! claims, then revocation, then scopes, so a malformed, forged or expired token never costs a
+//! store lookup and a revoked one is a 401 even where it also lacks a scope.
 //! A backend that answers on its fast path ([`RevocationBackend::try_check`]) lets the request go
 //! straight to the inner service inside `call`; only a backend that must wait gets a
 //! [`ResponseFuture`] in its checking state, and only then is the inner service moved into the
@@ -19,9 +20,10 @@ use tower::Service;
 use crate::backend::RevocationBackend;
 use crate::bearer::request_token;
 use crate::decision::{Shared, Unauthenticated};
-use crate::decode::{Claims, DefaultClaims};
-use crate::future::{Pending, ResponseFuture};
+use crate::decode::{Claims, DefaultClaims, Unverified};
+use crate::future::{KeyPending, Pending, ResponseFuture};
 use crate::reject::{DefaultReject, Reject, Rejection};
+use crate::scope::ClaimsCheck;
 
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
 ///
@@ -31,16 +33,28 @@ use crate::reject::{DefaultReject, Reject, Rejection};
 pub struct JwtRevocation<Inner, S, C = DefaultClaims, R = DefaultReject> {
     inner: Inner,
     shared: Arc<Shared<S, R>>,
+    check: Option<ClaimsCheck<C>>,
     _claims: PhantomData<fn() -> C>,
 }
 
 impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
-    pub(crate) fn new(inner: Inner, shared: Arc<Shared<S, R>>) -> Self {
+    pub(crate) fn new(inner: Inner, shared: Arc<Shared<S, R>>, check: Option<ClaimsCheck<C>>) -> Self {
         Self {
             inner,
             shared,
+            check,
             _claims: PhantomData,
         }
+    }
+
+    /// The inner service made ready by `poll_ready`, for a future to call later; a fresh clone
+    /// stays here for the next `poll_ready` (see tower's docs on cloning services in `call`).
+    fn take_ready(&mut self) -> Inner
+    where
+        Inner: Clone,
+    {
+        let fresh = self.inner.clone();
+        mem::replace(&mut self.inner, fresh)
     }
 
     /// The wrapped service.
@@ -51,7 +65,7 @@ impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
 
 impl<Inner: Clone, S, C, R> Clone for JwtRevocation<Inner, S, C, R> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), Arc::clone(&self.shared))
+        Self::new(self.inner.clone(), Arc::clone(&self.shared), self.check.clone())
     }
 }
 
@@ -95,12 +109,22 @@ where
             Ok(None) => return self.rejected(Rejection::MissingToken, &request),
             Err(malformed) => return self.rejected(Rejection::Malformed(malformed), &request),
         };
-        let claims: Claims<C> = match shared.verifier.verify(token) {
+        let claims: Claims<C> = match shared.verifier.check(token, true) {
             Ok(claims) => claims,
-            Err(invalid) => return self.rejected(Rejection::Invalid(invalid), &request),
+            Err(Unverified::Invalid(invalid)) => return self.rejected(Rejection::Invalid(invalid), &request),
+            Err(Unverified::KeysUnavailable) => return self.rejected(Rejection::KeysUnavailable, &request),
+            Err(Unverified::Wait(wait)) => {
+                let pending = KeyPending {
+                    inner: self.take_ready(),
+                    request,
+                    check: self.check.clone(),
+                };
+                return ResponseFuture::awaiting_keys(wait, pending, Arc::clone(&self.shared));
+            }
         };
+        let denied = shared.denies(&claims, self.check.as_ref());
         match shared.backend.try_check(&claims.facts()) {
-            Some(answer) => match shared.decide(answer) {
+            Some(answer) => match shared.decide(answer, denied) {
                 Ok(()) => {
                     request.extensions_mut().insert(claims);
                     ResponseFuture::inner(self.inner.call(request))
@@ -110,17 +134,13 @@ where
             None => {
                 shared.count_slow_check();
                 let check = shared.backend.check(&claims.facts());
-                // The inner service was made ready by `poll_ready`; that instance goes into the
-                // future and a fresh clone stays here for the next `poll_ready` (see tower's
-                // docs on cloning services in `call`).
-                let fresh = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, fresh);
                 ResponseFuture::checking(
                     check,
                     Pending {
-                        inner: ready,
+                        inner: self.take_ready(),
                         request,
                         claims,
+                        denied,
                     },
                     Arc::clone(&self.shared),
                 )

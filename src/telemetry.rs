@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 /// Requests decided by the layer, by `outcome`: `authorized`, `anonymous`, `skipped`,
 /// `missing_token`, `malformed`, `invalid_token`, `revoked`, `unavailable` (503 under
-/// `FailurePolicy::Closed`), `fail_open` (let through under `FailurePolicy::Open`).
+/// `FailurePolicy::Closed`), `fail_open` (let through under `FailurePolicy::Open`),
+/// `insufficient_scope` (403), `keys_unavailable` (503 before a key set was fetched).
 pub const REQUESTS: &str = "jwt_revocation_requests_total";
 /// Checks the backend could not answer (the failure policy decided).
 pub const STORE_ERRORS: &str = "jwt_revocation_store_errors_total";
@@ -53,8 +54,19 @@ pub const FEED_LAST_SYNC: &str = "jwt_revocation_feed_last_sync_timestamp_second
 /// Propagation lag of each event applied: applied time minus its `revoked_at` (histogram).
 pub const FEED_LAG: &str = "jwt_revocation_feed_lag_seconds";
 
+/// Key-set fetches of a `Jwks`, by `outcome` (`success`, `failure`) and `source` (the issuer or
+/// JWKS URL).
+pub const JWKS_FETCHES: &str = "jwt_revocation_jwks_fetches_total";
+/// Key-set fetches started because a token named an unknown `kid`, by `source`.
+pub const JWKS_UNKNOWN_KID_FETCHES: &str = "jwt_revocation_jwks_unknown_kid_fetches_total";
+/// Keys in a `Jwks`'s current set, by `source` (gauge).
+pub const JWKS_KEYS: &str = "jwt_revocation_jwks_keys";
+/// Unix time of a `Jwks`'s last successful fetch, by `source` (gauge): the set's age is
+/// `time() - this`.
+pub const JWKS_LAST_SUCCESS: &str = "jwt_revocation_jwks_last_success_timestamp_seconds";
+
 /// Every metric this crate publishes.
-pub const NAMES: [&str; 17] = [
+pub const NAMES: [&str; 21] = [
     REQUESTS,
     STORE_ERRORS,
     SLOW_CHECKS,
@@ -72,6 +84,10 @@ pub const NAMES: [&str; 17] = [
     FEED_IN_SYNC,
     FEED_LAST_SYNC,
     FEED_LAG,
+    JWKS_FETCHES,
+    JWKS_UNKNOWN_KID_FETCHES,
+    JWKS_KEYS,
+    JWKS_LAST_SUCCESS,
 ];
 
 /// How long checks must have stopped failing before an outage is logged as ended: a partial
@@ -97,6 +113,26 @@ impl Count {
         }
     }
 
+    /// A counter with a `source` label of runtime value besides the static `labels`.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) fn labeled(
+        name: &'static str,
+        labels: &'static [(&'static str, &'static str)],
+        source: &str,
+    ) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (name, labels, source);
+        Self {
+            value: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            published: {
+                let mut all: Vec<metrics::Label> = labels.iter().map(metrics::Label::from).collect();
+                all.push(metrics::Label::new("source", source.to_owned()));
+                metrics::counter!(name, all)
+            },
+        }
+    }
+
     #[inline]
     pub(crate) fn bump(&self) {
         // Statistics, not synchronisation: relaxed is enough.
@@ -111,20 +147,32 @@ impl Count {
 }
 
 /// A gauge, published only (the crate reads its source directly).
-#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "moka", feature = "jwks")), allow(dead_code))]
 pub(crate) struct Level {
     #[cfg(feature = "metrics")]
     published: metrics::Gauge,
 }
 
-#[cfg_attr(not(feature = "moka"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "moka", feature = "jwks")), allow(dead_code))]
 impl Level {
+    #[cfg_attr(not(feature = "moka"), allow(dead_code))]
     pub(crate) fn new(name: &'static str) -> Self {
         #[cfg(not(feature = "metrics"))]
         let _ = name;
         Self {
             #[cfg(feature = "metrics")]
             published: metrics::gauge!(name),
+        }
+    }
+
+    /// A gauge with a `source` label of runtime value.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) fn labeled(name: &'static str, source: &str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (name, source);
+        Self {
+            #[cfg(feature = "metrics")]
+            published: metrics::gauge!(name, "source" => source.to_owned()),
         }
     }
 
@@ -160,6 +208,14 @@ impl Spread {
         #[cfg(feature = "metrics")]
         self.published.record(value);
     }
+}
+
+/// Now as Unix seconds, for timestamp gauges.
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Registers the descriptions (`# HELP` lines) of every metric with the current recorder.
@@ -205,6 +261,16 @@ pub(crate) fn describe() {
             FEED_LAG,
             metrics::Unit::Seconds,
             "Propagation lag of each revocation applied from the change feed"
+        );
+        describe_counter!(JWKS_FETCHES, "Key-set fetches, by outcome and source");
+        describe_counter!(
+            JWKS_UNKNOWN_KID_FETCHES,
+            "Key-set fetches asked for by tokens naming an unknown kid"
+        );
+        describe_gauge!(JWKS_KEYS, "Keys in the current key set, by source");
+        describe_gauge!(
+            JWKS_LAST_SUCCESS,
+            "Unix time of the last successful key-set fetch, by source"
         );
     }
 }

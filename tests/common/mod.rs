@@ -151,6 +151,7 @@ where
 pub mod cluster;
 pub mod faulty;
 pub mod pgbouncer;
+pub mod provider;
 pub mod proxy;
 
 /// A backend that answers on its slow path only, from a `MemoryStore`, or fails while `failing`
