@@ -6,6 +6,9 @@
 //! - `decode_only`: a minimal hand-written middleware that takes the bearer token and verifies
 //!   it with `jsonwebtoken` (same key, `Validation` and claim type): the floor any JWT layer pays;
 //! - `layer_memory`: `JwtRevocationLayer` over `MemoryStore` holding 10 000 revocations;
+//! - `layer_memory_keyset`: the same with a static `KeySet` (the key chosen by `kid`);
+//! - `layer_memory_jwks`: the same with the key from a `Jwks` (a JWKS served on loopback):
+//!   what verifying against a provider's key set costs per request, next to a static key;
 //! - `layer_cache_hit`: the layer over `MokaCache<PgStore>` in lookup mode, warm;
 //! - `layer_mirror`: the same in mirror mode;
 //! - `naive_pg`: a hand-written middleware that verifies the JWT and then asks Postgres
@@ -20,12 +23,16 @@
 
 #[path = "../tests/common/baseline.rs"]
 mod baseline;
+#[path = "../tests/common/provider.rs"]
+mod provider;
 
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower_jwt_revocation::Revocation;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baseline::{DecodeOnly, Ok200};
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
 use http::{Request, Response, header::AUTHORIZATION};
@@ -34,8 +41,8 @@ use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
-    CacheMode, JwtRevocationLayer, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
-    TokenFacts,
+    CacheMode, Jwks, JwtRevocationLayer, KeySet, MemoryStore, MokaCache, PgStore, RevocationBackend,
+    RevocationStore, TokenFacts,
 };
 
 const SECRET: &[u8] = b"benchmark-secret-benchmark-secret!!";
@@ -46,7 +53,12 @@ struct Alg {
     algorithm: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The public key as a JWK (with `kid` [`KID`]).
+    jwk: serde_json::Value,
 }
+
+/// The `kid` every benchmark token names.
+const KID: &str = "bench-key";
 
 fn algorithms() -> Vec<Alg> {
     tower_jwt_revocation::decode::install_crypto_provider();
@@ -56,12 +68,14 @@ fn algorithms() -> Vec<Alg> {
             algorithm: Algorithm::HS256,
             encoding: EncodingKey::from_secret(SECRET),
             decoding: DecodingKey::from_secret(SECRET),
+            jwk: json!({"kty": "oct", "kid": KID, "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(SECRET)}),
         },
         Alg {
             name: "es256",
             algorithm: Algorithm::ES256,
-            encoding: EncodingKey::from_ec_pem(include_bytes!("../tests/keys/es256-private.pem")).unwrap(),
-            decoding: DecodingKey::from_ec_pem(include_bytes!("../tests/keys/es256-public.pem")).unwrap(),
+            encoding: provider::Key::P256.encoding_key(),
+            decoding: DecodingKey::from_ec_pem(include_bytes!("../tests/keys/jwk/p256-public.pem")).unwrap(),
+            jwk: provider::Key::P256.jwk(Some(KID), Some("ES256")),
         },
     ]
 }
@@ -74,7 +88,9 @@ fn realistic_token(alg: &Alg) -> String {
         "iss": "https://auth.example.test", "aud": "api", "iat": now, "nbf": now, "exp": now + 3600,
         "scope": "read write profile", "email": "someone@example.test", "tenant": "acme",
     });
-    encode(&Header::new(alg.algorithm), &claims, &alg.encoding).unwrap()
+    let mut header = Header::new(alg.algorithm);
+    header.kid = Some(KID.into());
+    encode(&header, &claims, &alg.encoding).unwrap()
 }
 
 fn validation(alg: &Alg) -> Validation {
@@ -259,6 +275,40 @@ fn bench_check(c: &mut Criterion) {
             &rt,
             "layer_memory",
             layer(memory.clone()).unwrap().layer(Ok200),
+            &token,
+        );
+        let keyset = JwtRevocationLayer::builder(memory.clone())
+            .key_set(KeySet::new().with_key(KID, alg.decoding.clone()))
+            .validation(validation(&alg))
+            .build()
+            .unwrap();
+        bench_service(
+            &mut group,
+            &rt,
+            "layer_memory_keyset",
+            keyset.layer(Ok200),
+            &token,
+        );
+        let (jwks, _provider) = rt.block_on(async {
+            let provider = provider::Provider::start(vec![alg.jwk.clone()]).await;
+            let jwks = Jwks::from_url(provider.jwks_url())
+                .allow_http_on_loopback()
+                .allow_symmetric_keys()
+                .build_and_fetch()
+                .await
+                .expect("the loopback JWKS");
+            (jwks, provider)
+        });
+        let from_jwks = JwtRevocationLayer::builder(memory.clone())
+            .jwks(jwks)
+            .validation(validation(&alg))
+            .build()
+            .unwrap();
+        bench_service(
+            &mut group,
+            &rt,
+            "layer_memory_jwks",
+            from_jwks.layer(Ok200),
             &token,
         );
         if let Some(pool) = &pool {

@@ -5,10 +5,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 8] = [
     "bare",
     "decode_only",
     "layer_memory",
+    "layer_memory_keyset",
+    "layer_memory_jwks",
     "layer_cache_hit",
     "layer_mirror",
     "naive_pg",
@@ -108,6 +110,18 @@ fn main() {
     let _ = writeln!(out, "\n| ratio | HS256 | ES256 | target |\n|---|---|---|---|");
     for (label, a, b, target) in [
         ("`layer_memory / decode_only`", "layer_memory", "decode_only", ""),
+        (
+            "`layer_memory_jwks / layer_memory_keyset`",
+            "layer_memory_jwks",
+            "layer_memory_keyset",
+            "= 1.00 (a provider's key costs what a static one does)",
+        ),
+        (
+            "`layer_memory_jwks / layer_memory`",
+            "layer_memory_jwks",
+            "layer_memory",
+            "",
+        ),
         (
             "`layer_cache_hit / decode_only`",
             "layer_cache_hit",

@@ -15,14 +15,28 @@
 //! - `REVOCATION_CACHE` (with `DATABASE_URL`): `lookup` (default), `mirror`, or `off` (every check
 //!   queries Postgres)
 //! - `FAILURE_POLICY`: `closed` (default: 503 while the store cannot answer) or `open`
+//! - `OIDC_ISSUER` (an OpenID Provider: its keys are found through
+//!   `{issuer}/.well-known/openid-configuration`) or `JWKS_URL` (a plain JWKS document): verify
+//!   tokens from that provider instead of HS256 ones; `/login` and `/refresh` then answer 404.
+//!   Until the first key set arrives, protected routes answer 503 with `Retry-After`.
+//! - `JWT_AUDIENCE`: the `aud` every token must name (in HS256 mode `/login` tokens carry it);
+//!   unset with a provider, tokens for any audience of that issuer are accepted (with a warning)
+//! - `JWKS_ALLOW_HTTP=1`: allow plain `http://` to a loopback provider (tests only)
+//! - `JWKS_MIN_REFRESH_SECS`: the shortest interval between key-set fetches, in the background
+//!   and on an unknown `kid` (default 30)
 //!
 //! Routes: `GET /healthz`, `GET /metrics` (Prometheus text: the layer's, the cache's and the
 //! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
-//! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`; and `GET /baseline/me`, the same handler as
+//! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`, `GET /admin/keys` (the key
+//! source's state); and `GET /baseline/me` (HS256 mode), the same handler as
 //! `/me` behind a decode-only middleware (signature and time claims, no revocation check), so
 //! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
+//!
+//! The admin routes need the scope `revocations:admin` (with a provider: checked by a
+//! `RequireScopes` route layer), or in HS256 mode the `"admin": true` claim `/login` gives
+//! `ADMIN_SUBJECTS`.
 
 #[path = "support/store.rs"]
 pub mod store;
@@ -42,12 +56,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{WithStore, with_store_from_env};
 use tower_jwt_revocation::backend::unix_seconds;
+use tower_jwt_revocation::decode::ASYMMETRIC_ALGORITHMS;
 use tower_jwt_revocation::jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
 };
 use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
-    Claims, FailurePolicy, JwtRevocationLayer, Rejection, RevocationBackend, RevocationStore, StoreError,
+    Claims, FailurePolicy, Jwks, JwtRevocationLayer, Rejection, RequireScopes, RevocationBackend,
+    RevocationStore, StoreError,
 };
 
 /// Lifetime of the access tokens `/login` issues.
@@ -67,10 +83,19 @@ pub struct Config {
     pub failure_policy: FailurePolicy,
     /// The Prometheus recorder's handle, served at `GET /metrics` (no such route without it).
     pub metrics: Option<PrometheusHandle>,
+    /// The identity provider's keys; `None`: HS256 tokens with `secret`.
+    pub provider: Option<Jwks>,
+    /// The `aud` every token must name.
+    pub audience: Option<String>,
 }
 
+/// The scope the admin routes require.
+pub const ADMIN_SCOPE: &str = "revocations:admin";
+
 impl Config {
-    /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS` and `FAILURE_POLICY`.
+    /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS`, `FAILURE_POLICY`, `JWT_AUDIENCE` and the provider
+    /// settings (`OIDC_ISSUER` or `JWKS_URL`, `JWKS_ALLOW_HTTP`, `JWKS_MIN_REFRESH_SECS`); with a
+    /// provider, starts fetching its keys (so call it inside the Tokio runtime).
     pub fn from_env() -> Result<Self, String> {
         let secret = store::secret_from_env();
         let admin_subjects = std::env::var("ADMIN_SUBJECTS")
@@ -81,13 +106,47 @@ impl Config {
             .map(str::to_owned)
             .collect();
         let failure_policy = store::failure_policy_from_env()?;
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Ok(Self {
             secret,
             admin_subjects,
             failure_policy,
             metrics: None,
+            provider: provider_from_vars(var)?,
+            audience: var("JWT_AUDIENCE"),
         })
     }
+}
+
+/// The key source `OIDC_ISSUER` or `JWKS_URL` names, if either is set.
+pub fn provider_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Jwks>, String> {
+    let builder = match (var("OIDC_ISSUER"), var("JWKS_URL")) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err("set OIDC_ISSUER or JWKS_URL, not both".into()),
+        (Some(issuer), None) => Jwks::discover(issuer),
+        (None, Some(url)) => Jwks::from_url(url),
+    };
+    let builder = match var("JWKS_ALLOW_HTTP").as_deref() {
+        None | Some("0") => builder,
+        Some("1") => builder.allow_http_on_loopback(),
+        Some(other) => return Err(format!("JWKS_ALLOW_HTTP must be 0 or 1, not {other:?}")),
+    };
+    let builder = match var("JWKS_MIN_REFRESH_SECS") {
+        None => builder,
+        Some(secs) => {
+            let secs: u64 = secs
+                .parse()
+                .ok()
+                .filter(|s| (1..=86_400).contains(s))
+                .ok_or_else(|| format!("JWKS_MIN_REFRESH_SECS must be 1 to 86400 seconds, not {secs:?}"))?;
+            let min = Duration::from_secs(secs);
+            // The background interval's ceiling (10 min by default) never undercuts the floor.
+            builder
+                .min_refresh_interval(min)
+                .max_refresh_interval(min.max(Duration::from_secs(600)))
+        }
+    };
+    builder.build().map(Some).map_err(|e| e.to_string())
 }
 
 struct AppState<S, X> {
@@ -106,12 +165,28 @@ where
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(audience) = &config.audience {
+        validation.set_audience(&[audience]);
+    }
     let decode_only = Arc::new(DecodeOnly {
         key: DecodingKey::from_secret(&config.secret),
         validation: validation.clone(),
     });
-    let auth = JwtRevocationLayer::builder(store.clone())
-        .decoding_key(DecodingKey::from_secret(&config.secret))
+    let auth = JwtRevocationLayer::builder(store.clone());
+    let auth = match &config.provider {
+        None => auth.decoding_key(DecodingKey::from_secret(&config.secret)),
+        Some(jwks) => {
+            validation.algorithms = ASYMMETRIC_ALGORITHMS.to_vec();
+            if config.audience.is_none() {
+                tracing::warn!(
+                    "JWT_AUDIENCE is not set: tokens of this issuer for any audience are accepted"
+                );
+                validation.validate_aud = false;
+            }
+            auth.jwks(jwks.clone())
+        }
+    };
+    let auth = auth
         .validation(validation)
         .max_token_lifetime(MAX_TOKEN_LIFETIME)
         .failure_policy(config.failure_policy)
@@ -126,14 +201,24 @@ where
         config,
     });
 
+    let admin = Router::new()
+        .route("/admin/tokens/{jti}", delete(admin_revoke::<S, X>))
+        .route("/admin/keys", get(admin_keys::<S, X>));
+    // Per-route scopes: with a provider, the scope alone (a `RequireScopes` route layer); in
+    // HS256 mode, the scope or the `admin` claim `/login` gives.
+    let admin = if state.config.provider.is_some() {
+        admin.route_layer(RequireScopes::new([ADMIN_SCOPE]).expect("a valid scope"))
+    } else {
+        admin.route_layer(axum::middleware::from_fn(require_admin))
+    };
     let protected = Router::new()
         .route("/me", get(me))
         .route("/logout", post(logout::<S, X>))
         .route("/logout-all", post(logout_all::<S, X>))
         .route("/revocations", get(revocations::<S, X>))
-        .route("/admin/tokens/{jti}", delete(admin_revoke::<S, X>))
         .route("/sessions", get(list_sessions::<S, X>))
         .route("/sessions/{sid}", delete(end_session::<S, X>))
+        .merge(admin)
         .route_layer(auth);
     let baseline =
         Router::new()
@@ -159,13 +244,51 @@ where
             }),
         );
     }
-    router
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(baseline)
-        .route("/login", post(login::<S, X>))
-        .route("/refresh", post(refresh::<S, X>))
-        .merge(protected)
-        .with_state(state)
+    router = router.route("/healthz", get(|| async { "ok" }));
+    if state.config.provider.is_none() {
+        // Tokens come from the provider when there is one: these routes then do not exist.
+        router = router
+            .merge(baseline)
+            .route("/login", post(login::<S, X>))
+            .route("/refresh", post(refresh::<S, X>));
+    }
+    router.merge(protected).with_state(state)
+}
+
+/// HS256 mode's admin check: the admin scope, or the `"admin": true` claim.
+async fn require_admin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let admin = request.extensions().get::<Claims>().is_some_and(|claims| {
+        claims.has_scope(ADMIN_SCOPE) || claims.custom.get("admin") == Some(&Value::Bool(true))
+    });
+    if !admin {
+        let body = json!({"error": "insufficient_scope", "error_description": "admin token required"});
+        let challenge = format!(r#"Bearer realm="demo", error="insufficient_scope", scope="{ADMIN_SCOPE}""#);
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            Json(body),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+async fn admin_keys<S, X>(State(state): State<Arc<AppState<S, X>>>) -> Json<Value> {
+    Json(match &state.config.provider {
+        None => json!({"mode": "hs256"}),
+        Some(jwks) => {
+            let stats = jwks.stats();
+            json!({
+                "mode": "jwks",
+                "issuer": jwks.issuer(),
+                "keys": stats.keys,
+                "age_seconds": stats.age.map(|age| age.as_secs()),
+                "refreshes": stats.refreshes,
+                "failures": stats.failures,
+                "unknown_kid_fetches": stats.unknown_kid_fetches,
+            })
+        }
+    })
 }
 
 /// The comparison baseline: verify the token, no revocation check.
@@ -269,6 +392,11 @@ fn token_response<S, X>(state: &AppState<S, X>, issued: &Issued) -> Response {
     };
     if state.config.admin_subjects.contains(subject) {
         access.claims.insert("admin".into(), Value::Bool(true));
+    }
+    if let Some(audience) = &state.config.audience {
+        access
+            .claims
+            .insert("aud".into(), Value::String(audience.clone()));
     }
     let token = match encode(
         &Header::new(Algorithm::HS256),
@@ -437,11 +565,7 @@ async fn admin_revoke<S: RevocationStore, X: Sessions>(
     claims: Claims,
     Path(jti): Path<String>,
 ) -> Response {
-    if claims.custom.get("admin") != Some(&Value::Bool(true)) {
-        let body = json!({"error": "insufficient_scope", "error_description": "admin token required"});
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
-    }
-    // The target token's expiry is unknown here; no accepted token outlives MAX_TOKEN_LIFETIME.
+    // The route layer checked the admin scope (or claim). The target token's expiry is unknown here; no accepted token outlives MAX_TOKEN_LIFETIME.
     let expires_at = SystemTime::now() + MAX_TOKEN_LIFETIME;
     match state
         .store

@@ -455,10 +455,9 @@ enum Issuers {
 /// claiming to be from another.
 ///
 /// Everything not set here (leeway, required claims, `nbf`) comes from the layer's
-/// [`validation`](JwtRevocationBuilder::validation).
+/// [`validation`](crate::JwtRevocationBuilder::validation).
 ///
 /// [`JwtRevocationBuilder::issuer`]: crate::JwtRevocationBuilder::issuer
-/// [`JwtRevocationBuilder::validation`]: crate::JwtRevocationBuilder::validation
 #[derive(Clone, Debug)]
 pub struct Issuer {
     pub(crate) iss: String,
@@ -469,7 +468,7 @@ pub struct Issuer {
 
 impl Issuer {
     /// Tokens whose `iss` is `iss`, verified with `keys`: a [`DecodingKey`], a [`KeySet`], or
-    /// (feature `jwks`) a [`Jwks`](crate::Jwks), whose discovered issuer must then be `iss`.
+    /// (feature `jwks`) a `Jwks`, whose discovered issuer must then be `iss`.
     pub fn new(iss: impl Into<String>, keys: impl Into<KeySource>) -> Self {
         Self {
             iss: iss.into(),
@@ -492,7 +491,7 @@ impl Issuer {
     }
 
     /// The algorithms this issuer's tokens may use (instead of the layer validation's; for a
-    /// [`Jwks`](crate::Jwks) the default is every asymmetric algorithm).
+    /// `Jwks` the default is every asymmetric algorithm).
     #[must_use]
     pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Self {
         self.algorithms = Some(algorithms.to_vec());
@@ -501,7 +500,7 @@ impl Issuer {
 }
 
 /// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list for keys from a
-/// [`Jwks`](crate::Jwks) when the validation was not set.
+/// `Jwks` when the validation was not set.
 pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -743,7 +742,7 @@ impl Verifier {
         self
     }
 
-    /// Verifies `token` and returns its claims. A token naming a key a [`Jwks`](crate::Jwks)
+    /// Verifies `token` and returns its claims. A token naming a key a `Jwks`
     /// does not hold is refused here ([`InvalidToken::UnknownKey`]); the layer instead asks the
     /// key source to fetch and waits for it.
     pub fn verify<C: DeserializeOwned>(&self, token: &str) -> Result<Claims<C>, InvalidToken> {

@@ -1,7 +1,7 @@
 //! Authorization after authentication: required scopes and claims predicates, for the whole
 //! layer or per route.
 //!
-//! This module owns the one rule of what a token must grant ([`RequiredScopes`]: every listed
+//! This module owns the one rule of what a token must grant (required scopes: every listed
 //! scope, from `scope` or `scp`), and [`RequireScopes`], a small layer for one route or router
 //! (axum's `route_layer`) behind a [`JwtRevocationLayer`](crate::JwtRevocationLayer): it reads
 //! the verified [`Claims`] the main layer inserted and answers 403 `insufficient_scope`

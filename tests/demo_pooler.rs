@@ -38,6 +38,8 @@ impl WithStore for Handoff {
             admin_subjects: Vec::new(),
             failure_policy: FailurePolicy::Closed,
             metrics: None,
+            provider: None,
+            audience: None,
         };
         let _ = self.0.send(server::app(store, sessions, config));
         std::future::pending::<()>().await;

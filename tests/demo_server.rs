@@ -25,6 +25,8 @@ fn demo() -> Router {
         admin_subjects: vec!["root".into()],
         failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
         metrics: None,
+        provider: None,
+        audience: None,
     };
     let store = MemoryStore::new();
     server::app(
@@ -243,6 +245,8 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         admin_subjects: vec![],
         failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
         metrics: None,
+        provider: None,
+        audience: None,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -455,6 +459,8 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
                 admin_subjects: Vec::new(),
                 failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
                 metrics: Some(handle),
+                provider: None,
+                audience: None,
             },
         )
     });
@@ -487,5 +493,193 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
             text.lines().any(|l| l == line || l.starts_with(line)),
             "{line} in\n{text}"
         );
+    }
+}
+
+/// The demo verifying a provider's tokens: `OIDC_ISSUER` mode, driven through its router.
+mod provider_mode {
+    use super::*;
+    use crate::common::provider::{Key, Provider, sign};
+    use tower_jwt_revocation::jsonwebtoken::Algorithm;
+
+    async fn demo_for(provider: &Provider, audience: Option<&str>) -> Router {
+        let vars = |name: &str| match name {
+            "OIDC_ISSUER" => Some(provider.issuer()),
+            "JWKS_ALLOW_HTTP" => Some("1".to_owned()),
+            "JWKS_MIN_REFRESH_SECS" => Some("1".to_owned()),
+            _ => None,
+        };
+        let jwks = server::provider_from_vars(vars).unwrap().unwrap();
+        let config = server::Config {
+            secret: SECRET.to_vec(),
+            admin_subjects: vec!["root".into()],
+            failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+            metrics: None,
+            provider: Some(jwks),
+            audience: audience.map(str::to_owned),
+        };
+        let store = MemoryStore::new();
+        server::app(
+            store.clone(),
+            MemorySessions::new(store, SessionConfig::default()),
+            config,
+        )
+    }
+
+    fn token(provider: &Provider, jti: &str, extra: Value) -> String {
+        let mut claims = provider.claims(jti, "pat");
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        sign(Key::RsaA, Algorithm::RS256, Some("a"), &claims)
+    }
+
+    #[tokio::test]
+    async fn provider_tokens_are_verified_and_login_is_gone() {
+        let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+        let app = demo_for(&provider, Some("demo-api")).await;
+        let good = token(&provider, "p1", json!({"aud": "demo-api"}));
+        let (status, _, body) = call(&app, "GET", "/me", Some(&good), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["sub"], "pat");
+        let other_aud = token(&provider, "p2", json!({"aud": "another-api"}));
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&other_aud), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        // An HS256 token with the demo secret is not a provider token.
+        let hs = mint_with(
+            Header::default(),
+            json!({"jti": "h", "sub": "pat", "aud": "demo-api", "exp": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&hs), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        for path in ["/login", "/refresh"] {
+            let (status, _, _) = call(&app, "POST", path, None, Some(json!({"sub": "pat"}))).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+        assert_eq!(call(&app, "GET", "/healthz", None, None).await.0, StatusCode::OK);
+        // Logging out revokes the provider's token here.
+        assert_eq!(
+            call(&app, "POST", "/logout", Some(&good), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&good), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_routes_need_the_admin_scope() {
+        let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+        let app = demo_for(&provider, None).await;
+        let victim = token(&provider, "victim", json!({}));
+        // Without JWT_AUDIENCE any audience of the issuer is accepted.
+        let user = token(
+            &provider,
+            "u",
+            json!({"scope": "read", "aud": "x", "admin": true}),
+        );
+        let admin = token(&provider, "adm", json!({"scope": "read revocations:admin"}));
+        let (status, headers, _) = call(&app, "DELETE", "/admin/tokens/victim", Some(&user), None).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the admin claim counts in HS256 mode only"
+        );
+        assert!(
+            headers[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains(r#"error="insufficient_scope""#)
+        );
+        assert_eq!(
+            call(&app, "GET", "/admin/keys", Some(&user), None).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (status, _, keys) = call(&app, "GET", "/admin/keys", Some(&admin), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(keys["mode"], "jwks");
+        assert_eq!(keys["keys"], 1);
+        assert_eq!(
+            call(&app, "DELETE", "/admin/tokens/victim", Some(&admin), None)
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&victim), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn in_hs256_mode_the_scope_or_the_admin_claim_opens_admin_routes() {
+        let app = demo();
+        let scoped = mint_with(
+            Header::default(),
+            json!({"jti": "s", "sub": "ops", "exp": now() + 60, "scope": "revocations:admin"}),
+            SECRET,
+        );
+        assert_eq!(
+            call(&app, "DELETE", "/admin/tokens/x", Some(&scoped), None)
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        let (status, _, body) = call(&app, "GET", "/admin/keys", Some(&scoped), None).await;
+        assert_eq!((status, body["mode"].as_str()), (StatusCode::OK, Some("hs256")));
+        let plain = login(&app, "nobody").await;
+        let (status, headers, _) = call(&app, "DELETE", "/admin/tokens/x", Some(&plain), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(
+            headers[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("revocations:admin")
+        );
+    }
+
+    #[tokio::test]
+    async fn provider_settings_are_checked() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(server::provider_from_vars(vars(&[])).unwrap().is_none());
+        for bad in [
+            &[
+                ("OIDC_ISSUER", "https://a.example"),
+                ("JWKS_URL", "https://a.example/jwks"),
+            ][..],
+            &[("JWKS_URL", "http://127.0.0.1:1/jwks")],
+            &[("JWKS_URL", "http://keys.example/jwks"), ("JWKS_ALLOW_HTTP", "1")],
+            &[
+                ("JWKS_URL", "https://a.example/jwks"),
+                ("JWKS_MIN_REFRESH_SECS", "0"),
+            ],
+            &[
+                ("JWKS_URL", "https://a.example/jwks"),
+                ("JWKS_MIN_REFRESH_SECS", "soon"),
+            ],
+            &[("JWKS_URL", "https://a.example/jwks"), ("JWKS_ALLOW_HTTP", "yes")],
+        ] {
+            assert!(server::provider_from_vars(vars(bad)).is_err(), "{bad:?}");
+        }
+        let ok = server::provider_from_vars(vars(&[
+            ("JWKS_URL", "http://127.0.0.1:1/jwks"),
+            ("JWKS_ALLOW_HTTP", "1"),
+            ("JWKS_MIN_REFRESH_SECS", "3600"),
+        ]));
+        assert!(matches!(ok, Ok(Some(_))));
     }
 }
