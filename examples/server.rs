@@ -97,7 +97,13 @@ impl Config {
     /// settings (`OIDC_ISSUER` or `JWKS_URL`, `JWKS_ALLOW_HTTP`, `JWKS_MIN_REFRESH_SECS`); with a
     /// provider, starts fetching its keys (so call it inside the Tokio runtime).
     pub fn from_env() -> Result<Self, String> {
-        let secret = store::secret_from_env();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let provider = provider_from_vars(var)?;
+        // With a provider the secret signs and verifies nothing: no warning about its default.
+        let secret = match provider {
+            None => store::secret_from_env(),
+            Some(_) => var("JWT_SECRET").unwrap_or_default().into_bytes(),
+        };
         let admin_subjects = std::env::var("ADMIN_SUBJECTS")
             .unwrap_or_default()
             .split(',')
@@ -106,13 +112,12 @@ impl Config {
             .map(str::to_owned)
             .collect();
         let failure_policy = store::failure_policy_from_env()?;
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Ok(Self {
             secret,
             admin_subjects,
             failure_policy,
             metrics: None,
-            provider: provider_from_vars(var)?,
+            provider,
             audience: var("JWT_AUDIENCE"),
         })
     }
@@ -610,9 +615,11 @@ impl WithStore for Serve {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store::init_tracing();
+    // Installed before any layer, cache or key source is built: they register their metrics
+    // with it then.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let mut config = Config::from_env()?;
-    // Installed before any layer or cache is built: they register their metrics with it then.
-    config.metrics = Some(PrometheusBuilder::new().install_recorder()?);
+    config.metrics = Some(metrics);
     let listener = store::listener_from_env("127.0.0.1:3000").await?;
     with_store_from_env(Serve { config, listener }).await
 }
