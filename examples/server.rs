@@ -20,7 +20,8 @@
 //!   tokens from that provider instead of HS256 ones; `/login` and `/refresh` then answer 404.
 //!   Until the first key set arrives, protected routes answer 503 with `Retry-After`.
 //! - `JWT_AUDIENCE`: the `aud` every token must name (in HS256 mode `/login` tokens carry it);
-//!   unset with a provider, tokens for any audience of that issuer are accepted (with a warning)
+//!   unset with a provider, tokens for any audience of that issuer are accepted (with a warning).
+//!   `JWKS_URL` implies no issuer: any `iss` signed by those keys is accepted
 //! - `JWKS_ALLOW_HTTP=1`: allow plain `http://` to a loopback provider (tests only)
 //! - `JWKS_MIN_REFRESH_SECS`: the shortest interval between key-set fetches, in the background
 //!   and on an unknown `kid` (default 30)

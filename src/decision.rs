@@ -179,22 +179,25 @@ impl<S, R> Shared<S, R> {
         skip
     }
 
-    /// Whether verified `claims` lack a required scope or fail the predicate: decided before
-    /// the revocation check, answered (403) only after it, so a revoked token is a 401.
-    pub(crate) fn denies<C>(&self, claims: &Claims<C>, check: Option<&ClaimsCheck<C>>) -> bool {
-        self.scopes
-            .as_ref()
-            .is_some_and(|scopes| !scopes.granted_by(claims))
-            || check.is_some_and(|check| !check(claims))
-    }
-
-    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy;
-    /// `denied` (from [`denies`](Self::denies)) turns a pass into a 403. The one place this
-    /// decision is made, for the fast and the slow path alike. Store errors are logged as an
-    /// outage's start and end, not once per request.
-    pub(crate) fn decide(&self, answer: Result<Verdict, StoreError>, denied: bool) -> Result<(), Rejection> {
+    /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy,
+    /// then, for a token that passes, the required scopes and the claims predicate `check`
+    /// (403), which therefore never run for a revoked token. The one place this decision is
+    /// made, for the fast and the slow path alike. Store errors are logged as an outage's start
+    /// and end, not once per request.
+    pub(crate) fn decide<C>(
+        &self,
+        answer: Result<Verdict, StoreError>,
+        claims: &Claims<C>,
+        check: Option<&ClaimsCheck<C>>,
+    ) -> Result<(), Rejection> {
+        let denied = || {
+            self.scopes
+                .as_ref()
+                .is_some_and(|scopes| !scopes.granted_by(claims))
+                || check.is_some_and(|check| !check(claims))
+        };
         match answer {
-            Ok(Verdict::Active) if denied => Err(Rejection::InsufficientScope),
+            Ok(Verdict::Active) if denied() => Err(Rejection::InsufficientScope),
             Ok(Verdict::Active) => {
                 self.counters.authorized.bump();
                 Ok(())
@@ -209,7 +212,7 @@ impl<S, R> Shared<S, R> {
                     }
                     FailurePolicy::Open => {
                         self.counters.outage.failed(&error, "open");
-                        if denied {
+                        if denied() {
                             return Err(Rejection::InsufficientScope);
                         }
                         self.counters.fail_open_passes.bump();
@@ -222,15 +225,16 @@ impl<S, R> Shared<S, R> {
 
     /// [`decide`](Self::decide) for an answer of the backend's slow path: an answer there ends
     /// an outage.
-    pub(crate) fn decide_slow(
+    pub(crate) fn decide_slow<C>(
         &self,
         answer: Result<Verdict, StoreError>,
-        denied: bool,
+        claims: &Claims<C>,
+        check: Option<&ClaimsCheck<C>>,
     ) -> Result<(), Rejection> {
         if answer.is_ok() {
             self.counters.outage.succeeded();
         }
-        self.decide(answer, denied)
+        self.decide(answer, claims, check)
     }
 
     pub(crate) fn count_anonymous(&self) {

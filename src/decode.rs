@@ -651,6 +651,7 @@ impl Verifier {
         if validation.algorithms.is_empty() {
             return Err(ConfigError::NoAlgorithms);
         }
+        let validation = &required_when_configured(validation);
         Self::with_issuers(
             Issuers::One(keys.into_keys(validation)?),
             required_typ,
@@ -698,7 +699,7 @@ impl Verifier {
             if validation.algorithms.is_empty() {
                 return Err(ConfigError::NoAlgorithms);
             }
-            let keys = issuer.keys.into_keys(&validation)?;
+            let keys = issuer.keys.into_keys(&required_when_configured(&validation))?;
             if by_iss.insert(issuer.iss.clone(), keys).is_some() {
                 return Err(ConfigError::DuplicateIssuer(issuer.iss));
             }
@@ -827,6 +828,20 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// `validation`, with `iss` and `aud` required when it names accepted values: `jsonwebtoken`
+/// checks each only when the token carries it, so a token without `iss` (or `aud`) would pass
+/// any issuer (or audience) check.
+fn required_when_configured(validation: &Validation) -> Validation {
+    let mut validation = validation.clone();
+    if validation.iss.is_some() {
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    if validation.aud.is_some() && validation.validate_aud {
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    validation
 }
 
 /// The `iss` of a token's payload, read before verification only to choose the issuer whose

@@ -30,8 +30,8 @@ pub(crate) struct Pending<Inner, ReqBody, C> {
     pub(crate) inner: Inner,
     pub(crate) request: Request<ReqBody>,
     pub(crate) claims: Claims<C>,
-    /// The claims lack a required scope: a 403 if the token is not revoked.
-    pub(crate) denied: bool,
+    /// The claims predicate, run once the token is known not to be revoked.
+    pub(crate) check: Option<ClaimsCheck<C>>,
 }
 
 /// What a request waiting for the key set carries until the fetch ends.
@@ -160,9 +160,9 @@ where
                         mut inner,
                         mut request,
                         claims,
-                        denied,
+                        check,
                     } = pending.take().expect("ResponseFuture polled after completion");
-                    match shared.decide_slow(answer, denied) {
+                    match shared.decide_slow(answer, &claims, check.as_ref()) {
                         Ok(()) => {
                             request.extensions_mut().insert(claims);
                             let future = inner.call(request);
@@ -206,9 +206,8 @@ where
                             return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
                         }
                     };
-                    let denied = shared.denies(&claims, check.as_ref());
                     match shared.backend.try_check(&claims.facts()) {
-                        Some(answer) => match shared.decide(answer, denied) {
+                        Some(answer) => match shared.decide(answer, &claims, check.as_ref()) {
                             Ok(()) => {
                                 request.extensions_mut().insert(claims);
                                 let future = inner.call(request);
@@ -220,14 +219,14 @@ where
                         },
                         None => {
                             shared.count_slow_check();
-                            let check = shared.backend.check(&claims.facts());
+                            let lookup = shared.backend.check(&claims.facts());
                             state.set(State::Checking {
-                                check,
+                                check: lookup,
                                 pending: Some(Pending {
                                     inner,
                                     request,
                                     claims,
-                                    denied,
+                                    check,
                                 }),
                                 shared,
                             });

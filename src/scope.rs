@@ -30,6 +30,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::ConfigError;
+use crate::decision::Unauthenticated;
 use crate::decode::{Claims, DefaultClaims};
 use crate::reject::{RejectSettings, Rejection};
 
@@ -81,8 +82,9 @@ impl RequiredScopes {
 
 /// A layer that lets a request through only when the [`Claims`] the main layer verified grant
 /// every scope given: 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
-/// scope="..."` otherwise (gRPC: PERMISSION_DENIED), and 401 when the request carries no claims
-/// at all (an `optional()` main layer and no token). Put it on routes behind a
+/// scope="..."` otherwise (gRPC: PERMISSION_DENIED), 401 when the main layer let the request
+/// through without a token (`optional()`, `skip_paths`), and 500 (logged as an error) when the
+/// request carries no claims of type `C` at all. Put it on routes behind a
 /// [`JwtRevocationLayer`](crate::JwtRevocationLayer) of the same claim type `C`.
 pub struct RequireScopes<C = DefaultClaims> {
     scopes: RequiredScopes,
@@ -198,7 +200,22 @@ where
                 };
             }
             Some(_) => Rejection::InsufficientScope,
-            None => Rejection::MissingToken,
+            None if request.extensions().get::<Unauthenticated>().is_some() => Rejection::MissingToken,
+            None => {
+                // Not behind the main layer, or behind one of another claims type: a
+                // configuration error, as the `Claims` extractor answers it.
+                tracing::error!(
+                    claims = std::any::type_name::<Claims<C>>(),
+                    "RequireScopes found no verified claims of its type: put it behind a JwtRevocationLayer of the same claims type"
+                );
+                let mut response = Response::new(ResBody::default());
+                *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                return RequireScopesFuture {
+                    state: ScopeState::Denied {
+                        response: Some(response),
+                    },
+                };
+            }
         };
         let response = rejection.to_response(request.headers(), &self.layer.settings);
         RequireScopesFuture {

@@ -122,9 +122,8 @@ where
                 return ResponseFuture::awaiting_keys(wait, pending, Arc::clone(&self.shared));
             }
         };
-        let denied = shared.denies(&claims, self.check.as_ref());
         match shared.backend.try_check(&claims.facts()) {
-            Some(answer) => match shared.decide(answer, denied) {
+            Some(answer) => match shared.decide(answer, &claims, self.check.as_ref()) {
                 Ok(()) => {
                     request.extensions_mut().insert(claims);
                     ResponseFuture::inner(self.inner.call(request))
@@ -140,7 +139,7 @@ where
                         inner: self.take_ready(),
                         request,
                         claims,
-                        denied,
+                        check: self.check.clone(),
                     },
                     Arc::clone(&self.shared),
                 )

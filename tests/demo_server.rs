@@ -683,3 +683,35 @@ mod provider_mode {
         assert!(matches!(ok, Ok(Some(_))));
     }
 }
+
+#[tokio::test]
+async fn jwt_audience_in_hs256_mode_is_required_and_carried_by_login_tokens() {
+    let config = server::Config {
+        secret: SECRET.to_vec(),
+        admin_subjects: vec![],
+        failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+        metrics: None,
+        provider: None,
+        audience: Some("demo-api".into()),
+    };
+    let store = MemoryStore::new();
+    let app = server::app(
+        store.clone(),
+        MemorySessions::new(store, SessionConfig::default()),
+        config,
+    );
+    let token = login(&app, "aud-user").await;
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&token), None).await.0,
+        StatusCode::OK
+    );
+    let without = mint_with(
+        Header::default(),
+        json!({"jti": "n", "sub": "aud-user", "exp": now() + 60}),
+        SECRET,
+    );
+    assert_eq!(
+        call(&app, "GET", "/me", Some(&without), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}

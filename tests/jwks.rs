@@ -7,12 +7,14 @@ mod common;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use common::provider::{Key, MIN_REFRESH, Provider, builder, call, fetched, layer, sign, status};
+use common::provider::{
+    Key, MIN_REFRESH, Mode, Provider, builder, call, fetched, layer, sign, status, with_header,
+};
 use common::{now, wait_until_within};
 use http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use serde_json::json;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
     Claims, Issuer, Jwks, JwksError, JwtRevocationLayer, MemoryStore, RequireScopes, Revocation,
@@ -102,20 +104,21 @@ async fn a_flood_of_random_kids_makes_at_most_one_fetch_per_interval() {
         .await
         .unwrap();
     let layer = layer(jwks.clone());
+    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    let flood: Vec<String> = (0..1000)
+        .map(|i| with_header(&good, "RS256", &format!("random-{i}")))
+        .collect();
+    // The first fetch's interval has passed: the flood may start one fetch.
     tokio::time::sleep(MIN_REFRESH).await;
-    let claims = json!({"jti": "t", "sub": "x", "exp": now() + 60});
     let started = tokio::time::Instant::now();
-    let mut flood = tokio::task::JoinSet::new();
-    for i in 0..1000 {
-        let token = sign(Key::RsaA, Algorithm::RS256, Some(&format!("random-{i}")), &claims);
+    let mut requests = tokio::task::JoinSet::new();
+    for token in flood {
         let layer = layer.clone();
-        flood.spawn(async move { status(&layer, &token).await });
+        requests.spawn(async move { status(&layer, &token).await });
     }
-    let statuses = flood.join_all().await;
+    let statuses = requests.join_all().await;
     let elapsed = started.elapsed();
     assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
-    // One fetch for the whole flood if it took less than an interval; never more than one per
-    // interval started.
     let intervals = 1 + (elapsed.as_millis() / MIN_REFRESH.as_millis()) as usize;
     let fetches = provider.jwks_fetches() - 1;
     assert!(
@@ -124,10 +127,142 @@ async fn a_flood_of_random_kids_makes_at_most_one_fetch_per_interval() {
     );
     assert_eq!(jwks.stats().unknown_kid_fetches as usize, fetches);
     // The known key still verifies, without another fetch.
-    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &claims);
     let before = provider.jwks_fetches();
     assert_eq!(status(&layer, &good).await, StatusCode::OK);
     assert_eq!(provider.jwks_fetches(), before);
+}
+
+#[tokio::test]
+async fn unknown_kids_within_the_interval_fetch_nothing_and_wait_for_nothing() {
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = builder(provider.jwks_url(), false)
+        .min_refresh_interval(Duration::from_secs(30))
+        .build_and_fetch()
+        .await
+        .unwrap();
+    let layer = layer(jwks.clone());
+    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    // One after another, so no fetch is ever in flight to join: only the rate limit stops them.
+    let started = tokio::time::Instant::now();
+    for i in 0..200 {
+        let token = with_header(&good, "RS256", &format!("unknown-{i}"));
+        let (code, headers) = call(&layer, &token).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(
+            headers[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("unknown key id")
+        );
+    }
+    assert_eq!(provider.jwks_fetches(), 1, "the first fetch only");
+    assert_eq!(jwks.stats().unknown_kid_fetches, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no request waited for a fetch: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_refresh_interval_follows_max_age_within_the_bounds() {
+    // `no-cache`: as often as the floor allows, and never more often.
+    let eager = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    eager.set_cache_control("no-cache");
+    let _eager_keys = builder(eager.jwks_url(), false).build_and_fetch().await.unwrap();
+    let window = MIN_REFRESH * 5;
+    tokio::time::sleep(window).await;
+    let fetches = eager.jwks_fetches();
+    assert!((3..=6).contains(&fetches), "{fetches} fetches in {window:?}");
+
+    // A day's max-age under a one-second ceiling: refreshed within the ceiling.
+    let lazy = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    lazy.set_cache_control("public, max-age=86400");
+    let _lazy_keys = builder(lazy.jwks_url(), false)
+        .max_refresh_interval(Duration::from_secs(1))
+        .build_and_fetch()
+        .await
+        .unwrap();
+    wait_until_within("a background refresh", Duration::from_secs(3), || async {
+        lazy.jwks_fetches() >= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_provider_never_holds_a_request_past_max_request_wait() {
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = builder(provider.jwks_url(), false)
+        .fetch_timeout(Duration::from_secs(5))
+        .max_request_wait(Duration::from_millis(300))
+        .build_and_fetch()
+        .await
+        .unwrap();
+    let layer = layer(jwks);
+    provider.set_mode(Mode::Slow(Duration::from_secs(3)));
+    tokio::time::sleep(MIN_REFRESH).await;
+    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    let started = tokio::time::Instant::now();
+    let (code, _) = call(&layer, &with_header(&good, "RS256", "new-key")).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    // Meanwhile the known key answers at once.
+    assert_eq!(status(&layer, &good).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn build_and_fetch_is_bounded_by_the_fetch_timeout() {
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    provider.set_mode(Mode::Slow(Duration::from_secs(10)));
+    let started = tokio::time::Instant::now();
+    let error = builder(provider.jwks_url(), false)
+        .build_and_fetch()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, JwksError::Timeout(_)), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_custom_client_fetches_the_keys() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_jwt_revocation::jwks::{FetchFuture, HyperClient, JwksClient};
+
+    struct Counting(HyperClient, Arc<AtomicUsize>);
+    impl JwksClient for Counting {
+        fn get<'a>(&'a self, url: &'a http::Uri, limit: usize) -> FetchFuture<'a> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.get(url, limit)
+        }
+    }
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = Counting(
+        HyperClient::new(Duration::from_secs(1)).unwrap(),
+        Arc::clone(&calls),
+    );
+    let jwks = builder(provider.issuer(), true)
+        .client(client)
+        .build_and_fetch()
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "discovery, then the key set");
+    let token = sign(
+        Key::RsaA,
+        Algorithm::RS256,
+        Some("a"),
+        &provider.claims("t", "cc"),
+    );
+    assert_eq!(status(&layer(jwks), &token).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -222,7 +357,7 @@ async fn urls_must_be_https_unless_loopback_is_explicitly_allowed() {
 #[tokio::test]
 async fn two_issuers_with_their_own_keys_and_audiences() {
     let one = Provider::start(vec![Key::RsaA.jwk(Some("k"), None)]).await;
-    let two = Provider::start(vec![Key::P256.jwk(Some("k"), None)]).await;
+    let two = Provider::start(vec![Key::RsaB.jwk(Some("k"), None)]).await;
     let layer = JwtRevocationLayer::builder(MemoryStore::new())
         .issuer(Issuer::new(one.issuer(), fetched(&one).await).audience(["api-one"]))
         .issuer(Issuer::new(two.issuer(), fetched(&two).await).audience(["api-two"]))
@@ -234,13 +369,17 @@ async fn two_issuers_with_their_own_keys_and_audiences() {
         claims
     };
     let from_one = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&one, "api-one"));
-    let from_two = sign(Key::P256, Algorithm::ES256, Some("k"), &with_aud(&two, "api-two"));
+    let from_two = sign(Key::RsaB, Algorithm::RS256, Some("k"), &with_aud(&two, "api-two"));
     assert_eq!(status(&layer, &from_one).await, StatusCode::OK);
     assert_eq!(status(&layer, &from_two).await, StatusCode::OK);
     // Each issuer's audience: one's token for two's audience is refused.
     let wrong_aud = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&one, "api-two"));
     assert_eq!(status(&layer, &wrong_aud).await, StatusCode::UNAUTHORIZED);
-    // A token claiming issuer two, signed with one's key under the same kid: two's keys only.
+    // A token without `aud` does not pass an audience check (jsonwebtoken alone lets it).
+    let no_aud = sign(Key::RsaA, Algorithm::RS256, Some("k"), &one.claims("t", "sam"));
+    assert_eq!(status(&layer, &no_aud).await, StatusCode::UNAUTHORIZED);
+    // A token claiming issuer two, signed with one's key under the same kid and algorithm:
+    // only two's key is tried, and it does not verify.
     let forged = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&two, "api-two"));
     let (code, headers) = call(&layer, &forged).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
@@ -248,7 +387,7 @@ async fn two_issuers_with_their_own_keys_and_audiences() {
         headers[WWW_AUTHENTICATE]
             .to_str()
             .unwrap()
-            .contains("algorithm not accepted")
+            .contains("invalid signature")
     );
     // An issuer nobody configured is refused before any key is tried or fetched.
     let fetches = (one.jwks_fetches(), two.jwks_fetches());
@@ -311,6 +450,19 @@ async fn every_supported_algorithm_verifies_with_its_key_and_no_other() {
     header.kid = Some("rsa".into());
     let hmac = encode(&header, &claims, &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
     assert_eq!(status(&layer, &hmac).await, StatusCode::UNAUTHORIZED);
+    // Even with HS256 on the allow-list (symmetric keys allowed), an RSA key never verifies
+    // an HMAC.
+    let symmetric = layer_with_symmetric(&provider).await;
+    let (code, headers) = call(&symmetric, &hmac).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert!(
+        headers[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains("algorithm not accepted")
+    );
+    let rs256 = sign(Key::RsaA, Algorithm::RS256, Some("rsa"), &claims);
+    assert_eq!(status(&symmetric, &rs256).await, StatusCode::OK);
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let none = format!(
@@ -319,6 +471,16 @@ async fn every_supported_algorithm_verifies_with_its_key_and_no_other() {
         b64.encode(claims.to_string())
     );
     assert_eq!(status(&layer, &none).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn layer_with_symmetric(provider: &Provider) -> JwtRevocationLayer<MemoryStore> {
+    layer(
+        builder(provider.issuer(), true)
+            .allow_symmetric_keys()
+            .build_and_fetch()
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -335,13 +497,7 @@ async fn symmetric_keys_only_when_explicitly_allowed() {
 
     let refused = layer(fetched(&provider).await);
     assert_eq!(status(&refused, &token).await, StatusCode::UNAUTHORIZED);
-    let allowed = layer(
-        builder(provider.issuer(), true)
-            .allow_symmetric_keys()
-            .build_and_fetch()
-            .await
-            .unwrap(),
-    );
+    let allowed = layer_with_symmetric(&provider).await;
     assert_eq!(status(&allowed, &token).await, StatusCode::OK);
 }
 
@@ -474,8 +630,156 @@ async fn layer_configuration_mistakes_fail_at_build() {
     assert!(matches!(
         JwtRevocationLayer::builder(MemoryStore::new())
             .jwks(jwks.clone())
-            .issuer(Issuer::new(provider.issuer(), jwks))
+            .issuer(Issuer::new(provider.issuer(), jwks.clone()))
             .build(),
         Err(tower_jwt_revocation::ConfigError::KeysAndIssuers)
     ));
+    assert!(matches!(
+        JwtRevocationLayer::builder(MemoryStore::new())
+            .issuer(Issuer::new(provider.issuer(), jwks.clone()))
+            .issuer(Issuer::new(provider.issuer(), jwks.clone()))
+            .build(),
+        Err(tower_jwt_revocation::ConfigError::DuplicateIssuer(_))
+    ));
+    #[derive(Clone, serde::Deserialize)]
+    struct Mine {}
+    assert!(matches!(
+        JwtRevocationLayer::builder(MemoryStore::new())
+            .jwks(jwks)
+            .require(|_: &Claims| true)
+            .claims::<Mine>()
+            .build(),
+        Err(tower_jwt_revocation::ConfigError::PredicateBeforeClaims)
+    ));
+}
+
+#[tokio::test]
+async fn a_configured_issuer_is_required_not_just_checked_when_present() {
+    // Failed on main for a static key: jsonwebtoken checks `iss` only when the token has one.
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&["https://id.example"]);
+    let static_key = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(tower_jwt_revocation::jsonwebtoken::DecodingKey::from_secret(
+            common::SECRET,
+        ))
+        .validation(validation)
+        .build()
+        .unwrap();
+    let no_iss = common::mint(json!({"jti": "j", "sub": "s", "exp": now() + 60}));
+    let with_iss =
+        common::mint(json!({"jti": "j", "sub": "s", "exp": now() + 60, "iss": "https://id.example"}));
+    assert_eq!(status(&static_key, &with_iss).await, StatusCode::OK);
+    assert_eq!(status(&static_key, &no_iss).await, StatusCode::UNAUTHORIZED);
+
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = fetched(&provider).await;
+    let mut claims = provider.claims("t", "s");
+    claims.as_object_mut().unwrap().remove("iss");
+    let token = sign(Key::RsaA, Algorithm::RS256, Some("a"), &claims);
+    let discovered = layer(jwks.clone());
+    assert_eq!(status(&discovered, &token).await, StatusCode::UNAUTHORIZED);
+    let one_issuer = JwtRevocationLayer::builder(MemoryStore::new())
+        .issuer(Issuer::new(provider.issuer(), jwks))
+        .build()
+        .unwrap();
+    assert_eq!(status(&one_issuer, &token).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn scopes_are_decided_after_revocation_on_every_path() {
+    use common::{FailingBackend, SlowPath};
+    use tower_jwt_revocation::FailurePolicy;
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = builder(provider.jwks_url(), false)
+        .build_and_fetch()
+        .await
+        .unwrap();
+    let token = |jti: &str, scope: &str, kid: &str| {
+        let mut claims = provider.claims(jti, "sc");
+        claims["scope"] = json!(scope);
+        sign(Key::RsaA, Algorithm::RS256, Some(kid), &claims)
+    };
+    // The backend's slow path.
+    let store = MemoryStore::new();
+    let predicate_runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runs = std::sync::Arc::clone(&predicate_runs);
+    let slow = JwtRevocationLayer::builder(SlowPath::new(store.clone()))
+        .jwks(jwks.clone())
+        .require_scopes(["api"])
+        .require(move |_: &Claims| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        })
+        .build()
+        .unwrap();
+    assert_eq!(status(&slow, &token("1", "api", "a")).await, StatusCode::OK);
+    assert_eq!(
+        status(&slow, &token("2", "read", "a")).await,
+        StatusCode::FORBIDDEN
+    );
+    store
+        .revoke(&Revocation::token(
+            "3",
+            std::time::SystemTime::now() + Duration::from_secs(600),
+        ))
+        .await
+        .unwrap();
+    let runs_before = predicate_runs.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        status(&slow, &token("3", "read", "a")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        predicate_runs.load(std::sync::atomic::Ordering::SeqCst),
+        runs_before,
+        "the predicate never runs for a revoked token"
+    );
+
+    // A token whose key is fetched on demand (the layer's key-waiting state).
+    provider.set_keys(vec![
+        Key::RsaA.jwk(Some("a"), None),
+        Key::RsaA.jwk(Some("a2"), None),
+    ]);
+    tokio::time::sleep(MIN_REFRESH).await;
+    assert_eq!(
+        status(&slow, &token("4", "read", "a2")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(status(&slow, &token("5", "api", "a2")).await, StatusCode::OK);
+
+    // A store outage under FailurePolicy::Open passes the token, but not without its scope.
+    let open = JwtRevocationLayer::builder(FailingBackend::default())
+        .jwks(jwks)
+        .require_scopes(["api"])
+        .failure_policy(FailurePolicy::Open)
+        .build()
+        .unwrap();
+    assert_eq!(status(&open, &token("6", "api", "a")).await, StatusCode::OK);
+    assert_eq!(
+        status(&open, &token("7", "read", "a")).await,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn require_scopes_without_a_main_layer_is_a_500_and_without_a_token_a_401() {
+    let handler =
+        tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    let alone = RequireScopes::new(["api"]).unwrap().layer(handler);
+    let response = alone.oneshot(Request::get("/").body(()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    let optional = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(tower_jwt_revocation::jsonwebtoken::DecodingKey::from_secret(
+            common::SECRET,
+        ))
+        .optional()
+        .build()
+        .unwrap();
+    let routed = tower::ServiceBuilder::new()
+        .layer(optional)
+        .layer(RequireScopes::new(["api"]).unwrap())
+        .service(handler);
+    let response = routed.oneshot(Request::get("/").body(()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -49,7 +49,7 @@ pub trait JwksClient: Send + Sync + 'static {
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// The default [`JwksClient`]: hyper-util's pooled client over rustls (aws-lc-rs crypto, the
-/// Mozilla root certificates of `webpki-roots`), HTTP/1.1, a connect timeout, no redirects.
+/// Mozilla root certificates of `webpki-roots`), HTTP/1.1, a TCP connect timeout, no redirects.
 #[derive(Clone)]
 pub struct HyperClient {
     client: hyper_util::client::legacy::Client<Connector, Empty<Bytes>>,
@@ -62,7 +62,8 @@ impl std::fmt::Debug for HyperClient {
 }
 
 impl HyperClient {
-    /// A client that gives up connecting (TCP and TLS) after `connect_timeout`.
+    /// A client that gives up a TCP connect after `connect_timeout` (the key source's fetch
+    /// timeout bounds the TLS handshake and the rest).
     pub fn new(connect_timeout: Duration) -> Result<Self, JwksError> {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.enforce_http(false);

@@ -149,6 +149,7 @@ struct Settings {
     max_refresh: Duration,
     fetch_timeout: Duration,
     connect_timeout: Duration,
+    request_wait: Duration,
     max_bytes: usize,
     allow_symmetric: bool,
     allow_http: bool,
@@ -161,6 +162,7 @@ impl Default for Settings {
             max_refresh: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            request_wait: Duration::from_secs(2),
             max_bytes: 512 * 1024,
             allow_symmetric: false,
             allow_http: false,
@@ -206,9 +208,19 @@ impl JwksBuilder {
         self
     }
 
-    /// The bound on connecting (TCP and TLS) of the default client. Default 5 s.
+    /// The bound on the TCP connect of the default client (the TLS handshake and the rest of
+    /// the exchange are bounded by the fetch timeout). Default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request whose key is not in the set (or that arrives before the first set)
+    /// waits for the fetch it started or joined, before it is answered with the keys held then
+    /// (401 `unknown key id`, or 503 without any). Default 2 s, so a slow provider never holds
+    /// requests past a load balancer's patience; the fetch itself goes on in the background.
+    pub fn max_request_wait(mut self, wait: Duration) -> Self {
+        self.settings.request_wait = wait;
         self
     }
 
@@ -248,15 +260,25 @@ impl JwksBuilder {
     /// that fails fast instead, use [`build_and_fetch`](Self::build_and_fetch).
     pub fn build(self) -> Result<Jwks, JwksError> {
         let settings = self.settings;
+        const HOUR: Duration = Duration::from_secs(3600);
         if settings.min_refresh < Duration::from_millis(100) {
             return Err(JwksError::Setting("min_refresh_interval must be at least 100 ms"));
+        }
+        if settings.max_refresh > 24 * 7 * HOUR {
+            return Err(JwksError::Setting("max_refresh_interval must be at most a week"));
+        }
+        if settings.fetch_timeout > HOUR || settings.connect_timeout > HOUR || settings.request_wait > HOUR {
+            return Err(JwksError::Setting("timeouts must be at most an hour"));
         }
         if settings.max_refresh < settings.min_refresh {
             return Err(JwksError::Setting(
                 "max_refresh_interval must not be shorter than min_refresh_interval",
             ));
         }
-        if settings.fetch_timeout.is_zero() || settings.connect_timeout.is_zero() {
+        if settings.fetch_timeout.is_zero()
+            || settings.connect_timeout.is_zero()
+            || settings.request_wait.is_zero()
+        {
             return Err(JwksError::Setting("timeouts must be positive"));
         }
         if settings.max_bytes == 0 {
@@ -304,6 +326,7 @@ impl JwksBuilder {
             attempts,
             counters: Counters::new(&label),
             task: Mutex::new(None),
+            refresher_lost: std::sync::atomic::AtomicBool::new(false),
         });
         let task = runtime.spawn(refresher(Arc::downgrade(&inner), wake));
         *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
@@ -403,10 +426,12 @@ impl Jwks {
         }
     }
 
-    /// Asks for a fetch now (as an unknown `kid` does, under the same limits) and waits for it
-    /// to end; `Ok` when a key set is held afterwards. For tests and admin endpoints.
+    /// Asks for a fetch now (under the same limits as an unknown `kid`: none starts within
+    /// `min_refresh_interval` of the last) and waits for the fetch in flight to end; returns the
+    /// outcome of the last fetch (its error even though the last good keys are still held), or
+    /// [`JwksError::NotFetched`] before any. For tests and admin endpoints.
     pub async fn refresh(&self) -> Result<(), JwksError> {
-        if let Some(wait) = self.inner.request_fetch() {
+        if let Some(wait) = self.inner.request_fetch(false, self.inner.wait_bound()) {
             wait.await;
         }
         match self.inner.attempts.borrow().last.clone() {
@@ -425,7 +450,10 @@ impl Jwks {
     /// flight and the last began at least `min_refresh_interval` ago, and returns a wait for the
     /// fetch in flight; `None` when the limit says no.
     pub(crate) fn request_fetch(&self) -> Option<KeyWait> {
-        self.inner.request_fetch()
+        self.inner.request_fetch(
+            true,
+            self.inner.settings.request_wait.min(self.inner.wait_bound()),
+        )
     }
 }
 
@@ -456,6 +484,8 @@ struct Inner {
     attempts: watch::Sender<Attempt>,
     counters: Counters,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The refresher was found dead (logged once).
+    refresher_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -504,10 +534,42 @@ impl Inner {
             Source::Url(_) => 1,
             Source::Discovery { .. } => 2,
         };
-        self.settings.fetch_timeout * documents + Duration::from_millis(100)
+        self.settings
+            .fetch_timeout
+            .saturating_mul(documents)
+            .saturating_add(Duration::from_millis(100))
     }
 
-    fn request_fetch(&self) -> Option<KeyWait> {
+    /// Whether the refresher task still runs. It ends only when its Tokio runtime shuts down
+    /// (say, a `Jwks` built inside a short-lived runtime): then nobody fetches any more, which
+    /// is logged once as an error, and requests stop waiting for fetches that never come.
+    fn refresher_alive(&self) -> bool {
+        let alive = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|task| !task.is_finished());
+        if !alive
+            && !self
+                .refresher_lost
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                source = %self.label(),
+                "the JWKS refresher task is gone (its Tokio runtime shut down): keys are no longer refreshed"
+            );
+        }
+        alive
+    }
+
+    /// Starts a fetch unless one is in flight or the last began within `min_refresh_interval`,
+    /// and returns a wait (at most `wait`) for the fetch in flight; `None` when the limit says
+    /// no. `unknown_kid` counts it as asked for by a request.
+    fn request_fetch(&self, unknown_kid: bool, wait: Duration) -> Option<KeyWait> {
+        if !self.refresher_alive() {
+            return None;
+        }
         let mut control = self.lock();
         if !control.in_flight {
             if control
@@ -519,16 +581,17 @@ impl Inner {
             control.in_flight = true;
             control.requested = true;
             control.last_started = Some(Instant::now());
-            self.counters.unknown_kid.bump();
+            if unknown_kid {
+                self.counters.unknown_kid.bump();
+            }
             self.wake.notify_one();
         }
         // Subscribed under the lock while the fetch is in flight: its end is a change this
         // receiver sees.
         let mut attempts = self.attempts.subscribe();
-        let bound = self.wait_bound();
         drop(control);
         Some(Box::pin(async move {
-            let _ = tokio::time::timeout(bound, attempts.changed()).await;
+            let _ = tokio::time::timeout(wait, attempts.changed()).await;
         }))
     }
 
@@ -644,7 +707,9 @@ impl Inner {
         self.attempts
             .send_modify(|attempt| attempt.last = Some(published.map(|_| ())));
         drop(control);
-        Instant::now() + delay
+        // Settings are bounded (a week at most), so this cannot overflow; saturate anyway.
+        let now = Instant::now();
+        now.checked_add(delay).unwrap_or(now)
     }
 
     fn label(&self) -> String {
@@ -677,7 +742,13 @@ async fn refresher(inner: Weak<Inner>, wake: Arc<Notify>) {
                 control.last_started = Some(Instant::now());
             }
         }
-        let outcome = inner.fetch().await;
+        // The fetch runs as its own task, so a panic in it (a custom client's) is a failed
+        // fetch, not the end of the refresher with `in_flight` stuck.
+        let fetching = Arc::clone(&inner);
+        let outcome = match tokio::spawn(async move { fetching.fetch().await }).await {
+            Ok(outcome) => outcome,
+            Err(error) => Err(JwksError::Client(format!("the fetch task failed: {error}"))),
+        };
         due = inner.finish(outcome);
     }
 }

@@ -106,7 +106,14 @@ impl JwksKeys {
             return Err(KeyMiss::Invalid(InvalidToken::Algorithm));
         }
         let keyed = match header.kid.as_deref() {
-            Some(kid) => derived.by_kid.get(kid),
+            Some(kid) => match derived.by_kid.get(kid) {
+                // The set has the key, but for algorithms this issuer does not accept: a
+                // refetch would not change that.
+                None if snapshot.by_kid.contains_key(kid) => {
+                    return Err(KeyMiss::Invalid(InvalidToken::Algorithm));
+                }
+                keyed => keyed,
+            },
             None => {
                 // Without a `kid`, a key is chosen only when exactly one fits the token's `alg`
                 // (the one-key set of many small providers); trying several would let one bogus

@@ -78,6 +78,18 @@ impl Key {
     }
 }
 
+/// `token` with its header replaced by one naming `alg` and `kid` (the signature no longer
+/// fits: for requests that must fail at key lookup, made without signing).
+pub fn with_header(token: &str, alg: &str, kid: &str) -> String {
+    use base64::Engine;
+    let header = serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string();
+    let (_, rest) = token.split_once('.').unwrap();
+    format!(
+        "{}.{rest}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header)
+    )
+}
+
 /// Signs `claims` with `key` under `alg`, naming `kid` in the header when given.
 pub fn sign(key: Key, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     tower_jwt_revocation::decode::install_crypto_provider();
@@ -334,8 +346,9 @@ pub fn layer(jwks: Jwks) -> JwtRevocationLayer<MemoryStore> {
 }
 
 /// One request through `layer` to a handler answering 200 with the token's `sub`.
-pub async fn call<C>(layer: &JwtRevocationLayer<MemoryStore, C>, token: &str) -> (StatusCode, HeaderMap)
+pub async fn call<S, C>(layer: &JwtRevocationLayer<S, C>, token: &str) -> (StatusCode, HeaderMap)
 where
+    S: tower_jwt_revocation::RevocationBackend,
     C: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
@@ -352,8 +365,9 @@ where
     (response.status(), response.headers().clone())
 }
 
-pub async fn status<C>(layer: &JwtRevocationLayer<MemoryStore, C>, token: &str) -> StatusCode
+pub async fn status<S, C>(layer: &JwtRevocationLayer<S, C>, token: &str) -> StatusCode
 where
+    S: tower_jwt_revocation::RevocationBackend,
     C: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
     call(layer, token).await.0
