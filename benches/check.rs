@@ -277,16 +277,16 @@ fn bench_check(c: &mut Criterion) {
             layer(memory.clone()).unwrap().layer(Ok200),
             &token,
         );
-        let keyset = JwtRevocationLayer::builder(memory.clone())
-            .key_set(KeySet::new().with_key(KID, alg.decoding.clone()))
-            .validation(validation(&alg))
-            .build()
-            .unwrap();
+        let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
+            builder.validation(validation(&alg)).build().unwrap().layer(Ok200)
+        };
+        let keyset = KeySet::new().with_key(KID, alg.decoding.clone());
+        let builder = JwtRevocationLayer::builder(memory.clone());
         bench_service(
             &mut group,
             &rt,
             "layer_memory_keyset",
-            keyset.layer(Ok200),
+            with_keys(builder.key_set(keyset)),
             &token,
         );
         let (jwks, _provider) = rt.block_on(async {
@@ -299,16 +299,12 @@ fn bench_check(c: &mut Criterion) {
                 .expect("the loopback JWKS");
             (jwks, provider)
         });
-        let from_jwks = JwtRevocationLayer::builder(memory.clone())
-            .jwks(jwks)
-            .validation(validation(&alg))
-            .build()
-            .unwrap();
+        let builder = JwtRevocationLayer::builder(memory.clone());
         bench_service(
             &mut group,
             &rt,
             "layer_memory_jwks",
-            from_jwks.layer(Ok200),
+            with_keys(builder.jwks(jwks)),
             &token,
         );
         if let Some(pool) = &pool {

@@ -499,8 +499,8 @@ impl Issuer {
     }
 }
 
-/// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list for keys from a
-/// `Jwks` when the validation was not set.
+/// Every asymmetric algorithm `jsonwebtoken` verifies (RSA first, then EC, then EdDSA): the
+/// default allow-list for keys from a `Jwks` when the validation was not set.
 pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,

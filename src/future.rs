@@ -158,19 +158,14 @@ where
                     // Present until this arm completes; it is taken exactly once, right here.
                     let Pending {
                         mut inner,
-                        mut request,
+                        request,
                         claims,
                         check,
                     } = pending.take().expect("ResponseFuture polled after completion");
-                    match shared.decide_slow(answer, &claims, check.as_ref()) {
-                        Ok(()) => {
-                            request.extensions_mut().insert(claims);
-                            let future = inner.call(request);
-                            state.set(State::Inner { future });
-                        }
-                        Err(rejection) => {
-                            return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
-                        }
+                    let decision = shared.decide_slow(answer, &claims, check.as_ref());
+                    match admit(decision, &mut inner, request, claims, shared) {
+                        Ok(future) => state.set(State::Inner { future }),
+                        Err(response) => return Poll::Ready(Ok(response)),
                     }
                 }
                 StateProj::AwaitingKeys {
@@ -181,7 +176,7 @@ where
                     ready!(wait.as_mut().poll(cx));
                     let KeyPending {
                         mut inner,
-                        mut request,
+                        request,
                         check,
                     } = unverified.take().expect("ResponseFuture polled after completion");
                     let shared = Arc::clone(shared);
@@ -207,16 +202,13 @@ where
                         }
                     };
                     match shared.backend.try_check(&claims.facts()) {
-                        Some(answer) => match shared.decide(answer, &claims, check.as_ref()) {
-                            Ok(()) => {
-                                request.extensions_mut().insert(claims);
-                                let future = inner.call(request);
-                                state.set(State::Inner { future });
+                        Some(answer) => {
+                            let decision = shared.decide(answer, &claims, check.as_ref());
+                            match admit(decision, &mut inner, request, claims, &shared) {
+                                Ok(future) => state.set(State::Inner { future }),
+                                Err(response) => return Poll::Ready(Ok(response)),
                             }
-                            Err(rejection) => {
-                                return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
-                            }
-                        },
+                        }
                         None => {
                             shared.count_slow_check();
                             let lookup = shared.backend.check(&claims.facts());
@@ -235,5 +227,29 @@ where
                 }
             }
         }
+    }
+}
+
+/// The end of a decision made in the future: the request goes to the (ready) inner service with
+/// its claims, or is answered with the rejection.
+fn admit<Inner, ReqBody, ResBody, S, C, R>(
+    decision: Result<(), Rejection>,
+    inner: &mut Inner,
+    mut request: Request<ReqBody>,
+    claims: Claims<C>,
+    shared: &Shared<S, R>,
+) -> Result<Inner::Future, Response<ResBody>>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    C: Clone + Send + Sync + 'static,
+    R: Reject<ResBody>,
+    ResBody: Default,
+{
+    match decision {
+        Ok(()) => {
+            request.extensions_mut().insert(claims);
+            Ok(inner.call(request))
+        }
+        Err(rejection) => Err(shared.reject(rejection, request.headers())),
     }
 }

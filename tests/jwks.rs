@@ -97,14 +97,7 @@ async fn an_unknown_kid_is_answered_after_one_fetch() {
 
 #[tokio::test]
 async fn a_flood_of_random_kids_makes_at_most_one_fetch_per_interval() {
-    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
-    let jwks = builder(provider.jwks_url(), false)
-        .max_refresh_interval(Duration::from_secs(3600))
-        .build_and_fetch()
-        .await
-        .unwrap();
-    let layer = layer(jwks.clone());
-    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    let (provider, jwks, layer, good) = one_key(|b| b.max_refresh_interval(Duration::from_secs(3600))).await;
     let flood: Vec<String> = (0..1000)
         .map(|i| with_header(&good, "RS256", &format!("random-{i}")))
         .collect();
@@ -134,14 +127,7 @@ async fn a_flood_of_random_kids_makes_at_most_one_fetch_per_interval() {
 
 #[tokio::test]
 async fn unknown_kids_within_the_interval_fetch_nothing_and_wait_for_nothing() {
-    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
-    let jwks = builder(provider.jwks_url(), false)
-        .min_refresh_interval(Duration::from_secs(30))
-        .build_and_fetch()
-        .await
-        .unwrap();
-    let layer = layer(jwks.clone());
-    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    let (provider, jwks, layer, good) = one_key(|b| b.min_refresh_interval(Duration::from_secs(30))).await;
     // One after another, so no fetch is ever in flight to join: only the rate limit stops them.
     let started = tokio::time::Instant::now();
     for i in 0..200 {
@@ -545,13 +531,7 @@ async fn scopes_are_checked_after_revocation_with_a_403() {
         StatusCode::FORBIDDEN
     );
     // Revoked and lacking the scope: revocation speaks first.
-    store
-        .revoke(&Revocation::token(
-            "4",
-            std::time::SystemTime::now() + Duration::from_secs(600),
-        ))
-        .await
-        .unwrap();
+    revoke_jti(&store, "4").await;
     assert_eq!(
         status(&layer, &token("4", "ann", "read")).await,
         StatusCode::UNAUTHORIZED
@@ -717,13 +697,7 @@ async fn scopes_are_decided_after_revocation_on_every_path() {
         status(&slow, &token("2", "read", "a")).await,
         StatusCode::FORBIDDEN
     );
-    store
-        .revoke(&Revocation::token(
-            "3",
-            std::time::SystemTime::now() + Duration::from_secs(600),
-        ))
-        .await
-        .unwrap();
+    revoke_jti(&store, "3").await;
     let runs_before = predicate_runs.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         status(&slow, &token("3", "read", "a")).await,
@@ -782,4 +756,24 @@ async fn require_scopes_without_a_main_layer_is_a_500_and_without_a_token_a_401(
         .service(handler);
     let response = routed.oneshot(Request::get("/").body(()).unwrap()).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A provider serving one RSA key `a`, its key source built with `configure` (from the JWKS URL,
+/// first set fetched), a layer over it, and a good token.
+async fn one_key(
+    configure: impl FnOnce(tower_jwt_revocation::JwksBuilder) -> tower_jwt_revocation::JwksBuilder,
+) -> (Provider, Jwks, JwtRevocationLayer<MemoryStore>, String) {
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = configure(builder(provider.jwks_url(), false))
+        .build_and_fetch()
+        .await
+        .unwrap();
+    let good = sign(Key::RsaA, Algorithm::RS256, Some("a"), &provider.claims("t", "x"));
+    (provider, jwks.clone(), layer(jwks), good)
+}
+
+/// Revokes token `jti` for ten minutes.
+async fn revoke_jti(store: &MemoryStore, jti: &str) {
+    let until = std::time::SystemTime::now() + Duration::from_secs(600);
+    store.revoke(&Revocation::token(jti, until)).await.unwrap();
 }
