@@ -78,3 +78,32 @@ async fn a_store_outage_is_unavailable_under_the_closed_policy() {
     // Skipped methods do not touch the store at all.
     assert!(client.login("carol").await.is_ok());
 }
+
+#[tokio::test]
+async fn a_missing_scope_is_permission_denied() {
+    use tower_jwt_revocation::JwtRevocationLayer;
+    use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = MemoryStore::new();
+    let layer = JwtRevocationLayer::builder(store.clone())
+        .decoding_key(DecodingKey::from_secret(SECRET))
+        .require_scopes(["profile"])
+        .build()
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(AuthServer::new(store, SECRET))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut client = AuthClient::connect(addr).await.unwrap();
+    let mut scoped = claims("s1", "dana");
+    scoped["scope"] = serde_json::json!("profile email");
+    assert_eq!(client.me(Some(&mint(scoped))).await.unwrap().sub, "dana");
+    let denied = client.me(Some(&mint(claims("s2", "dana")))).await.unwrap_err();
+    assert_eq!(
+        (denied.code(), denied.message()),
+        (Code::PermissionDenied, "insufficient scope")
+    );
+}
