@@ -69,9 +69,11 @@ use tower_jwt_revocation::{
 
 /// Lifetime of the access tokens `/login` issues.
 pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
-/// The longest-lived token the server accepts from any issuer. An admin revocation of a bare
+/// The longest-lived token the server accepts in HS256 mode. An admin revocation of a bare
 /// `jti` (whose token expiry the server does not know) is kept this long.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// The same with an identity provider, whose access tokens may live a day (Auth0's default).
+pub const PROVIDER_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What the demo needs besides the store.
 #[derive(Clone)]
@@ -124,6 +126,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The longest token lifetime accepted, and how long an admin revocation of a bare `jti`
+    /// is kept.
+    pub fn max_token_lifetime(&self) -> Duration {
+        if self.provider.is_some() {
+            PROVIDER_MAX_TOKEN_LIFETIME
+        } else {
+            MAX_TOKEN_LIFETIME
+        }
+    }
+}
+
 /// The key source `OIDC_ISSUER` or `JWKS_URL` names, if either is set.
 pub fn provider_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Jwks>, String> {
     let builder = match (var("OIDC_ISSUER"), var("JWKS_URL")) {
@@ -173,6 +187,7 @@ where
     validation.set_required_spec_claims(&["exp", "sub"]);
     if let Some(audience) = &config.audience {
         validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
     }
     let decode_only = Arc::new(DecodeOnly {
         key: DecodingKey::from_secret(&config.secret),
@@ -194,7 +209,7 @@ where
     };
     let auth = auth
         .validation(validation)
-        .max_token_lifetime(MAX_TOKEN_LIFETIME)
+        .max_token_lifetime(config.max_token_lifetime())
         .failure_policy(config.failure_policy)
         .realm("demo")
         .on_reject(json_rejection)
@@ -213,7 +228,8 @@ where
     // Per-route scopes: with a provider, the scope alone (a `RequireScopes` route layer); in
     // HS256 mode, the scope or the `admin` claim `/login` gives.
     let admin = if state.config.provider.is_some() {
-        admin.route_layer(RequireScopes::new([ADMIN_SCOPE]).expect("a valid scope"))
+        let scope = RequireScopes::new([ADMIN_SCOPE]).and_then(|scope| scope.realm("demo"));
+        admin.route_layer(scope.expect("a valid scope and realm"))
     } else {
         admin.route_layer(axum::middleware::from_fn(require_admin))
     };
@@ -571,8 +587,9 @@ async fn admin_revoke<S: RevocationStore, X: Sessions>(
     claims: Claims,
     Path(jti): Path<String>,
 ) -> Response {
-    // The route layer checked the admin scope (or claim). The target token's expiry is unknown here; no accepted token outlives MAX_TOKEN_LIFETIME.
-    let expires_at = SystemTime::now() + MAX_TOKEN_LIFETIME;
+    // The route layer checked the admin scope (or claim). The target token's expiry is unknown
+    // here; no accepted token outlives the maximum lifetime.
+    let expires_at = SystemTime::now() + state.config.max_token_lifetime();
     match state
         .store
         .revoke(

@@ -479,7 +479,10 @@ impl Issuer {
     }
 
     /// The audiences this issuer's tokens must name one of in `aud` (instead of the layer
-    /// validation's).
+    /// validation's); required and checked even if the layer's validation has
+    /// `validate_aud = false`. Without one, `jsonwebtoken` refuses every token that carries
+    /// `aud` (most providers' access tokens do) unless the validation has
+    /// `validate_aud = false`.
     #[must_use]
     pub fn audience<I, T>(mut self, audience: I) -> Self
     where
@@ -688,6 +691,9 @@ impl Verifier {
             validation.set_issuer(&[&issuer.iss]);
             if let Some(audience) = &issuer.audience {
                 validation.set_audience(audience);
+                // An issuer's own audience is checked even where the layer's validation
+                // switched audience checks off.
+                validation.validate_aud = true;
             }
             if let Some(algorithms) = issuer
                 .algorithms
@@ -771,8 +777,15 @@ impl Verifier {
             Err(KeyMiss::Invalid(invalid)) => Err(Unverified::Invalid(invalid)),
             #[cfg(feature = "jwks")]
             Err(KeyMiss::Fetch { jwks, has_keys }) => {
-                if may_fetch && let Some(wait) = jwks.request_fetch() {
-                    return Err(Unverified::Wait(wait));
+                if may_fetch {
+                    if let Some(wait) = jwks.request_fetch() {
+                        return Err(Unverified::Wait(wait));
+                    }
+                    // No fetch may start now; but one may have ended since this request read
+                    // the set, and installed the key: look once more.
+                    if let Ok(verified) = keys.with_key(token, |keyed| self.verify_with(token, keyed)) {
+                        return verified.map_err(Unverified::Invalid);
+                    }
                 }
                 Err(if has_keys {
                     Unverified::Invalid(InvalidToken::UnknownKey)

@@ -178,6 +178,9 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// key fits its `alg`. A key source found by discovery also requires `iss` to be its
     /// issuer. Unless [`validation`](Self::validation) is set, the allow-list is every
     /// asymmetric algorithm (see [`ASYMMETRIC_ALGORITHMS`](crate::decode::ASYMMETRIC_ALGORITHMS)).
+    /// Set the audience (the validation's `set_audience`, or use [`issuer`](Self::issuer) with
+    /// [`Issuer::audience`]): without one, `jsonwebtoken` refuses every token carrying `aud`,
+    /// as most providers' access tokens do.
     #[cfg(feature = "jwks")]
     pub fn jwks(mut self, jwks: crate::jwks::Jwks) -> Self {
         self.config.keys = Some(KeySource::Jwks(jwks));
@@ -264,7 +267,8 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// Lets requests without any bearer token through, with no claims in their extensions.
-    /// A token that is present is still verified and checked, and refused if bad.
+    /// A token that is present is still verified and checked, and refused if bad. Required
+    /// scopes and the claims predicate apply to requests with a token only.
     pub fn optional(mut self) -> Self {
         self.config.optional = true;
         self
@@ -354,12 +358,8 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         if !scopes.is_empty() {
             config.settings.scope = Some(scopes.challenge());
         }
-        if let Some(realm) = &config.settings.realm
-            && !realm
-                .bytes()
-                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
-        {
-            return Err(ConfigError::InvalidRealm);
+        if let Some(realm) = &config.settings.realm {
+            crate::reject::check_realm(realm)?;
         }
         if config.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);

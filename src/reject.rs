@@ -235,6 +235,18 @@ where
     }
 }
 
+/// Refuses a realm a quoted-string cannot carry (`"`, `\\`, controls, non-ASCII).
+pub(crate) fn check_realm(realm: &str) -> Result<(), crate::ConfigError> {
+    if realm
+        .bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        Ok(())
+    } else {
+        Err(crate::ConfigError::InvalidRealm)
+    }
+}
+
 /// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`, ...).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers

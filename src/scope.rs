@@ -141,6 +141,17 @@ impl<C> RequireScopes<C> {
     }
 }
 
+impl<C> RequireScopes<C> {
+    /// The `realm` of the challenge, as the main layer's
+    /// [`realm`](crate::JwtRevocationBuilder::realm).
+    pub fn realm(mut self, realm: impl Into<String>) -> Result<Self, ConfigError> {
+        let realm = realm.into();
+        crate::reject::check_realm(&realm)?;
+        Arc::make_mut(&mut self.settings).realm = Some(realm);
+        Ok(self)
+    }
+}
+
 impl<Inner, C> Layer<Inner> for RequireScopes<C> {
     type Service = RequireScopesService<Inner, C>;
 

@@ -596,7 +596,7 @@ mod provider_mode {
             headers[WWW_AUTHENTICATE]
                 .to_str()
                 .unwrap()
-                .contains(r#"error="insufficient_scope""#)
+                .contains(r#"realm="demo", error="insufficient_scope""#)
         );
         assert_eq!(
             call(&app, "GET", "/admin/keys", Some(&user), None).await.0,

@@ -344,7 +344,7 @@ async fn urls_must_be_https_unless_loopback_is_explicitly_allowed() {
 async fn two_issuers_with_their_own_keys_and_audiences() {
     let one = Provider::start(vec![Key::RsaA.jwk(Some("k"), None)]).await;
     let two = Provider::start(vec![Key::RsaB.jwk(Some("k"), None)]).await;
-    let layer = JwtRevocationLayer::builder(MemoryStore::new())
+    let issuers = JwtRevocationLayer::builder(MemoryStore::new())
         .issuer(Issuer::new(one.issuer(), fetched(&one).await).audience(["api-one"]))
         .issuer(Issuer::new(two.issuer(), fetched(&two).await).audience(["api-two"]))
         .build()
@@ -356,18 +356,33 @@ async fn two_issuers_with_their_own_keys_and_audiences() {
     };
     let from_one = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&one, "api-one"));
     let from_two = sign(Key::RsaB, Algorithm::RS256, Some("k"), &with_aud(&two, "api-two"));
-    assert_eq!(status(&layer, &from_one).await, StatusCode::OK);
-    assert_eq!(status(&layer, &from_two).await, StatusCode::OK);
+    assert_eq!(status(&issuers, &from_one).await, StatusCode::OK);
+    assert_eq!(status(&issuers, &from_two).await, StatusCode::OK);
     // Each issuer's audience: one's token for two's audience is refused.
     let wrong_aud = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&one, "api-two"));
-    assert_eq!(status(&layer, &wrong_aud).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&issuers, &wrong_aud).await, StatusCode::UNAUTHORIZED);
+    // An issuer's audience holds even where the layer's validation switched audiences off.
+    let mut lax = Validation::new(Algorithm::RS256);
+    lax.validate_aud = false;
+    let strict_issuer = JwtRevocationLayer::builder(MemoryStore::new())
+        .validation(lax)
+        .issuer(Issuer::new(one.issuer(), fetched(&one).await).audience(["api-one"]))
+        .build()
+        .unwrap();
+    assert_eq!(status(&strict_issuer, &from_one).await, StatusCode::OK);
+    assert_eq!(status(&strict_issuer, &wrong_aud).await, StatusCode::UNAUTHORIZED);
+    // Without any audience configured, a token carrying `aud` is refused (jsonwebtoken's rule).
+    assert_eq!(
+        status(&layer(fetched(&one).await), &from_one).await,
+        StatusCode::UNAUTHORIZED
+    );
     // A token without `aud` does not pass an audience check (jsonwebtoken alone lets it).
     let no_aud = sign(Key::RsaA, Algorithm::RS256, Some("k"), &one.claims("t", "sam"));
-    assert_eq!(status(&layer, &no_aud).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&issuers, &no_aud).await, StatusCode::UNAUTHORIZED);
     // A token claiming issuer two, signed with one's key under the same kid and algorithm:
     // only two's key is tried, and it does not verify.
     let forged = sign(Key::RsaA, Algorithm::RS256, Some("k"), &with_aud(&two, "api-two"));
-    let (code, headers) = call(&layer, &forged).await;
+    let (code, headers) = call(&issuers, &forged).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     assert!(
         headers[WWW_AUTHENTICATE]
@@ -380,7 +395,7 @@ async fn two_issuers_with_their_own_keys_and_audiences() {
     let mut stranger = with_aud(&one, "api-one");
     stranger["iss"] = json!("https://stranger.example");
     let stranger = sign(Key::RsaA, Algorithm::RS256, Some("zzz"), &stranger);
-    let (code, headers) = call(&layer, &stranger).await;
+    let (code, headers) = call(&issuers, &stranger).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     assert!(
         headers[WWW_AUTHENTICATE]
@@ -776,4 +791,26 @@ async fn one_key(
 async fn revoke_jti(store: &MemoryStore, jti: &str) {
     let until = std::time::SystemTime::now() + Duration::from_secs(600);
     store.revoke(&Revocation::token(jti, until)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_client_is_a_failed_fetch() {
+    use tower_jwt_revocation::jwks::{FetchFuture, JwksClient};
+    struct Panics;
+    impl JwksClient for Panics {
+        fn get<'a>(&'a self, _: &'a http::Uri, _: usize) -> FetchFuture<'a> {
+            Box::pin(async { panic!("a client bug") })
+        }
+    }
+    let jwks = Jwks::from_url("https://id.example/jwks")
+        .client(Panics)
+        .min_refresh_interval(MIN_REFRESH)
+        .build()
+        .unwrap();
+    let error = jwks.refresh().await.unwrap_err();
+    assert!(matches!(error, JwksError::Client(_)), "{error:?}");
+    // The refresher survived it: the next fetch happens.
+    tokio::time::sleep(MIN_REFRESH).await;
+    assert!(jwks.refresh().await.is_err());
+    assert!(jwks.stats().failures >= 2, "{:?}", jwks.stats());
 }

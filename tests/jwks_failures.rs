@@ -94,3 +94,55 @@ async fn a_failing_provider_leaves_the_last_good_keys_in_place() {
     assert_eq!(logs.count("JWKS fetch failed"), 1, "{}", logs.text());
     assert_eq!(logs.count("JWKS fetch succeeds again"), 1, "{}", logs.text());
 }
+
+#[test]
+fn a_key_source_whose_runtime_is_gone_stops_being_trusted() {
+    // The key source is built on a runtime that then shuts down: its refresher dies with it.
+    let provider_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let provider = provider_runtime.block_on(Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]));
+    let jwks = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let setup = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                setup.block_on(
+                    builder(provider.issuer(), true)
+                        .max_refresh_interval(Duration::from_millis(500))
+                        .build_and_fetch(),
+                )
+            })
+            .join()
+            .unwrap()
+            .unwrap()
+    });
+    let serving = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    serving.block_on(async {
+        let (_guard, logs) = capture_logs();
+        let layer = layer(jwks);
+        let token = sign(
+            Key::RsaA,
+            Algorithm::RS256,
+            Some("a"),
+            &provider.claims("t", "rt"),
+        );
+        // Within two refresh intervals of the last fetch the set is still used...
+        assert_eq!(status(&layer, &token).await, StatusCode::OK);
+        // ...after that nothing could have removed a withdrawn key: refused, loudly.
+        common::wait_until_within("the stale set is refused", Duration::from_secs(5), || async {
+            status(&layer, &token).await == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await;
+        let unknown = common::provider::with_header(&token, "RS256", "other");
+        assert_eq!(status(&layer, &unknown).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(logs.count("JWKS refresher task is gone"), 1, "{}", logs.text());
+    });
+}

@@ -13,15 +13,17 @@
 //! under which validation, is [`crate::decode`]'s.
 //!
 //! ```no_run
-//! use tower_jwt_revocation::{Jwks, JwtRevocationLayer, MemoryStore};
+//! use tower_jwt_revocation::{Issuer, Jwks, JwtRevocationLayer, MemoryStore};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // Discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must match.
-//! let keys = Jwks::discover("https://id.example.com/realms/main")
+//! let issuer = "https://id.example.com/realms/main";
+//! let keys = Jwks::discover(issuer)
 //!     .build_and_fetch() // wait for the first key set (or `build()`: 503 until it arrives)
 //!     .await?;
 //! let layer = JwtRevocationLayer::builder(MemoryStore::new())
-//!     .jwks(keys) // tokens must carry iss = the discovered issuer
+//!     // `iss` must be the issuer and `aud` name this API: both required.
+//!     .issuer(Issuer::new(issuer, keys).audience(["orders-api"]))
 //!     .build()?;
 //! # let _ = layer; Ok(()) }
 //! ```
@@ -256,7 +258,8 @@ impl JwksBuilder {
     /// Checks the settings, starts the background refresher on the current Tokio runtime and
     /// returns at once: the first fetch runs in the background, and until a key set arrives the
     /// layer answers 503 with `Retry-After` (a request arriving while the first fetch is in
-    /// flight waits for it, up to the fetch timeout). This is the default start-up; for one
+    /// flight waits for it, up to [`max_request_wait`](Self::max_request_wait)). This is the
+    /// default start-up; for one
     /// that fails fast instead, use [`build_and_fetch`](Self::build_and_fetch).
     pub fn build(self) -> Result<Jwks, JwksError> {
         let settings = self.settings;
@@ -325,11 +328,12 @@ impl JwksBuilder {
             wake: Arc::clone(&wake),
             attempts,
             counters: Counters::new(&label),
-            task: Mutex::new(None),
+            task: std::sync::OnceLock::new(),
             refresher_lost: std::sync::atomic::AtomicBool::new(false),
         });
         let task = runtime.spawn(refresher(Arc::downgrade(&inner), wake));
-        *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+        // Set once, right here, before anyone can read it.
+        let _ = inner.task.set(task.abort_handle());
         Ok(Jwks { inner })
     }
 
@@ -446,6 +450,15 @@ impl Jwks {
         self.inner.keys.load()
     }
 
+    /// Whether `snapshot` may still be used. Always, while the refresher runs (a provider
+    /// outage keeps the last good set). Once the refresher is gone (its runtime shut down),
+    /// nothing will ever remove a key the provider withdrew: the set is then used for two
+    /// `max_refresh_interval`s after it was fetched, and refused (503) after that.
+    pub(crate) fn usable(&self, snapshot: &KeySnapshot) -> bool {
+        self.inner.refresher_alive()
+            || snapshot.fetched.elapsed() <= self.inner.settings.max_refresh.saturating_mul(2)
+    }
+
     /// A request named a key the set lacks (or no set is held): starts a fetch if none is in
     /// flight and the last began at least `min_refresh_interval` ago, and returns a wait for the
     /// fetch in flight; `None` when the limit says no.
@@ -483,14 +496,14 @@ struct Inner {
     wake: Arc<Notify>,
     attempts: watch::Sender<Attempt>,
     counters: Counters,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// The refresher was found dead (logged once).
     refresher_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(task) = self.task.get() {
             task.abort();
         }
     }
@@ -544,12 +557,7 @@ impl Inner {
     /// (say, a `Jwks` built inside a short-lived runtime): then nobody fetches any more, which
     /// is logged once as an error, and requests stop waiting for fetches that never come.
     fn refresher_alive(&self) -> bool {
-        let alive = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|task| !task.is_finished());
+        let alive = self.task.get().is_some_and(|task| !task.is_finished());
         if !alive
             && !self
                 .refresher_lost

@@ -80,7 +80,7 @@ impl JwksKeys {
         verify: impl FnOnce(&KeyedValidation) -> R,
     ) -> Result<R, KeyMiss<'_>> {
         let snapshot = self.jwks.snapshot();
-        let Some(snapshot) = snapshot.as_ref() else {
+        let Some(snapshot) = snapshot.as_ref().filter(|snapshot| self.jwks.usable(snapshot)) else {
             return Err(KeyMiss::Fetch {
                 jwks: &self.jwks,
                 has_keys: false,
