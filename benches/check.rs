@@ -15,7 +15,9 @@
 //!   `SELECT EXISTS(... WHERE jti = $1)` on every request, as most hand-rolled revocation does.
 //!
 //! Groups `check_hs256` and `check_es256`, with a realistic token (11 claims). A third group,
-//! `try_check`, times the backends' synchronous fast path alone.
+//! `try_check`, times the backends' synchronous fast path alone. Last, outside criterion, a
+//! static key, a static key set and a `Jwks` are timed with interleaved batches (see
+//! `key_sources_interleaved`).
 //!
 //! The Postgres variants find the database the way the tests do (`DATABASE_URL`, else
 //! `127.0.0.1:5432`) and use their own database `tower_jwt_revocation_bench`; without Postgres
@@ -34,7 +36,7 @@ use tower_jwt_revocation::Revocation;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baseline::{DecodeOnly, Ok200};
-use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
+use criterion::{BenchmarkGroup, Criterion, criterion_group, measurement::WallTime};
 use http::{Request, Response, header::AUTHORIZATION};
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -367,5 +369,80 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
+/// A static key, a static `KeySet` and a `Jwks` compared in one process with their batches
+/// interleaved (round-robin, rotating the order each round), so a slow spell of this shared
+/// machine hits all three alike; criterion's sequential runs of the same variants differ by
+/// more than the difference being measured. Writes the per-request medians to
+/// `target/bench/key_sources.jsonl` for `bench_report`.
+fn key_sources_interleaved() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut lines = String::new();
+    for alg in algorithms() {
+        let token = realistic_token(&alg);
+        let memory = MemoryStore::new();
+        let builder = || JwtRevocationLayer::builder(memory.clone());
+        let (jwks, _provider) = rt.block_on(async {
+            let provider = provider::Provider::start(vec![alg.jwk.clone()]).await;
+            let jwks = Jwks::from_url(provider.jwks_url())
+                .allow_http_on_loopback()
+                .allow_symmetric_keys()
+                .build_and_fetch()
+                .await
+                .expect("the loopback JWKS");
+            (jwks, provider)
+        });
+        let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
+            builder.validation(validation(&alg)).build().unwrap().layer(Ok200)
+        };
+        let mut variants = [
+            (
+                "static_key",
+                with_keys(builder().decoding_key(alg.decoding.clone())),
+            ),
+            (
+                "static_key_set",
+                with_keys(builder().key_set(KeySet::new().with_key(KID, alg.decoding.clone()))),
+            ),
+            ("jwks", with_keys(builder().jwks(jwks))),
+        ];
+        // About 2 ms per batch for either algorithm; 300 rounds.
+        let batch = if alg.name == "hs256" { 300 } else { 5 };
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for round in 0..300 {
+            for k in 0..variants.len() {
+                let i = (round + k) % variants.len();
+                let service = &mut variants[i].1;
+                let started = std::time::Instant::now();
+                rt.block_on(async {
+                    for _ in 0..batch {
+                        assert_eq!(one(service, request(&token)).await, 200);
+                    }
+                });
+                samples[i].push(started.elapsed().as_nanos() as f64 / f64::from(batch));
+            }
+        }
+        for ((name, _), mut times) in variants.iter().zip(samples) {
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            eprintln!("key_sources/{}/{name}: {median:.0} ns", alg.name);
+            lines.push_str(&format!(
+                "{}\n",
+                json!({"alg": alg.name, "variant": name, "median_ns": median})
+            ));
+        }
+    }
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write("target/bench/key_sources.jsonl", lines).unwrap();
+}
+
 criterion_group!(benches, bench_check);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    key_sources_interleaved();
+    Criterion::default().configure_from_args().final_summary();
+}

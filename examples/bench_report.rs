@@ -62,6 +62,41 @@ fn mean(runs: &[serde_json::Value], field: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
+/// The interleaved comparison of key sources `benches/check.rs` leaves in
+/// `target/bench/key_sources.jsonl`.
+fn key_sources(out: &mut String) {
+    let runs = loadgen("key_sources.jsonl");
+    let median = |alg: &str, variant: &str| {
+        runs.iter()
+            .find(|r| r["alg"] == alg && r["variant"] == variant)
+            .and_then(|r| r["median_ns"].as_f64())
+    };
+    let _ = writeln!(
+        out,
+        "\nKey sources, the layer over `MemoryStore` with the same token (its header names the `kid`), \
+         timed in interleaved batches in one process (medians of 300 batches each), so the machine's \
+         slow spells hit all three alike:\n"
+    );
+    let _ = writeln!(out, "| key source | HS256 | ES256 |\n|---|---|---|");
+    for variant in ["static_key", "static_key_set", "jwks"] {
+        let cell = |alg| median(alg, variant).map(human).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(out, "| `{variant}` | {} | {} |", cell("hs256"), cell("es256"));
+    }
+    let _ = writeln!(out, "\n| ratio | HS256 | ES256 | target |\n|---|---|---|---|");
+    for (label, a, b, target) in [
+        (
+            "`jwks / static_key_set`",
+            "jwks",
+            "static_key_set",
+            "= 1.00 (a provider's key costs what a static one does)",
+        ),
+        ("`jwks / static_key`", "jwks", "static_key", ""),
+    ] {
+        let r = |alg| ratio(median(alg, a), median(alg, b));
+        let _ = writeln!(out, "| {label} | {} | {} | {target} |", r("hs256"), r("es256"));
+    }
+}
+
 fn main() {
     let mut out = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -111,18 +146,6 @@ fn main() {
     for (label, a, b, target) in [
         ("`layer_memory / decode_only`", "layer_memory", "decode_only", ""),
         (
-            "`layer_memory_jwks / layer_memory_keyset`",
-            "layer_memory_jwks",
-            "layer_memory_keyset",
-            "= 1.00 (a provider's key costs what a static one does)",
-        ),
-        (
-            "`layer_memory_jwks / layer_memory`",
-            "layer_memory_jwks",
-            "layer_memory",
-            "",
-        ),
-        (
             "`layer_cache_hit / decode_only`",
             "layer_cache_hit",
             "decode_only",
@@ -149,6 +172,7 @@ fn main() {
             r("check_es256")
         );
     }
+    key_sources(&mut out);
     let _ = writeln!(
         out,
         "\nThe backends' synchronous fast path alone (`try_check` group):\n"
