@@ -439,7 +439,63 @@ fn key_sources_interleaved() {
     std::fs::write("target/bench/key_sources.jsonl", lines).unwrap();
 }
 
-criterion_group!(benches, bench_check);
+/// Signature verification alone, with each of `jsonwebtoken`'s crypto backends (both are
+/// compiled into the benchmarks): what choosing `aws_lc_rs` (the default) or `rust_crypto`
+/// costs per request, per algorithm. Each iteration builds the verifier from the key and
+/// verifies, as `jsonwebtoken::decode` does.
+fn bench_crypto(c: &mut Criterion) {
+    use tower_jwt_revocation::jsonwebtoken::crypto::{CryptoProvider, aws_lc, rust_crypto};
+    tower_jwt_revocation::decode::install_crypto_provider();
+    let jwk = |key: provider::Key| key.jwk(None, None);
+    let rsa = jwk(provider::Key::RsaA);
+    let ed = jwk(provider::Key::Ed25519);
+    let cases = [
+        (
+            Algorithm::HS256,
+            EncodingKey::from_secret(SECRET),
+            DecodingKey::from_secret(SECRET),
+        ),
+        (
+            Algorithm::RS256,
+            provider::Key::RsaA.encoding_key(),
+            DecodingKey::from_rsa_components(rsa["n"].as_str().unwrap(), rsa["e"].as_str().unwrap()).unwrap(),
+        ),
+        (
+            Algorithm::ES256,
+            provider::Key::P256.encoding_key(),
+            DecodingKey::from_ec_pem(include_bytes!("../tests/keys/jwk/p256-public.pem")).unwrap(),
+        ),
+        (
+            Algorithm::EdDSA,
+            provider::Key::Ed25519.encoding_key(),
+            DecodingKey::from_ed_components(ed["x"].as_str().unwrap()).unwrap(),
+        ),
+    ];
+    for (algorithm, encoding, decoding) in cases {
+        let token = encode(&Header::new(algorithm), &json!({"sub": "x"}), &encoding).unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let mut group = c.benchmark_group(format!("crypto_{algorithm:?}").to_lowercase());
+        group
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
+        let providers: [(&str, &CryptoProvider); 2] = [
+            ("aws_lc_rs", &aws_lc::DEFAULT_PROVIDER),
+            ("rust_crypto", &rust_crypto::DEFAULT_PROVIDER),
+        ];
+        for (name, provider) in providers {
+            let verify = || {
+                let verifier = (provider.verifier_factory)(&algorithm, &decoding).unwrap();
+                verifier.verify(message.as_bytes(), &signature).is_ok()
+            };
+            assert!(verify(), "{name} verifies {algorithm:?}");
+            group.bench_function(name, |b| b.iter(|| black_box(verify())));
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_check, bench_crypto);
 
 fn main() {
     benches();

@@ -62,6 +62,32 @@ fn mean(runs: &[serde_json::Value], field: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
+/// Signature verification alone per crypto backend (`crypto_*` groups).
+fn crypto(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\nSignature verification alone (verifier built from the key, then verify, as \
+         `jsonwebtoken::decode` does), per crypto backend (`crypto_*` groups):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| algorithm | `aws_lc_rs` (default) | `rust_crypto` | rust_crypto / aws_lc_rs |\n|---|---|---|---|"
+    );
+    for alg in ["hs256", "rs256", "es256", "eddsa"] {
+        let group = format!("crypto_{alg}");
+        let (aws, rust) = (median_ns(&group, "aws_lc_rs"), median_ns(&group, "rust_crypto"));
+        let cell = |v: Option<f64>| v.map(human).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            alg.to_uppercase().replace("EDDSA", "EdDSA"),
+            cell(aws),
+            cell(rust),
+            ratio(rust, aws)
+        );
+    }
+}
+
 /// The interleaved comparison of key sources `benches/check.rs` leaves in
 /// `target/bench/key_sources.jsonl`.
 fn key_sources(out: &mut String) {
@@ -173,6 +199,7 @@ fn main() {
         );
     }
     key_sources(&mut out);
+    crypto(&mut out);
     let _ = writeln!(
         out,
         "\nThe backends' synchronous fast path alone (`try_check` group):\n"

@@ -35,7 +35,8 @@
 //!    can answer from memory, so a cache hit costs no allocation and no `.await`.
 //! 4. [`reject`]: the response of every refusal, built in one place.
 //!
-//! Features: `rust_crypto` (default) or `aws_lc_rs` select `jsonwebtoken`'s crypto backend;
+//! Features: `aws_lc_rs` (default) or `rust_crypto` (pure Rust) select `jsonwebtoken`'s crypto
+//! backend;
 //! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor; `postgres` adds
 //! `PgStore`, the durable ledger shared by every instance; `moka` adds `MokaCache`, the
 //! in-process tier that answers most checks from memory; `tokio` (on with `postgres` and

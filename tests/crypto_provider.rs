@@ -4,7 +4,7 @@
 //!
 //! The other half, a build in which `jsonwebtoken` has both backends compiled in while this
 //! crate enables only one, is every other test binary: the dev-dependency on
-//! `jsonwebtoken/aws_lc_rs` in `Cargo.toml` makes it so, and the layer installs this crate's
+//! `jsonwebtoken/rust_crypto` in `Cargo.toml` (next to this crate's default `aws_lc_rs`) makes it so, and the layer installs this crate's
 //! provider when it is built. (Reproduced on `main` before the fix: every verification there
 //! panicked with "Could not automatically determine the process-level CryptoProvider".)
 
