@@ -138,6 +138,20 @@ fn bench_service<S>(
     });
 }
 
+/// A `Jwks` holding `alg`'s key, served by a provider on loopback (kept alive by the caller).
+fn loopback_jwks(rt: &Runtime, alg: &Alg) -> (Jwks, provider::Provider) {
+    rt.block_on(async {
+        let provider = provider::Provider::start(vec![alg.jwk.clone()]).await;
+        let jwks = Jwks::from_url(provider.jwks_url())
+            .allow_http_on_loopback()
+            .allow_symmetric_keys()
+            .build_and_fetch()
+            .await
+            .expect("the loopback JWKS");
+        (jwks, provider)
+    })
+}
+
 /// A pool on the bench database, created and migrated if needed; `None` without Postgres.
 async fn bench_pool() -> Option<sqlx::PgPool> {
     use sqlx::ConnectOptions;
@@ -291,16 +305,7 @@ fn bench_check(c: &mut Criterion) {
             with_keys(builder.key_set(keyset)),
             &token,
         );
-        let (jwks, _provider) = rt.block_on(async {
-            let provider = provider::Provider::start(vec![alg.jwk.clone()]).await;
-            let jwks = Jwks::from_url(provider.jwks_url())
-                .allow_http_on_loopback()
-                .allow_symmetric_keys()
-                .build_and_fetch()
-                .await
-                .expect("the loopback JWKS");
-            (jwks, provider)
-        });
+        let (jwks, _provider) = loopback_jwks(&rt, &alg);
         let builder = JwtRevocationLayer::builder(memory.clone());
         bench_service(
             &mut group,
@@ -385,16 +390,7 @@ fn key_sources_interleaved() {
         let token = realistic_token(&alg);
         let memory = MemoryStore::new();
         let builder = || JwtRevocationLayer::builder(memory.clone());
-        let (jwks, _provider) = rt.block_on(async {
-            let provider = provider::Provider::start(vec![alg.jwk.clone()]).await;
-            let jwks = Jwks::from_url(provider.jwks_url())
-                .allow_http_on_loopback()
-                .allow_symmetric_keys()
-                .build_and_fetch()
-                .await
-                .expect("the loopback JWKS");
-            (jwks, provider)
-        });
+        let (jwks, _provider) = loopback_jwks(&rt, &alg);
         let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
             builder.validation(validation(&alg)).build().unwrap().layer(Ok200)
         };
