@@ -18,7 +18,8 @@
 //! - `OIDC_ISSUER` (an OpenID Provider: its keys are found through
 //!   `{issuer}/.well-known/openid-configuration`) or `JWKS_URL` (a plain JWKS document): verify
 //!   tokens from that provider instead of HS256 ones; `/login` and `/refresh` then answer 404.
-//!   Until the first key set arrives, protected routes answer 503 with `Retry-After`.
+//!   Until the first key set arrives, protected routes answer 503 with `Retry-After`. A provider
+//!   token without `jti` is accepted and revoked by the hash of its signed content.
 //! - `JWT_AUDIENCE`: the `aud` every token must name (in HS256 mode `/login` tokens carry it);
 //!   unset with a provider, tokens for any audience of that issuer are accepted (with a warning).
 //!   `JWKS_URL` implies no issuer: any `iss` signed by those keys is accepted
@@ -63,7 +64,7 @@ use tower_jwt_revocation::jsonwebtoken::{
 };
 use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
-    Claims, FailurePolicy, Jwks, JwtRevocationLayer, Rejection, RequireScopes, RevocationBackend,
+    Claims, FailurePolicy, Jwks, JwtRevocationLayer, MissingJti, Rejection, RequireScopes, RevocationBackend,
     RevocationStore, StoreError,
 };
 
@@ -204,7 +205,9 @@ where
                 );
                 validation.validate_aud = false;
             }
-            auth.jwks(jwks.clone())
+            // Many providers' access tokens have no `jti` (Auth0, Entra ID): such a token is
+            // revoked by the hash of its signed content instead of being refused.
+            auth.jwks(jwks.clone()).missing_jti(MissingJti::HashSigningInput)
         }
     };
     let auth = auth

@@ -563,6 +563,23 @@ mod provider_mode {
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         }
         assert_eq!(call(&app, "GET", "/healthz", None, None).await.0, StatusCode::OK);
+        // A provider token without `jti` is accepted, and its logout revokes it all the same.
+        let mut claims = provider.claims("unused", "pat");
+        claims.as_object_mut().unwrap().remove("jti");
+        claims["aud"] = json!("demo-api");
+        let no_jti = sign(Key::RsaA, Algorithm::RS256, Some("a"), &claims);
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&no_jti), None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "POST", "/logout", Some(&no_jti), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&no_jti), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
         // Logging out revokes the provider's token here.
         assert_eq!(
             call(&app, "POST", "/logout", Some(&good), None).await.0,
