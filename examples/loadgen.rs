@@ -3,12 +3,17 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/me --login alice \
 //!     [--connections 16] [--duration 10] [--json]
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/me \
+//!     --mint-secret "$JWT_SECRET" --subjects 10000 [--zipf 1.0]
 //! ```
 //!
 //! Opens N keep-alive HTTP/1.1 connections (hyper client), each sending `GET <url>` with the
 //! bearer token back to back for the fixed duration, then prints requests/s and p50/p99
 //! latency. `--login SUB` gets the token from the server's `POST /login`; `--token T` uses one
-//! you have. It refuses any address outside the loopback range: it is for measuring a server on
+//! you have. `--mint-secret S --subjects N` mints one HS256 token per subject (`load-0` ...
+//! `load-{N-1}`, 15 minutes) and sends each request with one of them, drawn from a Zipf
+//! distribution (exponent `--zipf`, default 1.0): many distinct clients, each reusing its token,
+//! a few of them busy, as real traffic is. It refuses any address outside the loopback range: it is for measuring a server on
 //! this machine, nothing else.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -23,6 +28,9 @@ struct Args {
     url: Uri,
     token: Option<String>,
     login: Option<String>,
+    mint_secret: Option<String>,
+    subjects: usize,
+    zipf: f64,
     connections: usize,
     duration: Duration,
     json: bool,
@@ -32,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut url, mut token, mut login, mut connections, mut duration, mut json) =
         (None, None, None, 16, Duration::from_secs(10), false);
+    let (mut mint_secret, mut subjects, mut zipf) = (None, 1, 1.0);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -43,17 +52,23 @@ fn parse_args() -> Result<Args, String> {
                 duration = Duration::from_secs(value()?.parse().map_err(|_| "--duration takes seconds")?)
             }
             "--json" => json = true,
+            "--mint-secret" => mint_secret = Some(value()?),
+            "--subjects" => subjects = value()?.parse().map_err(|_| "--subjects takes a number")?,
+            "--zipf" => zipf = value()?.parse().map_err(|_| "--zipf takes a number")?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let url = url.ok_or("--url is required")?;
-    if token.is_none() && login.is_none() {
-        return Err("one of --token or --login is required".into());
+    if token.is_none() && login.is_none() && mint_secret.is_none() {
+        return Err("one of --token, --login or --mint-secret is required".into());
     }
     Ok(Args {
         url,
         token,
         login,
+        mint_secret,
+        subjects: subjects.max(1),
+        zipf,
         connections: connections.max(1),
         duration,
         json,
@@ -123,7 +138,68 @@ struct Tally {
     errors: u64,
 }
 
-async fn run_connection(addr: SocketAddr, url: Uri, token: String, until: Instant) -> Tally {
+/// The tokens requests carry, and how one is picked for each request.
+struct Tokens {
+    /// `Bearer <token>` header values.
+    headers: Vec<String>,
+    /// Cumulative Zipf weights, one per token (empty: always the first).
+    cdf: Vec<f64>,
+}
+
+impl Tokens {
+    fn one(token: &str) -> Self {
+        Self {
+            headers: vec![format!("Bearer {token}")],
+            cdf: Vec::new(),
+        }
+    }
+
+    /// One token per subject, HS256 with `secret`, and the Zipf(`exponent`) weights of their
+    /// ranks.
+    fn minted(secret: &str, subjects: usize, exponent: f64) -> Self {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        tower_jwt_revocation::decode::install_crypto_provider();
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let headers = (0..subjects)
+            .map(|i| {
+                let claims = serde_json::json!({
+                    "jti": format!("load-token-{i}"), "sub": format!("load-{i}"),
+                    "iat": now, "exp": now + 900,
+                });
+                let token = encode(&Header::default(), &claims, &key).expect("HS256 signing");
+                format!("Bearer {token}")
+            })
+            .collect();
+        let mut total = 0.0;
+        let cdf = (1..=subjects)
+            .map(|rank| {
+                total += 1.0 / (rank as f64).powf(exponent);
+                total
+            })
+            .collect();
+        Self { headers, cdf }
+    }
+
+    /// The header for a uniform draw `u` in [0, 1).
+    fn pick(&self, u: f64) -> &str {
+        let index = match self.cdf.last() {
+            None => 0,
+            Some(total) => self.cdf.partition_point(|c| *c < u * total),
+        };
+        &self.headers[index.min(self.headers.len() - 1)]
+    }
+}
+
+async fn run_connection(
+    addr: SocketAddr,
+    url: Uri,
+    tokens: std::sync::Arc<Tokens>,
+    seed: u64,
+    until: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let Ok(mut sender) = connect(addr).await else {
         tally.errors += 1;
@@ -137,11 +213,18 @@ async fn run_connection(addr: SocketAddr, url: Uri, token: String, until: Instan
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_else(|| "localhost".into());
-    let authorization = format!("Bearer {token}");
+    // xorshift64*: a per-connection stream of draws, cheap next to a request.
+    let mut state = seed | 1;
+    let mut draw = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    };
     while Instant::now() < until {
         let req = Request::get(path.as_str())
             .header("host", host.as_str())
-            .header("authorization", authorization.as_str())
+            .header("authorization", tokens.pick(draw()))
             .body(Full::new(Bytes::new()))
             .expect("static request parts are valid");
         let started = Instant::now();
@@ -189,21 +272,32 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let token = match (&args.token, &args.login) {
-        (Some(token), _) => token.clone(),
-        (None, Some(sub)) => match login(addr, &args.url, sub).await {
-            Ok(token) => token,
+    let tokens = match (&args.token, &args.login, &args.mint_secret) {
+        (Some(token), _, _) => Tokens::one(token),
+        (None, Some(sub), _) => match login(addr, &args.url, sub).await {
+            Ok(token) => Tokens::one(&token),
             Err(message) => {
                 eprintln!("loadgen: login failed: {message}");
                 std::process::exit(1);
             }
         },
-        (None, None) => unreachable!("parse_args requires one"),
+        (None, None, Some(secret)) => Tokens::minted(secret, args.subjects, args.zipf),
+        (None, None, None) => unreachable!("parse_args requires one"),
     };
+    let tokens = std::sync::Arc::new(tokens);
     let started = Instant::now();
     let until = started + args.duration;
     let tasks: Vec<_> = (0..args.connections)
-        .map(|_| tokio::spawn(run_connection(addr, args.url.clone(), token.clone(), until)))
+        .map(|i| {
+            let seed = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i as u64 + 1);
+            tokio::spawn(run_connection(
+                addr,
+                args.url.clone(),
+                std::sync::Arc::clone(&tokens),
+                seed,
+                until,
+            ))
+        })
         .collect();
     let mut all = Tally::default();
     for task in tasks {
@@ -226,6 +320,7 @@ async fn main() {
             "{}",
             serde_json::json!({
                 "url": args.url.to_string(), "connections": args.connections, "seconds": elapsed,
+                "tokens": tokens.headers.len(),
                 "requests": requests, "rps": rps, "p50_us": p50, "p99_us": p99,
                 "non_2xx": all.non_2xx, "errors": all.errors,
             })

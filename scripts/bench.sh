@@ -27,7 +27,8 @@ else
   echo "MemoryStore" > target/bench/store.txt
   SERVER_DB_URL=""
 fi
-DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn JWT_SECRET=bench-secret-bench-secret-bench \
+BENCH_SECRET=bench-secret-bench-secret-bench
+DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn JWT_SECRET="$BENCH_SECRET" \
   target/release/examples/server &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -35,8 +36,12 @@ for _ in $(seq 1 100); do port_open 127.0.0.1 $PORT && break; sleep 0.1; done
 for round in 1 2 3; do
   for route in layer baseline; do
     path=/me; [ "$route" = baseline ] && path=/baseline/me
+    # One hot token, then 10 000 subjects each reusing its own token, Zipf-distributed.
     target/release/examples/loadgen --url "http://127.0.0.1:$PORT$path" --login bench-user \
       --connections 16 --duration "${LOADGEN_SECONDS:-8}" --json >> "target/bench/loadgen-$route.jsonl"
+    target/release/examples/loadgen --url "http://127.0.0.1:$PORT$path" --mint-secret "$BENCH_SECRET" \
+      --subjects 10000 --connections 16 --duration "${LOADGEN_SECONDS:-8}" --json \
+      >> "target/bench/loadgen-$route-zipf.jsonl"
   done
 done
 kill $SERVER; trap - EXIT
