@@ -33,7 +33,7 @@ DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn JWT_SECR
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do port_open 127.0.0.1 $PORT && break; sleep 0.1; done
-for round in 1 2 3; do
+for round in 1 2 3 4 5; do
   for route in layer baseline; do
     path=/me; [ "$route" = baseline ] && path=/baseline/me
     # One hot token, then 10 000 subjects each reusing its own token, Zipf-distributed.
