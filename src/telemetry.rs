@@ -210,14 +210,6 @@ impl Spread {
     }
 }
 
-/// Now as Unix seconds, for timestamp gauges.
-#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Registers the descriptions (`# HELP` lines) of every metric with the current recorder.
 pub(crate) fn describe() {
     #[cfg(feature = "metrics")]

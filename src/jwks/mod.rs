@@ -145,6 +145,16 @@ enum Source {
     Discovery { issuer: String, document: Uri },
 }
 
+impl Source {
+    /// How logs and metrics name the source: the issuer, or the JWKS URL.
+    fn label(&self) -> String {
+        match self {
+            Source::Url(url) => url.to_string(),
+            Source::Discovery { issuer, .. } => issuer.clone(),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Settings {
     min_refresh: Duration,
@@ -306,10 +316,7 @@ impl JwksBuilder {
             Some(client) => client,
             None => Arc::new(HyperClient::new(settings.connect_timeout)?),
         };
-        let label = match &source {
-            Source::Url(url) => url.to_string(),
-            Source::Discovery { issuer, .. } => issuer.clone(),
-        };
+        let label = source.label();
         let (attempts, _) = watch::channel(Attempt::default());
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
@@ -679,7 +686,9 @@ impl Inner {
                 self.keys.store(Some(Arc::new(snapshot)));
                 self.counters.refreshes.bump();
                 self.counters.keys.set(keys as f64);
-                self.counters.last_success.set(telemetry::unix_now());
+                self.counters
+                    .last_success
+                    .set(crate::backend::unix_seconds(std::time::SystemTime::now()) as f64);
                 let interval = max_age
                     .unwrap_or(settings.max_refresh)
                     .clamp(settings.min_refresh, settings.max_refresh);
@@ -721,10 +730,7 @@ impl Inner {
     }
 
     fn label(&self) -> String {
-        match &self.source {
-            Source::Url(url) => url.to_string(),
-            Source::Discovery { issuer, .. } => issuer.clone(),
-        }
+        self.source.label()
     }
 }
 
