@@ -44,7 +44,7 @@ async fn handle<S: RevocationStore>(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     // The layer only lets requests with verified, unrevoked claims through.
-    let Some(claims) = request.extensions().get::<Claims>().cloned() else {
+    let Some(claims) = request.extensions().get::<std::sync::Arc<Claims>>().cloned() else {
         return Ok(json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": "unauthorized"}),

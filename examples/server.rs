@@ -282,9 +282,12 @@ where
 
 /// HS256 mode's admin check: the admin scope, or the `"admin": true` claim.
 async fn require_admin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let admin = request.extensions().get::<Claims>().is_some_and(|claims| {
-        claims.has_scope(ADMIN_SCOPE) || claims.custom.get("admin") == Some(&Value::Bool(true))
-    });
+    let admin = request
+        .extensions()
+        .get::<std::sync::Arc<Claims>>()
+        .is_some_and(|claims| {
+            claims.has_scope(ADMIN_SCOPE) || claims.custom.get("admin") == Some(&Value::Bool(true))
+        });
     if !admin {
         let body = json!({"error": "insufficient_scope", "error_description": "admin token required"});
         let challenge = format!(r#"Bearer realm="demo", error="insufficient_scope", scope="{ADMIN_SCOPE}""#);
@@ -335,7 +338,8 @@ async fn decode_only_auth(
         .and_then(|token| decode::<Claims>(token, &decode_only.key, &decode_only.validation).ok());
     match claims {
         Some(data) => {
-            request.extensions_mut().insert(data.claims);
+            // Where the layer puts them, so the same handlers serve both routes.
+            request.extensions_mut().insert(Arc::new(data.claims));
             next.run(request).await
         }
         None => StatusCode::UNAUTHORIZED.into_response(),

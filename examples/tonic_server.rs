@@ -116,15 +116,15 @@ where
     }
 
     /// The claims the layer put into the request's extensions.
-    fn claims<T>(request: &Request<T>) -> Result<Claims, Status> {
+    fn claims<T>(request: &Request<T>) -> Result<Arc<Claims>, Status> {
         request
             .extensions()
-            .get::<Claims>()
+            .get::<Arc<Claims>>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no verified token"))
     }
 
-    async fn logout(&self, claims: Claims) -> Result<Empty, Status> {
+    async fn logout(&self, claims: Arc<Claims>) -> Result<Empty, Status> {
         let revocation = claims
             .token_revocation()
             .ok_or_else(|| Status::invalid_argument("token has no id"))?;
@@ -197,8 +197,8 @@ where
                 let method = service_fn(|req: Request<Empty>| async move {
                     let claims = Auth::<S>::claims(&req)?;
                     Ok::<_, Status>(Response::new(MeReply {
-                        sub: claims.sub.unwrap_or_default(),
-                        jti: claims.jti.unwrap_or_default(),
+                        sub: claims.sub.clone().unwrap_or_default(),
+                        jti: claims.jti.clone().unwrap_or_default(),
                         iat: claims.iat.unwrap_or_default(),
                         exp: claims.exp.unwrap_or_default(),
                     }))

@@ -65,4 +65,8 @@ pub enum ConfigError {
     /// `require` was called before `claims::<C2>()`: the predicate was for the old claim type.
     #[error("set the claims type before the claims predicate (`claims::<C>()` then `require`)")]
     PredicateBeforeClaims,
+    /// The verified-token cache's capacity exceeds
+    /// [`token_cache::MAX_CAPACITY`](crate::token_cache::MAX_CAPACITY).
+    #[error("the verified-token cache capacity {0} exceeds the maximum of {max}", max = crate::token_cache::MAX_CAPACITY)]
+    TokenCacheCapacity(usize),
 }

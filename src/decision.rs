@@ -11,10 +11,13 @@ use std::sync::Arc;
 use http::{HeaderMap, Response};
 
 use crate::backend::{StoreError, Verdict};
-use crate::decode::{Claims, Verifier};
+use serde::de::DeserializeOwned;
+
+use crate::decode::{Claims, Unverified, Verifier};
 use crate::reject::{Reject, RejectSettings, Rejection};
 use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::telemetry::{self, Count, Outage};
+use crate::token_cache::TokenCache;
 
 /// What the layer does with a verified token when the backend cannot say whether it is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +63,10 @@ pub struct Metrics {
     pub rejected_forbidden: u64,
     /// 503s because the identity provider's keys were not fetched yet.
     pub rejected_keys_unavailable: u64,
+    /// Tokens found in the verified-token cache (their signature verification skipped).
+    pub token_cache_hits: u64,
+    /// Tokens the verified-token cache did not hold (verified, and cached if they passed).
+    pub token_cache_misses: u64,
 }
 
 /// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
@@ -78,6 +85,8 @@ pub(crate) struct Counters {
     store_errors: Count,
     fail_open_passes: Count,
     slow_checks: Count,
+    pub(crate) token_cache_hits: Count,
+    pub(crate) token_cache_misses: Count,
     outage: Outage,
 }
 
@@ -100,6 +109,8 @@ impl Default for Counters {
             fail_open_passes: outcome(&[("outcome", "fail_open")]),
             store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
             slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
+            token_cache_hits: Count::new(telemetry::TOKEN_CACHE, &[("result", "hit")]),
+            token_cache_misses: Count::new(telemetry::TOKEN_CACHE, &[("result", "miss")]),
             outage: Outage::default(),
         }
     }
@@ -126,6 +137,8 @@ impl Counters {
             slow_checks: self.slow_checks.get(),
             rejected_forbidden: self.rejected_forbidden.get(),
             rejected_keys_unavailable: self.rejected_keys_unavailable.get(),
+            token_cache_hits: self.token_cache_hits.get(),
+            token_cache_misses: self.token_cache_misses.get(),
         }
     }
 }
@@ -177,6 +190,34 @@ impl<S, R> Shared<S, R> {
             self.counters.skipped.bump();
         }
         skip
+    }
+
+    /// The verified claims of `token`: from the layer's verified-token `cache` when it holds
+    /// them under the current keys, else verified (and then cached). With `may_fetch`, a token
+    /// naming a key the key source may still fetch gets a wait instead of a refusal.
+    pub(crate) fn verify<C: DeserializeOwned>(
+        &self,
+        cache: Option<&TokenCache<C>>,
+        token: &str,
+        may_fetch: bool,
+    ) -> Result<Arc<Claims<C>>, Unverified> {
+        // Read before verifying: an entry is never stamped with keys newer than those that
+        // verified it.
+        let epoch = cache.and_then(|_| self.verifier.key_epoch());
+        let cache = cache.zip(epoch);
+        if let Some((cache, epoch)) = cache {
+            if let Some(claims) = cache.get(token, epoch) {
+                self.counters.token_cache_hits.bump();
+                return Ok(claims);
+            }
+            self.counters.token_cache_misses.bump();
+        }
+        let verified = self.verifier.check::<C>(token, may_fetch)?;
+        let claims = Arc::new(verified.claims);
+        if let (Some((cache, epoch)), Some(window)) = (cache, verified.window) {
+            cache.insert(token, &claims, window, epoch);
+        }
+        Ok(claims)
     }
 
     /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy,

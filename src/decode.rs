@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{Revocation, TokenFacts, far_future, from_unix_seconds, saturating_add, unix_seconds};
 use crate::config::ConfigError;
+use crate::token_cache::Window;
 
 /// The claim type used when the application names none: every claim the token carries beyond
 /// the registered ones, as JSON.
@@ -428,6 +429,15 @@ impl Keys {
         }
     }
 
+    /// See [`Verifier::key_epoch`]: fixed keys never change.
+    fn epoch(&self) -> Option<u64> {
+        match self {
+            Keys::Single(_) | Keys::ByKid(_) => Some(0),
+            #[cfg(feature = "jwks")]
+            Keys::Jwks(keys) => keys.epoch(),
+        }
+    }
+
     fn kids(&self) -> Vec<String> {
         match self {
             Keys::Single(_) => Vec::new(),
@@ -753,10 +763,27 @@ impl Verifier {
     /// does not hold is refused here ([`InvalidToken::UnknownKey`]); the layer instead asks the
     /// key source to fetch and waits for it.
     pub fn verify<C: DeserializeOwned>(&self, token: &str) -> Result<Claims<C>, InvalidToken> {
-        self.check(token, false).map_err(|unverified| match unverified {
-            Unverified::Invalid(invalid) => invalid,
-            Unverified::KeysUnavailable | Unverified::Wait(_) => InvalidToken::UnknownKey,
-        })
+        self.check(token, false)
+            .map(|verified| verified.claims)
+            .map_err(|unverified| match unverified {
+                Unverified::Invalid(invalid) => invalid,
+                Unverified::KeysUnavailable | Unverified::Wait(_) => InvalidToken::UnknownKey,
+            })
+    }
+
+    /// The epoch of the keys tokens are verified with now: it changes whenever a key source's
+    /// key set changes, so a verified-token cache stamps its entries with the epoch read before
+    /// verifying and serves them only while it is unchanged. `None` while a key source's keys
+    /// may not be used (a `Jwks` whose refresher is gone and whose set went stale): nothing may
+    /// be served from memory then.
+    pub(crate) fn key_epoch(&self) -> Option<u64> {
+        match &self.issuers {
+            Issuers::One(keys) => keys.epoch(),
+            Issuers::ByIss(map) => map
+                .values()
+                // Each epoch only grows, so the sum changes whenever one does.
+                .try_fold(0u64, |sum, keys| Some(sum.wrapping_add(keys.epoch()?))),
+        }
     }
 
     /// Verifies `token`; with `may_fetch`, a token naming a key the key source may learn by
@@ -765,7 +792,7 @@ impl Verifier {
         &self,
         token: &str,
         may_fetch: bool,
-    ) -> Result<Claims<C>, Unverified> {
+    ) -> Result<Verified<C>, Unverified> {
         let keys = match &self.issuers {
             Issuers::One(keys) => keys,
             Issuers::ByIss(map) => unverified_issuer(token)
@@ -805,7 +832,7 @@ impl Verifier {
         &self,
         token: &str,
         keyed: &KeyedValidation,
-    ) -> Result<Claims<C>, InvalidToken> {
+    ) -> Result<Verified<C>, InvalidToken> {
         let data = jsonwebtoken::decode::<Claims<C>>(token, &keyed.key, &keyed.validation)
             .map_err(|e| InvalidToken::from_jwt(&e))?;
         if let Some(required) = &self.required_typ {
@@ -839,8 +866,33 @@ impl Verifier {
                 MissingJti::HashSigningInput => claims.derived_id = Some(signing_input_id(token)),
             }
         }
-        Ok(claims)
+        let window = cache_window(&keyed.validation, &claims);
+        Ok(Verified { claims, window })
     }
+}
+
+/// A verified token: its claims, and while when they may be served from a verified-token cache.
+pub(crate) struct Verified<C> {
+    pub(crate) claims: Claims<C>,
+    /// `None`: not cacheable (its expiry is not checked).
+    pub(crate) window: Option<Window>,
+}
+
+/// When `jsonwebtoken` would still accept `claims`' time claims under `validation`: from `nbf`
+/// minus the leeway to `exp` minus `reject_tokens_expiring_in_less_than` plus the leeway.
+/// Everything else verification checks (signature, `iss`, `aud`, `typ`, an `iat` not in the
+/// future, the maximum lifetime) cannot turn false as time goes on. `None` when the expiry is
+/// not checked: such a token is never cached, so no entry can outlive its token.
+fn cache_window<C>(validation: &Validation, claims: &Claims<C>) -> Option<Window> {
+    let exp = claims.exp.filter(|_| validation.validate_exp)?;
+    let from = match claims.nbf {
+        Some(nbf) if validation.validate_nbf => nbf.saturating_sub(validation.leeway),
+        _ => 0,
+    };
+    let until = exp
+        .saturating_sub(validation.reject_tokens_expiring_in_less_than)
+        .saturating_add(validation.leeway);
+    Some(Window { from, until })
 }
 
 /// `validation`, with `iss` and `aud` required when it names accepted values: `jsonwebtoken`

@@ -1,7 +1,10 @@
 //! axum extractors (feature `axum`): handlers take [`Claims<C>`] or `Option<Claims<C>>`.
 //!
-//! The layer has already verified the token and put the claims into the request's extensions;
-//! extracting clones them out. `Claims<C>` on a request the layer let through without a token
+//! The layer has already verified the token and put the claims into the request's extensions
+//! as an `Arc<Claims<C>>` (shared with its verified-token cache); extracting `Claims<C>` clones
+//! them out. A handler that only reads them can take `axum::Extension<Arc<Claims<C>>>` instead
+//! and share them, at the price of axum's 500 rather than this module's 401 where the layer let
+//! a request through without a token. `Claims<C>` on a request the layer let through without a token
 //! (an `optional()` layer and an anonymous request, or a path `skip_paths` exempts) is refused
 //! with the same 401 and bare `Bearer` challenge the layer sends for a missing token. On a request
 //! the layer never saw (a route it does not wrap), or one whose claims it deserialized into
@@ -55,8 +58,8 @@ impl IntoResponse for MissingClaims {
 /// The claims of a request: `Ok(Some)` when verified for `C`, `Ok(None)` when the layer let it
 /// through without a token, `Err` when the layer never verified it for `C`.
 fn claims<C: Clone + Send + Sync + 'static>(parts: &Parts) -> Result<Option<Claims<C>>, MissingClaims> {
-    match parts.extensions.get::<Claims<C>>() {
-        Some(claims) => Ok(Some(claims.clone())),
+    match parts.extensions.get::<std::sync::Arc<Claims<C>>>() {
+        Some(claims) => Ok(Some(Claims::clone(claims))),
         None if parts.extensions.get::<Unauthenticated>().is_some() => Ok(None),
         None => Err(MissingClaims::NotVerified {
             claims: std::any::type_name::<Claims<C>>(),

@@ -24,12 +24,13 @@ use crate::decision::Shared;
 use crate::decode::{Claims, KeyWait, Unverified};
 use crate::reject::{Reject, Rejection};
 use crate::scope::ClaimsCheck;
+use crate::token_cache::TokenCache;
 
 /// What a request waiting on the backend's slow path carries until the answer comes.
 pub(crate) struct Pending<Inner, ReqBody, C> {
     pub(crate) inner: Inner,
     pub(crate) request: Request<ReqBody>,
-    pub(crate) claims: Claims<C>,
+    pub(crate) claims: Arc<Claims<C>>,
     /// The claims predicate, run once the token is known not to be revoked.
     pub(crate) check: Option<ClaimsCheck<C>>,
 }
@@ -39,6 +40,7 @@ pub(crate) struct KeyPending<Inner, ReqBody, C> {
     pub(crate) inner: Inner,
     pub(crate) request: Request<ReqBody>,
     pub(crate) check: Option<ClaimsCheck<C>>,
+    pub(crate) cache: Option<Arc<TokenCache<C>>>,
 }
 
 pin_project! {
@@ -178,6 +180,7 @@ where
                         mut inner,
                         request,
                         check,
+                        cache,
                     } = unverified.take().expect("ResponseFuture polled after completion");
                     let shared = Arc::clone(shared);
                     // The token was read from these headers in `call`; read again, it is the same.
@@ -186,7 +189,7 @@ where
                         shared.cookie.as_deref(),
                         shared.max_token_len,
                     ) {
-                        Ok(Some(token)) => shared.verifier.check::<C>(token, false),
+                        Ok(Some(token)) => shared.verify(cache.as_deref(), token, false),
                         _ => Err(Unverified::Invalid(crate::InvalidToken::Malformed)),
                     };
                     let claims = match verified {
@@ -236,7 +239,7 @@ fn admit<Inner, ReqBody, ResBody, S, C, R>(
     decision: Result<(), Rejection>,
     inner: &mut Inner,
     mut request: Request<ReqBody>,
-    claims: Claims<C>,
+    claims: Arc<Claims<C>>,
     shared: &Shared<S, R>,
 ) -> Result<Inner::Future, Response<ResBody>>
 where

@@ -21,6 +21,7 @@ use crate::decode::{Claims, DefaultClaims, Issuer, KeySet, KeySource, MissingJti
 use crate::reject::{DefaultReject, RejectSettings};
 use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::service::JwtRevocation;
+use crate::token_cache::{self, TokenCache};
 
 /// A Tower layer that validates the bearer JWT of every request and refuses revoked tokens.
 ///
@@ -43,6 +44,7 @@ use crate::service::JwtRevocation;
 pub struct JwtRevocationLayer<S, C = DefaultClaims, R = DefaultReject> {
     shared: Arc<Shared<S, R>>,
     check: Option<ClaimsCheck<C>>,
+    cache: Option<Arc<TokenCache<C>>>,
     _claims: PhantomData<fn() -> C>,
 }
 
@@ -51,6 +53,7 @@ impl<S, C, R> Clone for JwtRevocationLayer<S, C, R> {
         Self {
             shared: Arc::clone(&self.shared),
             check: self.check.clone(),
+            cache: self.cache.clone(),
             _claims: PhantomData,
         }
     }
@@ -88,7 +91,12 @@ impl<Inner, S, C, R> Layer<Inner> for JwtRevocationLayer<S, C, R> {
     type Service = JwtRevocation<Inner, S, C, R>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
-        JwtRevocation::new(inner, Arc::clone(&self.shared), self.check.clone())
+        JwtRevocation::new(
+            inner,
+            Arc::clone(&self.shared),
+            self.check.clone(),
+            self.cache.clone(),
+        )
     }
 }
 
@@ -123,6 +131,9 @@ struct Config {
     cookie: Option<String>,
     max_token_len: usize,
     settings: RejectSettings,
+    /// Verified-token cache slots; 0: no cache.
+    token_cache_capacity: usize,
+    token_cache_max_token_len: usize,
 }
 
 impl<S> JwtRevocationBuilder<S> {
@@ -151,6 +162,8 @@ impl<S> JwtRevocationBuilder<S> {
                 cookie: None,
                 max_token_len: DEFAULT_MAX_TOKEN_LEN,
                 settings: RejectSettings::default(),
+                token_cache_capacity: token_cache::DEFAULT_CAPACITY,
+                token_cache_max_token_len: token_cache::DEFAULT_MAX_TOKEN_LEN,
             },
             reject: DefaultReject,
             check: None,
@@ -322,6 +335,32 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         self
     }
 
+    /// How many verified tokens the layer remembers (default
+    /// [`DEFAULT_CAPACITY`](crate::token_cache::DEFAULT_CAPACITY), rounded up to a power of
+    /// two; `0` switches the cache off, as [`no_verified_token_cache`](Self::no_verified_token_cache)
+    /// does). A token seen before skips its signature verification; its time claims are
+    /// checked on every request, and the revocation check runs on every request, hit or miss.
+    /// See [`token_cache`](crate::token_cache) for what the cache guarantees and the memory it
+    /// may use. A capacity over [`MAX_CAPACITY`](crate::token_cache::MAX_CAPACITY) fails
+    /// `build()`.
+    pub fn verified_token_cache(mut self, capacity: usize) -> Self {
+        self.config.token_cache_capacity = capacity;
+        self
+    }
+
+    /// The longest token the verified-token cache holds, in bytes (default
+    /// [`DEFAULT_MAX_TOKEN_LEN`](crate::token_cache::DEFAULT_MAX_TOKEN_LEN), 4 KiB): longer
+    /// ones are verified on every request. Bounds the memory one entry can take.
+    pub fn verified_token_cache_max_token_len(mut self, max_token_len: usize) -> Self {
+        self.config.token_cache_max_token_len = max_token_len;
+        self
+    }
+
+    /// Verifies every token's signature on every request: no verified-token cache.
+    pub fn no_verified_token_cache(self) -> Self {
+        self.verified_token_cache(0)
+    }
+
     /// Deserializes the application's own claims into `C2` (the registered ones stay typed
     /// fields of [`Claims`](crate::Claims)).
     pub fn claims<C2>(self) -> JwtRevocationBuilder<S, C2, R> {
@@ -364,6 +403,15 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         if config.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);
         }
+        if config.token_cache_capacity > token_cache::MAX_CAPACITY {
+            return Err(ConfigError::TokenCacheCapacity(config.token_cache_capacity));
+        }
+        let cache = (config.token_cache_capacity > 0 && config.token_cache_max_token_len > 0).then(|| {
+            Arc::new(TokenCache::new(
+                config.token_cache_capacity,
+                config.token_cache_max_token_len,
+            ))
+        });
         if config.cookie.as_deref().is_some_and(|name| {
             name.is_empty()
                 || !name
@@ -441,6 +489,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 counters: Counters::default(),
             }),
             check: self.check,
+            cache,
             _claims: PhantomData,
         })
     }

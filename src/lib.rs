@@ -30,10 +30,11 @@
 //!
 //! The request path, in order (each step in its own module):
 //! 1. [`bearer`]: exactly one `Authorization: Bearer <token68>` header, bounded length.
-//! 2. [`decode`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
-//! 3. [`backend`]: the revocation check, through the synchronous fast path when the backend
+//! 2. [`token_cache`]: a token verified before skips step 3 (its time claims are checked again).
+//! 3. [`decode`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
+//! 4. [`backend`]: the revocation check, through the synchronous fast path when the backend
 //!    can answer from memory, so a cache hit costs no allocation and no `.await`.
-//! 4. [`reject`]: the response of every refusal, built in one place.
+//! 5. [`reject`]: the response of every refusal, built in one place.
 //!
 //! Features: `aws_lc_rs` (default) or `rust_crypto` (pure Rust) select `jsonwebtoken`'s crypto
 //! backend;
@@ -61,6 +62,7 @@ pub mod scope;
 mod service;
 pub mod session;
 pub mod telemetry;
+pub mod token_cache;
 
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};

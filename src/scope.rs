@@ -202,7 +202,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let rejection = match request.extensions().get::<Claims<C>>() {
+        let rejection = match request.extensions().get::<std::sync::Arc<Claims<C>>>() {
             Some(claims) if self.layer.scopes.granted_by(claims) => {
                 return RequireScopesFuture {
                     state: ScopeState::Inner {

@@ -24,25 +24,34 @@ use crate::decode::{Claims, DefaultClaims, Unverified};
 use crate::future::{KeyPending, Pending, ResponseFuture};
 use crate::reject::{DefaultReject, Reject, Rejection};
 use crate::scope::ClaimsCheck;
+use crate::token_cache::TokenCache;
 
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
 ///
 /// It never changes the inner service's error type: a refused request is answered with a
 /// response, not an error, so an `Infallible` router stays `Infallible`. On success the verified
-/// [`Claims<C>`] are in the request's extensions.
+/// claims are in the request's extensions as an `Arc<Claims<C>>`, shared with the layer's
+/// verified-token cache rather than copied per request.
 pub struct JwtRevocation<Inner, S, C = DefaultClaims, R = DefaultReject> {
     inner: Inner,
     shared: Arc<Shared<S, R>>,
     check: Option<ClaimsCheck<C>>,
+    cache: Option<Arc<TokenCache<C>>>,
     _claims: PhantomData<fn() -> C>,
 }
 
 impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
-    pub(crate) fn new(inner: Inner, shared: Arc<Shared<S, R>>, check: Option<ClaimsCheck<C>>) -> Self {
+    pub(crate) fn new(
+        inner: Inner,
+        shared: Arc<Shared<S, R>>,
+        check: Option<ClaimsCheck<C>>,
+        cache: Option<Arc<TokenCache<C>>>,
+    ) -> Self {
         Self {
             inner,
             shared,
             check,
+            cache,
             _claims: PhantomData,
         }
     }
@@ -65,7 +74,12 @@ impl<Inner, S, C, R> JwtRevocation<Inner, S, C, R> {
 
 impl<Inner: Clone, S, C, R> Clone for JwtRevocation<Inner, S, C, R> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), Arc::clone(&self.shared), self.check.clone())
+        Self::new(
+            self.inner.clone(),
+            Arc::clone(&self.shared),
+            self.check.clone(),
+            self.cache.clone(),
+        )
     }
 }
 
@@ -109,7 +123,7 @@ where
             Ok(None) => return self.rejected(Rejection::MissingToken, &request),
             Err(malformed) => return self.rejected(Rejection::Malformed(malformed), &request),
         };
-        let claims: Claims<C> = match shared.verifier.check(token, true) {
+        let claims: Arc<Claims<C>> = match shared.verify(self.cache.as_deref(), token, true) {
             Ok(claims) => claims,
             Err(Unverified::Invalid(invalid)) => return self.rejected(Rejection::Invalid(invalid), &request),
             Err(Unverified::KeysUnavailable) => return self.rejected(Rejection::KeysUnavailable, &request),
@@ -118,6 +132,7 @@ where
                     inner: self.take_ready(),
                     request,
                     check: self.check.clone(),
+                    cache: self.cache.clone(),
                 };
                 return ResponseFuture::awaiting_keys(wait, pending, Arc::clone(&self.shared));
             }

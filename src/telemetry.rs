@@ -24,6 +24,9 @@ pub const REQUESTS: &str = "jwt_revocation_requests_total";
 pub const STORE_ERRORS: &str = "jwt_revocation_store_errors_total";
 /// Checks the backend could not answer on its synchronous fast path.
 pub const SLOW_CHECKS: &str = "jwt_revocation_slow_checks_total";
+/// Tokens looked up in the layer's verified-token cache, by `result`: `hit` (signature
+/// verification skipped) or `miss` (verified).
+pub const TOKEN_CACHE: &str = "jwt_revocation_token_cache_total";
 /// Cache checks by `answer`: `hit` (from memory) or `miss`.
 pub const CACHE_CHECKS: &str = "jwt_revocation_cache_checks_total";
 /// Cache verdicts by `verdict`: `active`, `revoked_token`, `revoked_session`,
@@ -66,10 +69,11 @@ pub const JWKS_KEYS: &str = "jwt_revocation_jwks_keys";
 pub const JWKS_LAST_SUCCESS: &str = "jwt_revocation_jwks_last_success_timestamp_seconds";
 
 /// Every metric this crate publishes.
-pub const NAMES: [&str; 21] = [
+pub const NAMES: [&str; 22] = [
     REQUESTS,
     STORE_ERRORS,
     SLOW_CHECKS,
+    TOKEN_CACHE,
     CACHE_CHECKS,
     CACHE_VERDICTS,
     CACHE_LOOKUPS,
@@ -223,6 +227,10 @@ pub(crate) fn describe() {
         describe_counter!(
             SLOW_CHECKS,
             "Revocation checks that needed the backend's async path"
+        );
+        describe_counter!(
+            TOKEN_CACHE,
+            "Verified-token cache lookups, by result (hit: signature verification skipped)"
         );
         describe_counter!(CACHE_CHECKS, "Revocation cache checks, by answer (hit or miss)");
         describe_counter!(CACHE_VERDICTS, "Revocation cache verdicts, by verdict");

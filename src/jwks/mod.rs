@@ -116,6 +116,8 @@ pub(crate) struct KeySnapshot {
     /// `kid` to index in `keys`; the first key wins when a set repeats a `kid`.
     pub(crate) by_kid: HashMap<String, usize>,
     fetched: Instant,
+    /// SHA-256 of the document the keys were read from: an unchanged document is the same set.
+    digest: [u8; 32],
 }
 
 /// A wait for the fetch in flight to finish (or its time bound), handed to a request whose key
@@ -324,6 +326,7 @@ impl JwksBuilder {
             client,
             settings,
             keys: ArcSwapOption::empty(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             control: Mutex::new(Control {
                 // The first fetch starts now; requests until it ends wait for it.
                 in_flight: true,
@@ -466,6 +469,17 @@ impl Jwks {
             || snapshot.fetched.elapsed() <= self.inner.settings.max_refresh.saturating_mul(2)
     }
 
+    /// The key set's epoch: it moves whenever a fetch installs a set whose document differs
+    /// from the last one (a key added, rotated or withdrawn). `None` while the held set may not
+    /// be used (see [`usable`](Self::usable)). Read *before* verifying a token with the set.
+    pub(crate) fn key_epoch(&self) -> Option<u64> {
+        let epoch = self.inner.generation.load(std::sync::atomic::Ordering::SeqCst);
+        match self.snapshot().as_ref() {
+            Some(snapshot) if !self.usable(snapshot) => None,
+            _ => Some(epoch),
+        }
+    }
+
     /// A request named a key the set lacks (or no set is held): starts a fetch if none is in
     /// flight and the last began at least `min_refresh_interval` ago, and returns a wait for the
     /// fetch in flight; `None` when the limit says no.
@@ -499,6 +513,8 @@ struct Inner {
     client: Arc<dyn JwksClient>,
     settings: Settings,
     keys: ArcSwapOption<KeySnapshot>,
+    /// How many times the key set changed (see [`Jwks::key_epoch`]).
+    generation: std::sync::atomic::AtomicU64,
     control: Mutex<Control>,
     wake: Arc<Notify>,
     attempts: watch::Sender<Attempt>,
@@ -672,6 +688,7 @@ impl Inner {
             keys: parsed.keys,
             by_kid,
             fetched: Instant::now(),
+            digest: <sha2::Sha256 as sha2::Digest>::digest(&response.body).into(),
         };
         Ok((snapshot, http::max_age(&response.headers)))
     }
@@ -683,7 +700,17 @@ impl Inner {
         let (published, delay) = match outcome {
             Ok((snapshot, max_age)) => {
                 let keys = snapshot.keys.len();
+                let changed = self
+                    .keys
+                    .load()
+                    .as_ref()
+                    .is_none_or(|previous| previous.digest != snapshot.digest);
                 self.keys.store(Some(Arc::new(snapshot)));
+                if changed {
+                    // After the store: a reader that sees the new epoch reads the new set, so
+                    // nothing verified with a withdrawn key is stamped with the new epoch.
+                    self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 self.counters.refreshes.bump();
                 self.counters.keys.set(keys as f64);
                 self.counters

@@ -40,6 +40,10 @@ impl JwksKeys {
         }
     }
 
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        self.jwks.key_epoch()
+    }
+
     pub(crate) fn kids(&self) -> Vec<String> {
         self.jwks
             .snapshot()

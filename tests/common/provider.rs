@@ -352,9 +352,9 @@ where
     C: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
-        let claims = request.extensions().get::<Claims<C>>().cloned();
+        let claims = request.extensions().get::<std::sync::Arc<Claims<C>>>().cloned();
         Ok::<_, std::convert::Infallible>(axum::http::Response::new(
-            claims.and_then(|c| c.sub).unwrap_or_default(),
+            claims.and_then(|c| c.sub.clone()).unwrap_or_default(),
         ))
     }));
     let request = Request::get("/")

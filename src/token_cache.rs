@@ -1,0 +1,271 @@
+//! The verified-token cache: exact token bytes → the `Arc` of claims that verified, so a token
+//! the layer has seen before skips its signature verification.
+//!
+//! This module owns what may be remembered about a verified token and for how long. It does
+//! not decide whether a token is revoked: the layer asks the backend on every request, hit or
+//! miss, so a revocation takes effect exactly as without the cache. What it guarantees:
+//!
+//! - **Exact bytes.** An entry is found by a seeded hash of the token and then compared byte for
+//!   byte, so a re-encoded, altered or colliding token never hits.
+//! - **Only successes.** An entry is written only after the token verified; a failure is never
+//!   remembered (it would be verified, and refused, again).
+//! - **Time claims on every hit.** A hit is served only while the token's `exp` (minus the
+//!   validation's `reject_tokens_expiring_in_less_than`, plus its leeway) has not passed and its
+//!   `nbf` (minus the leeway) has, the same bounds `jsonwebtoken` applies. The first request
+//!   after that misses, drops the entry, and is verified (and refused) as usual. A token whose
+//!   expiry is not checked (no `exp`, or `validate_exp` off) is never cached.
+//! - **Key set changes.** Each entry carries the key epoch read *before* its token was
+//!   verified; an entry of another epoch is a miss. A key source that changes its keys (a JWKS
+//!   refresh that adds, rotates or removes one) moves the epoch, so a token signed by a removed
+//!   key fails on its next request, and a key source whose keys may no longer be used disables
+//!   the cache until they may.
+//! - **Bounds.** A fixed table of `capacity` slots (a power of two), one entry each, replaced
+//!   on collision; tokens longer than `max_token_len` are not cached. Memory is at most about
+//!   `capacity × (token length + size of the claims + 100 bytes)`. An entry's memory is freed
+//!   when its slot is reused, when a read finds it expired, or when a sweep (two slots per miss)
+//!   passes it.
+//! - **Per layer.** A cache belongs to one layer (and its clones): two layers with other keys or
+//!   validation never share entries.
+//!
+//! Concurrency: a hit reads one slot through `arc-swap` (no lock, no write to memory another
+//! core reads) and clones the claims' `Arc`. Concurrent misses of one token each verify it and
+//! each write it; the last write wins, and every entry written is complete.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+use crate::backend::unix_seconds;
+use crate::decode::Claims;
+
+/// The default number of cached tokens.
+pub const DEFAULT_CAPACITY: usize = 8192;
+
+/// The default longest token cached, in bytes (as Envoy's `jwt_authn` cache: longer tokens are
+/// verified every time).
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
+
+/// The largest capacity accepted (16 Mi entries, 128 MiB of empty slots).
+pub const MAX_CAPACITY: usize = 1 << 24;
+
+/// When a verified token may be served from the cache, in Unix seconds (inclusive bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) from: u64,
+    pub(crate) until: u64,
+}
+
+impl Window {
+    fn contains(&self, now: u64) -> bool {
+        self.from <= now && now <= self.until
+    }
+}
+
+struct Entry<C> {
+    token: Box<[u8]>,
+    claims: Arc<Claims<C>>,
+    window: Window,
+    epoch: u64,
+}
+
+/// The cache of one layer. See the module docs for its guarantees.
+pub(crate) struct TokenCache<C> {
+    slots: Box<[ArcSwapOption<Entry<C>>]>,
+    mask: usize,
+    hasher: foldhash::fast::RandomState,
+    max_token_len: usize,
+    /// The next slot the sweep looks at.
+    sweep: AtomicUsize,
+}
+
+impl<C> std::fmt::Debug for TokenCache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("capacity", &self.slots.len())
+            .field("max_token_len", &self.max_token_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> TokenCache<C> {
+    /// A cache of `capacity` slots (rounded up to a power of two, at most [`MAX_CAPACITY`]),
+    /// caching tokens of at most `max_token_len` bytes.
+    pub(crate) fn new(capacity: usize, max_token_len: usize) -> Self {
+        let capacity = capacity.clamp(1, MAX_CAPACITY).next_power_of_two();
+        Self {
+            slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+            mask: capacity - 1,
+            hasher: foldhash::fast::RandomState::default(),
+            max_token_len,
+            sweep: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot(&self, token: &str) -> &ArcSwapOption<Entry<C>> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(token.as_bytes());
+        // `mask` is `slots.len() - 1`: the index is always in bounds.
+        &self.slots[(hash as usize) & self.mask]
+    }
+
+    /// The claims `token` verified to, if it verified under key `epoch` and its time claims
+    /// still hold now. Never waits, never allocates.
+    pub(crate) fn get(&self, token: &str, epoch: u64) -> Option<Arc<Claims<C>>> {
+        if token.len() > self.max_token_len {
+            return None;
+        }
+        let slot = self.slot(token);
+        let guard = slot.load();
+        let entry = guard.as_ref()?;
+        if *entry.token != *token.as_bytes() {
+            return None;
+        }
+        if entry.epoch == epoch && entry.window.contains(now()) {
+            return Some(Arc::clone(&entry.claims));
+        }
+        // Expired, not yet valid, or verified under keys that changed: drop it (unless another
+        // request replaced it meanwhile) and let the token be verified again.
+        slot.compare_and_swap(&*guard, None);
+        None
+    }
+
+    /// Remembers that `token` verified to `claims` under key `epoch` (read before verifying),
+    /// servable within `window`; also sweeps two other slots of expired entries.
+    pub(crate) fn insert(&self, token: &str, claims: &Arc<Claims<C>>, window: Window, epoch: u64) {
+        if token.len() > self.max_token_len {
+            return;
+        }
+        let now = now();
+        if !window.contains(now) {
+            return;
+        }
+        self.slot(token).store(Some(Arc::new(Entry {
+            token: token.as_bytes().into(),
+            claims: Arc::clone(claims),
+            window,
+            epoch,
+        })));
+        for _ in 0..2 {
+            let index = self.sweep.fetch_add(1, Ordering::Relaxed) & self.mask;
+            let slot = &self.slots[index];
+            let guard = slot.load();
+            if guard.as_ref().is_some_and(|entry| now > entry.window.until) {
+                slot.compare_and_swap(&*guard, None);
+            }
+        }
+    }
+
+    /// How many slots hold an entry (expired ones included until they are dropped).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.load().is_some()).count()
+    }
+}
+
+fn now() -> u64 {
+    unix_seconds(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sub: &str) -> Arc<Claims> {
+        Arc::new(serde_json::from_value(serde_json::json!({ "sub": sub })).unwrap())
+    }
+
+    fn open() -> Window {
+        Window {
+            from: 0,
+            until: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_hit_needs_the_exact_token_and_epoch() {
+        let cache = TokenCache::new(64, 4096);
+        let alice = claims("alice");
+        cache.insert("a.b.c", &alice, open(), 7);
+        let hit = cache.get("a.b.c", 7).expect("hit");
+        assert!(Arc::ptr_eq(&hit, &alice), "the claims are shared, not copied");
+        assert!(cache.get("a.b.C", 7).is_none());
+        assert!(cache.get("a.b.c ", 7).is_none());
+        assert!(cache.get("a.b.c", 8).is_none(), "another key epoch misses");
+        assert!(cache.get("a.b.c", 7).is_none(), "and drops the entry");
+    }
+
+    #[test]
+    fn entries_outside_their_window_are_never_served_and_are_dropped() {
+        let cache = TokenCache::new(64, 4096);
+        let past = Window {
+            from: 0,
+            until: now() - 1,
+        };
+        cache.insert("expired", &claims("a"), past, 0);
+        assert_eq!(
+            cache.len(),
+            0,
+            "an entry already outside its window is not written"
+        );
+        let future = Window {
+            from: now() + 100,
+            until: u64::MAX,
+        };
+        cache.insert("early", &claims("a"), future, 0);
+        assert_eq!(cache.len(), 0);
+        // Written while valid, then its time passes.
+        cache.slot("late").store(Some(Arc::new(Entry {
+            token: b"late".as_slice().into(),
+            claims: claims("a"),
+            window: past,
+            epoch: 0,
+        })));
+        assert!(cache.get("late", 0).is_none());
+        assert_eq!(cache.len(), 0, "the read dropped it");
+    }
+
+    #[test]
+    fn long_tokens_are_not_cached() {
+        let cache = TokenCache::new(64, 8);
+        cache.insert("123456789", &claims("a"), open(), 0);
+        assert!(cache.get("123456789", 0).is_none());
+        cache.insert("12345678", &claims("a"), open(), 0);
+        assert!(cache.get("12345678", 0).is_some());
+    }
+
+    #[test]
+    fn capacity_bounds_the_entries() {
+        let cache = TokenCache::new(100, 4096);
+        assert_eq!(cache.slots.len(), 128);
+        for i in 0..10_000 {
+            cache.insert(&format!("token-{i}"), &claims("a"), open(), 0);
+        }
+        assert!(cache.len() <= 128);
+        assert!(TokenCache::<()>::new(0, 1).slots.len() == 1);
+        assert_eq!(TokenCache::<()>::new(usize::MAX, 1).slots.len(), MAX_CAPACITY);
+    }
+
+    #[test]
+    fn the_sweep_drops_expired_entries_on_later_misses() {
+        let cache = TokenCache::new(4, 4096);
+        for (index, slot) in cache.slots.iter().enumerate() {
+            slot.store(Some(Arc::new(Entry {
+                token: format!("old-{index}").into_bytes().into_boxed_slice(),
+                claims: claims("a"),
+                window: Window { from: 0, until: 1 },
+                epoch: 0,
+            })));
+        }
+        cache.insert("new-1", &claims("b"), open(), 0);
+        cache.insert("new-2", &claims("b"), open(), 0);
+        // Four sweeps over four slots: every expired entry is gone, the new ones stay.
+        assert!(cache.get("new-2", 0).is_some());
+        assert!(cache.slots.iter().all(|slot| {
+            slot.load()
+                .as_ref()
+                .is_none_or(|entry| entry.window.until == u64::MAX)
+        }));
+    }
+}
