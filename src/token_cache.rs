@@ -7,8 +7,13 @@
 //!
 //! - **Exact bytes.** An entry is found by a seeded hash of the token and then compared byte for
 //!   byte, so a re-encoded, altered or colliding token never hits.
-//! - **Only successes.** An entry is written only after the token verified; a failure is never
-//!   remembered (it would be verified, and refused, again).
+//! - **Only successes, and only tokens seen again.** An entry is written only after the token
+//!   verified; a failure is never remembered (it would be verified, and refused, again). A token
+//!   whose slot is free is written at once; one whose slot holds a live entry replaces it only
+//!   on its *second* verification: the first leaves just its 64-bit hash in a doorkeeper table
+//!   (one hash per slot, overwritten freely). A stream of one-off tokens thus costs a miss one
+//!   hash write once the cache is full, and never evicts the tokens clients reuse (nor frees
+//!   their claims, long out of the CPU's caches, which is what made churn slow).
 //! - **Time claims on every hit.** A hit is served only while the token's `exp` (minus the
 //!   validation's `reject_tokens_expiring_in_less_than`, plus its leeway) has not passed and its
 //!   `nbf` (minus the leeway) has, the same bounds `jsonwebtoken` applies. The first request
@@ -21,7 +26,8 @@
 //!   the cache until they may.
 //! - **Bounds.** A fixed table of `capacity` slots (a power of two), one entry each, replaced
 //!   on collision; tokens longer than `max_token_len` are not cached. Memory is at most about
-//!   `capacity × (token length + size of the claims + 100 bytes)`. An entry's memory is freed
+//!   `capacity × (token length + size of the claims + 100 bytes)`, and 16 bytes per slot when
+//!   empty. An entry's memory is freed
 //!   when its slot is reused, when a read finds it expired, or when a sweep (two slots per miss)
 //!   passes it.
 //! - **Per layer.** A cache belongs to one layer (and its clones): two layers with other keys or
@@ -32,7 +38,7 @@
 //! each write it; the last write wins, and every entry written is complete.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -47,7 +53,7 @@ pub const DEFAULT_CAPACITY: usize = 8192;
 /// verified every time).
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 
-/// The largest capacity accepted (16 Mi entries, 128 MiB of empty slots).
+/// The largest capacity accepted (16 Mi entries, 256 MiB of empty slots).
 pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// When a verified token may be served from the cache, in Unix seconds (inclusive bounds).
@@ -73,6 +79,9 @@ struct Entry<C> {
 /// The cache of one layer. See the module docs for its guarantees.
 pub(crate) struct TokenCache<C> {
     slots: Box<[ArcSwapOption<Entry<C>>]>,
+    /// The hash of the last token verified whose slot this is, for admission on its next
+    /// verification; 0 when none.
+    seen: Box<[AtomicU64]>,
     mask: usize,
     hasher: foldhash::fast::RandomState,
     max_token_len: usize,
@@ -96,6 +105,7 @@ impl<C> TokenCache<C> {
         let capacity = capacity.clamp(1, MAX_CAPACITY).next_power_of_two();
         Self {
             slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+            seen: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             mask: capacity - 1,
             hasher: foldhash::fast::RandomState::default(),
             max_token_len,
@@ -103,9 +113,13 @@ impl<C> TokenCache<C> {
         }
     }
 
-    fn slot(&self, token: &str) -> &ArcSwapOption<Entry<C>> {
+    fn hash(&self, token: &str) -> u64 {
         use std::hash::BuildHasher;
-        let hash = self.hasher.hash_one(token.as_bytes());
+        // Never 0, the doorkeeper's "none".
+        self.hasher.hash_one(token.as_bytes()) | 1
+    }
+
+    fn slot(&self, hash: u64) -> &ArcSwapOption<Entry<C>> {
         // `mask` is `slots.len() - 1`: the index is always in bounds.
         &self.slots[(hash as usize) & self.mask]
     }
@@ -116,7 +130,7 @@ impl<C> TokenCache<C> {
         if token.len() > self.max_token_len {
             return None;
         }
-        let slot = self.slot(token);
+        let slot = self.slot(self.hash(token));
         let guard = slot.load();
         let entry = guard.as_ref()?;
         if *entry.token != *token.as_bytes() {
@@ -132,7 +146,8 @@ impl<C> TokenCache<C> {
     }
 
     /// Remembers that `token` verified to `claims` under key `epoch` (read before verifying),
-    /// servable within `window`; also sweeps two other slots of expired entries.
+    /// servable within `window`, if it was verified before (else only its hash is remembered);
+    /// also sweeps two other slots of expired entries.
     pub(crate) fn insert(&self, token: &str, claims: &Arc<Claims<C>>, window: Window, epoch: u64) {
         if token.len() > self.max_token_len {
             return;
@@ -141,12 +156,6 @@ impl<C> TokenCache<C> {
         if !window.contains(now) {
             return;
         }
-        self.slot(token).store(Some(Arc::new(Entry {
-            token: token.as_bytes().into(),
-            claims: Arc::clone(claims),
-            window,
-            epoch,
-        })));
         for _ in 0..2 {
             let index = self.sweep.fetch_add(1, Ordering::Relaxed) & self.mask;
             let slot = &self.slots[index];
@@ -155,6 +164,20 @@ impl<C> TokenCache<C> {
                 slot.compare_and_swap(&*guard, None);
             }
         }
+        let hash = self.hash(token);
+        let slot = self.slot(hash);
+        let vacant = slot.load().as_ref().is_none_or(|entry| now > entry.window.until);
+        // A hint, not synchronisation: a lost race admits a token one verification later.
+        let seen_before = self.seen[(hash as usize) & self.mask].swap(hash, Ordering::Relaxed) == hash;
+        if !vacant && !seen_before {
+            return;
+        }
+        slot.store(Some(Arc::new(Entry {
+            token: token.as_bytes().into(),
+            claims: Arc::clone(claims),
+            window,
+            epoch,
+        })));
     }
 
     /// How many slots hold an entry (expired ones included until they are dropped).
@@ -183,11 +206,33 @@ mod tests {
         }
     }
 
+    /// Inserts as the layer does on two verifications of `token`.
+    fn admit<C>(cache: &TokenCache<C>, token: &str, claims: &Arc<Claims<C>>, window: Window, epoch: u64) {
+        cache.insert(token, claims, window, epoch);
+        cache.insert(token, claims, window, epoch);
+    }
+
+    #[test]
+    fn a_token_evicts_a_live_entry_only_on_its_second_verification() {
+        let cache = TokenCache::new(1, 4096);
+        cache.insert("first", &claims("a"), open(), 0);
+        assert!(cache.get("first", 0).is_some(), "a free slot is taken at once");
+        cache.insert("second", &claims("b"), open(), 0);
+        assert!(
+            cache.get("second", 0).is_none(),
+            "seen once: only its hash is kept"
+        );
+        assert!(cache.get("first", 0).is_some(), "and the live entry stays");
+        cache.insert("second", &claims("b"), open(), 0);
+        assert!(cache.get("second", 0).is_some());
+        assert!(cache.get("first", 0).is_none());
+    }
+
     #[test]
     fn a_hit_needs_the_exact_token_and_epoch() {
         let cache = TokenCache::new(64, 4096);
         let alice = claims("alice");
-        cache.insert("a.b.c", &alice, open(), 7);
+        admit(&cache, "a.b.c", &alice, open(), 7);
         let hit = cache.get("a.b.c", 7).expect("hit");
         assert!(Arc::ptr_eq(&hit, &alice), "the claims are shared, not copied");
         assert!(cache.get("a.b.C", 7).is_none());
@@ -203,7 +248,7 @@ mod tests {
             from: 0,
             until: now() - 1,
         };
-        cache.insert("expired", &claims("a"), past, 0);
+        admit(&cache, "expired", &claims("a"), past, 0);
         assert_eq!(
             cache.len(),
             0,
@@ -213,10 +258,10 @@ mod tests {
             from: now() + 100,
             until: u64::MAX,
         };
-        cache.insert("early", &claims("a"), future, 0);
+        admit(&cache, "early", &claims("a"), future, 0);
         assert_eq!(cache.len(), 0);
         // Written while valid, then its time passes.
-        cache.slot("late").store(Some(Arc::new(Entry {
+        cache.slot(cache.hash("late")).store(Some(Arc::new(Entry {
             token: b"late".as_slice().into(),
             claims: claims("a"),
             window: past,
@@ -229,9 +274,9 @@ mod tests {
     #[test]
     fn long_tokens_are_not_cached() {
         let cache = TokenCache::new(64, 8);
-        cache.insert("123456789", &claims("a"), open(), 0);
+        admit(&cache, "123456789", &claims("a"), open(), 0);
         assert!(cache.get("123456789", 0).is_none());
-        cache.insert("12345678", &claims("a"), open(), 0);
+        admit(&cache, "12345678", &claims("a"), open(), 0);
         assert!(cache.get("12345678", 0).is_some());
     }
 
@@ -240,7 +285,7 @@ mod tests {
         let cache = TokenCache::new(100, 4096);
         assert_eq!(cache.slots.len(), 128);
         for i in 0..10_000 {
-            cache.insert(&format!("token-{i}"), &claims("a"), open(), 0);
+            admit(&cache, &format!("token-{i}"), &claims("a"), open(), 0);
         }
         assert!(cache.len() <= 128);
         assert!(TokenCache::<()>::new(0, 1).slots.len() == 1);
@@ -260,7 +305,8 @@ mod tests {
         }
         cache.insert("new-1", &claims("b"), open(), 0);
         cache.insert("new-2", &claims("b"), open(), 0);
-        // Four sweeps over four slots: every expired entry is gone, the new ones stay.
+        cache.insert("new-2", &claims("b"), open(), 0);
+        // Six sweeps over four slots: every expired entry is gone, the new ones stay.
         assert!(cache.get("new-2", 0).is_some());
         assert!(cache.slots.iter().all(|slot| {
             slot.load()
