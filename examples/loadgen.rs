@@ -5,13 +5,17 @@
 //!     [--connections 16] [--duration 10] [--json]
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/me \
 //!     --mint-secret "$JWT_SECRET" --subjects 10000 [--zipf 1.0]
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/me \
+//!     --mint-es256 tests/keys/jwk/p256.pem [--kid loadgen] --subjects 10000
 //! ```
 //!
 //! Opens N keep-alive HTTP/1.1 connections (hyper client), each sending `GET <url>` with the
 //! bearer token back to back for the fixed duration, then prints requests/s and p50/p99
 //! latency. `--login SUB` gets the token from the server's `POST /login`; `--token T` uses one
 //! you have. `--mint-secret S --subjects N` mints one HS256 token per subject (`load-0` ...
-//! `load-{N-1}`, 15 minutes) and sends each request with one of them, drawn from a Zipf
+//! `load-{N-1}`, 15 minutes), `--mint-es256 PEM` one ES256 token per subject with that PKCS#8
+//! P-256 private key (header `kid`: `--kid`, default `loadgen`; for a server whose JWKS holds
+//! the public key), and sends each request with one of them, drawn from a Zipf
 //! distribution (exponent `--zipf`, default 1.0): many distinct clients, each reusing its token,
 //! a few of them busy, as real traffic is. It refuses any address outside the loopback range: it is for measuring a server on
 //! this machine, nothing else.
@@ -29,6 +33,8 @@ struct Args {
     token: Option<String>,
     login: Option<String>,
     mint_secret: Option<String>,
+    mint_es256: Option<String>,
+    kid: String,
     subjects: usize,
     zipf: f64,
     connections: usize,
@@ -41,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut url, mut token, mut login, mut connections, mut duration, mut json) =
         (None, None, None, 16, Duration::from_secs(10), false);
     let (mut mint_secret, mut subjects, mut zipf) = (None, 1, 1.0);
+    let (mut mint_es256, mut kid) = (None, "loadgen".to_owned());
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -53,20 +60,24 @@ fn parse_args() -> Result<Args, String> {
             }
             "--json" => json = true,
             "--mint-secret" => mint_secret = Some(value()?),
+            "--mint-es256" => mint_es256 = Some(value()?),
+            "--kid" => kid = value()?,
             "--subjects" => subjects = value()?.parse().map_err(|_| "--subjects takes a number")?,
             "--zipf" => zipf = value()?.parse().map_err(|_| "--zipf takes a number")?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let url = url.ok_or("--url is required")?;
-    if token.is_none() && login.is_none() && mint_secret.is_none() {
-        return Err("one of --token, --login or --mint-secret is required".into());
+    if token.is_none() && login.is_none() && mint_secret.is_none() && mint_es256.is_none() {
+        return Err("one of --token, --login, --mint-secret or --mint-es256 is required".into());
     }
     Ok(Args {
         url,
         token,
         login,
         mint_secret,
+        mint_es256,
+        kid,
         subjects: subjects.max(1),
         zipf,
         connections: connections.max(1),
@@ -154,12 +165,14 @@ impl Tokens {
         }
     }
 
-    /// One token per subject, HS256 with `secret`, and the Zipf(`exponent`) weights of their
-    /// ranks.
-    fn minted(secret: &str, subjects: usize, exponent: f64) -> Self {
-        use jsonwebtoken::{EncodingKey, Header, encode};
-        tower_jwt_revocation::decode::install_crypto_provider();
-        let key = EncodingKey::from_secret(secret.as_bytes());
+    /// One token per subject, signed with `key` under `header`, and the Zipf(`exponent`)
+    /// weights of their ranks.
+    fn minted(
+        key: &jsonwebtoken::EncodingKey,
+        header: &jsonwebtoken::Header,
+        subjects: usize,
+        exponent: f64,
+    ) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -169,7 +182,7 @@ impl Tokens {
                     "jti": format!("load-token-{i}"), "sub": format!("load-{i}"),
                     "iat": now, "exp": now + 900,
                 });
-                let token = encode(&Header::default(), &claims, &key).expect("HS256 signing");
+                let token = jsonwebtoken::encode(header, &claims, key).expect("signing");
                 format!("Bearer {token}")
             })
             .collect();
@@ -272,7 +285,27 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let tokens = match (&args.token, &args.login, &args.mint_secret) {
+    let minting = match (&args.mint_secret, &args.mint_es256) {
+        (Some(secret), _) => Some(Ok((
+            jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            jsonwebtoken::Header::default(),
+        ))),
+        (None, Some(path)) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("{path}: {e}"))
+                .and_then(|pem| {
+                    jsonwebtoken::EncodingKey::from_ec_pem(&pem).map_err(|e| format!("{path}: {e}"))
+                })
+                .map(|key| {
+                    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                    header.kid = Some(args.kid.clone());
+                    (key, header)
+                }),
+        ),
+        (None, None) => None,
+    };
+    tower_jwt_revocation::decode::install_crypto_provider();
+    let tokens = match (&args.token, &args.login, minting) {
         (Some(token), _, _) => Tokens::one(token),
         (None, Some(sub), _) => match login(addr, &args.url, sub).await {
             Ok(token) => Tokens::one(&token),
@@ -281,7 +314,11 @@ async fn main() {
                 std::process::exit(1);
             }
         },
-        (None, None, Some(secret)) => Tokens::minted(secret, args.subjects, args.zipf),
+        (None, None, Some(Ok((key, header)))) => Tokens::minted(&key, &header, args.subjects, args.zipf),
+        (None, None, Some(Err(message))) => {
+            eprintln!("loadgen: {message}");
+            std::process::exit(2);
+        }
         (None, None, None) => unreachable!("parse_args requires one"),
     };
     let tokens = std::sync::Arc::new(tokens);

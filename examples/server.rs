@@ -31,8 +31,9 @@
 //! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
 //! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`, `GET /admin/keys` (the key
-//! source's state); and `GET /baseline/me` (HS256 mode), the same handler as
-//! `/me` behind a decode-only middleware (signature and time claims, no revocation check), so
+//! source's state); and `GET /baseline/me`, the same handler as
+//! `/me` behind a decode-only middleware (the same keys, signature and time claims, no
+//! revocation check, no verified-token cache), so
 //! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
 //!
@@ -58,14 +59,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{WithStore, with_store_from_env};
 use tower_jwt_revocation::backend::unix_seconds;
-use tower_jwt_revocation::decode::ASYMMETRIC_ALGORITHMS;
-use tower_jwt_revocation::jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode,
-};
+use tower_jwt_revocation::decode::{ASYMMETRIC_ALGORITHMS, KeySource, Verifier};
+use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
-    Claims, FailurePolicy, Jwks, JwtRevocationLayer, MissingJti, Rejection, RequireScopes, RevocationBackend,
-    RevocationStore, StoreError,
+    Claims, DefaultClaims, FailurePolicy, Jwks, JwtRevocationLayer, MissingJti, Rejection, RequireScopes,
+    RevocationBackend, RevocationStore, StoreError,
 };
 
 /// Lifetime of the access tokens `/login` issues.
@@ -190,10 +189,6 @@ where
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
     }
-    let decode_only = Arc::new(DecodeOnly {
-        key: DecodingKey::from_secret(&config.secret),
-        validation: validation.clone(),
-    });
     let auth = JwtRevocationLayer::builder(store.clone());
     let auth = match &config.provider {
         None => auth.decoding_key(DecodingKey::from_secret(&config.secret)),
@@ -210,6 +205,16 @@ where
             auth.jwks(jwks.clone()).missing_jti(MissingJti::HashSigningInput)
         }
     };
+    // The baseline verifies with the same keys and validation: signature and time claims, no
+    // revocation check, no verified-token cache.
+    let keys = match &config.provider {
+        None => KeySource::Single(DecodingKey::from_secret(&config.secret)),
+        Some(jwks) => KeySource::Jwks(jwks.clone()),
+    };
+    let decode_only = Arc::new(
+        Verifier::new(keys, &validation, None, MissingJti::Allow, None)
+            .expect("the demo's baseline configuration is valid"),
+    );
     let auth = auth
         .validation(validation)
         .max_token_lifetime(config.max_token_lifetime())
@@ -270,10 +275,10 @@ where
         );
     }
     router = router.route("/healthz", get(|| async { "ok" }));
+    router = router.merge(baseline);
     if state.config.provider.is_none() {
         // Tokens come from the provider when there is one: these routes then do not exist.
         router = router
-            .merge(baseline)
             .route("/login", post(login::<S, X>))
             .route("/refresh", post(refresh::<S, X>));
     }
@@ -320,13 +325,8 @@ async fn admin_keys<S, X>(State(state): State<Arc<AppState<S, X>>>) -> Json<Valu
 }
 
 /// The comparison baseline: verify the token, no revocation check.
-struct DecodeOnly {
-    key: DecodingKey,
-    validation: Validation,
-}
-
 async fn decode_only_auth(
-    State(decode_only): State<Arc<DecodeOnly>>,
+    State(decode_only): State<Arc<Verifier>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -335,11 +335,11 @@ async fn decode_only_auth(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .and_then(|token| decode::<Claims>(token, &decode_only.key, &decode_only.validation).ok());
+        .and_then(|token| decode_only.verify::<DefaultClaims>(token).ok());
     match claims {
-        Some(data) => {
+        Some(claims) => {
             // Where the layer puts them, so the same handlers serve both routes.
-            request.extensions_mut().insert(Arc::new(data.claims));
+            request.extensions_mut().insert(Arc::new(claims));
             next.run(request).await
         }
         None => StatusCode::UNAUTHORIZED.into_response(),

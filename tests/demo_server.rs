@@ -589,6 +589,16 @@ mod provider_mode {
             call(&app, "GET", "/me", Some(&good), None).await.0,
             StatusCode::UNAUTHORIZED
         );
+        // The decode-only baseline verifies with the provider's keys and audience, and checks
+        // no revocation.
+        let (status, _, body) = call(&app, "GET", "/baseline/me", Some(&good), None).await;
+        assert_eq!((status, body["sub"].as_str()), (StatusCode::OK, Some("pat")));
+        for refused in [&other_aud, &hs] {
+            assert_eq!(
+                call(&app, "GET", "/baseline/me", Some(refused), None).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
     }
 
     #[tokio::test]
