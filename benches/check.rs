@@ -19,6 +19,10 @@
 //! static key, a static key set and a `Jwks` are timed with interleaved batches (see
 //! `key_sources_interleaved`).
 //!
+//! Every layer here runs with the verified-token cache off, so each request pays verification
+//! and the revocation check: these variants measure the revocation tiers and key sources.
+//! `benches/peer` measures the verified-token cache (cold and warm) and jwt-authorizer.
+//!
 //! The Postgres variants find the database the way the tests do (`DATABASE_URL`, else
 //! `127.0.0.1:5432`) and use their own database `tower_jwt_revocation_bench`; without Postgres
 //! they are skipped with a message.
@@ -276,6 +280,7 @@ fn bench_check(c: &mut Criterion) {
             JwtRevocationLayer::builder(backend)
                 .decoding_key(alg.decoding.clone())
                 .validation(validation(&alg))
+                .no_verified_token_cache()
                 .build()
         };
 
@@ -294,7 +299,12 @@ fn bench_check(c: &mut Criterion) {
             &token,
         );
         let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
-            builder.validation(validation(&alg)).build().unwrap().layer(Ok200)
+            builder
+                .validation(validation(&alg))
+                .no_verified_token_cache()
+                .build()
+                .unwrap()
+                .layer(Ok200)
         };
         let keyset = KeySet::new().with_key(KID, alg.decoding.clone());
         let builder = JwtRevocationLayer::builder(memory.clone());
@@ -324,6 +334,7 @@ fn bench_check(c: &mut Criterion) {
                 let service = JwtRevocationLayer::builder(cache.clone())
                     .decoding_key(alg.decoding.clone())
                     .validation(validation(&alg))
+                    .no_verified_token_cache()
                     .build()
                     .unwrap()
                     .layer(Ok200);
@@ -392,7 +403,12 @@ fn key_sources_interleaved() {
         let builder = || JwtRevocationLayer::builder(memory.clone());
         let (jwks, _provider) = loopback_jwks(&rt, &alg);
         let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
-            builder.validation(validation(&alg)).build().unwrap().layer(Ok200)
+            builder
+                .validation(validation(&alg))
+                .no_verified_token_cache()
+                .build()
+                .unwrap()
+                .layer(Ok200)
         };
         let mut variants = [
             (

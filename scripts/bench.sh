@@ -10,11 +10,13 @@ if [ -z "${DATABASE_URL:-}" ] && port_open 127.0.0.1 5432; then
 fi
 
 cargo bench --bench check
+# This crate next to jwt-authorizer, in a bench crate of its own (the main build never compiles
+# jwt-authorizer); it writes target/bench/peer.jsonl.
+CARGO_TARGET_DIR="$PWD/target" cargo bench --manifest-path benches/peer/Cargo.toml
 
 cargo build --release --example server --example loadgen
 mkdir -p target/bench
 rm -f target/bench/loadgen-*.jsonl
-PORT=39871
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "MokaCache<PgStore>, lookup mode" > target/bench/store.txt
   SERVER_DB_URL="${DATABASE_URL%/*}/tower_jwt_revocation_bench"
@@ -27,22 +29,46 @@ else
   echo "MemoryStore" > target/bench/store.txt
   SERVER_DB_URL=""
 fi
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+wait_port() { for _ in $(seq 1 100); do port_open 127.0.0.1 "$1" && return 0; sleep 0.1; done; return 1; }
+
+# HS256: the demo's own tokens.
 BENCH_SECRET=bench-secret-bench-secret-bench
-DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn JWT_SECRET="$BENCH_SECRET" \
+HS_PORT=39871
+DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$HS_PORT" RUST_LOG=warn JWT_SECRET="$BENCH_SECRET" \
   target/release/examples/server &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do port_open 127.0.0.1 $PORT && break; sleep 0.1; done
+PIDS+=($!)
+# ES256, as identity providers sign: the demo verifies with a JWKS served on loopback holding the
+# public half of tests/keys/jwk/p256.pem, with which loadgen mints.
+JWKS_PORT=39873
+ES_PORT=39872
+mkdir -p target/bench/jwks
+python3 -c 'import json,sys; k=json.load(open("tests/keys/jwk/p256.json")); k.update(kid="loadgen", alg="ES256", use="sig"); json.dump({"keys":[k]}, sys.stdout)' \
+  > target/bench/jwks/jwks.json
+python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory target/bench/jwks >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$JWKS_PORT"
+DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$ES_PORT" RUST_LOG=warn \
+  JWKS_URL="http://127.0.0.1:$JWKS_PORT/jwks.json" JWKS_ALLOW_HTTP=1 target/release/examples/server &
+PIDS+=($!)
+wait_port "$HS_PORT"
+wait_port "$ES_PORT"
+
+load() { target/release/examples/loadgen --connections 16 --duration "${LOADGEN_SECONDS:-8}" --json "$@"; }
+# One hot token, then 10 000 subjects each reusing its own token, Zipf-distributed; the routes
+# alternate, five rounds.
 for round in 1 2 3 4 5; do
   for route in layer baseline; do
     path=/me; [ "$route" = baseline ] && path=/baseline/me
-    # One hot token, then 10 000 subjects each reusing its own token, Zipf-distributed.
-    target/release/examples/loadgen --url "http://127.0.0.1:$PORT$path" --login bench-user \
-      --connections 16 --duration "${LOADGEN_SECONDS:-8}" --json >> "target/bench/loadgen-$route.jsonl"
-    target/release/examples/loadgen --url "http://127.0.0.1:$PORT$path" --mint-secret "$BENCH_SECRET" \
-      --subjects 10000 --connections 16 --duration "${LOADGEN_SECONDS:-8}" --json \
+    load --url "http://127.0.0.1:$HS_PORT$path" --login bench-user >> "target/bench/loadgen-$route.jsonl"
+    load --url "http://127.0.0.1:$HS_PORT$path" --mint-secret "$BENCH_SECRET" --subjects 10000 \
       >> "target/bench/loadgen-$route-zipf.jsonl"
+    load --url "http://127.0.0.1:$ES_PORT$path" --mint-es256 tests/keys/jwk/p256.pem --subjects 1 \
+      >> "target/bench/loadgen-$route-es256.jsonl"
+    load --url "http://127.0.0.1:$ES_PORT$path" --mint-es256 tests/keys/jwk/p256.pem --subjects 10000 \
+      >> "target/bench/loadgen-$route-es256-zipf.jsonl"
   done
 done
-kill $SERVER; trap - EXIT
+kill "${PIDS[@]}"; trap - EXIT
 cargo run --release --example bench_report

@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = HeaderValue::from_bytes(data) else { return };
     let request = Request::builder().uri("/").header(AUTHORIZATION, value).body(()).expect("request");
     let mut service = layer().layer(service_fn(|req: Request<()>| {
-        let claims = req.extensions().get::<Claims>().cloned();
+        let claims = req.extensions().get::<std::sync::Arc<Claims>>().cloned();
         ready(Ok::<_, Infallible>(Response::new(claims)))
     }));
     let response = block_on(service.call(request)).expect("infallible");

@@ -32,18 +32,19 @@ pub struct DecodeOnly<S> {
     pub validation: Validation,
 }
 
-impl<S> Service<Request<()>> for DecodeOnly<S>
+impl<S, B> Service<Request<()>> for DecodeOnly<S>
 where
     S: Service<
             Request<()>,
-            Response = Response<()>,
+            Response = Response<B>,
             Error = Infallible,
-            Future = Ready<Result<Response<()>, Infallible>>,
+            Future = Ready<Result<Response<B>, Infallible>>,
         >,
+    B: Default,
 {
-    type Response = Response<()>;
+    type Response = Response<B>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
+    type Future = Ready<Result<Response<B>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -56,7 +57,7 @@ where
                 self.inner.call(req)
             }
             None => {
-                let mut res = Response::new(());
+                let mut res = Response::new(B::default());
                 *res.status_mut() = http::StatusCode::UNAUTHORIZED;
                 ready(Ok(res))
             }
