@@ -150,8 +150,8 @@ fn peer(out: &mut String) {
          service with the same 11-claim token shape, timed in interleaved batches (medians of 200 \
          batches each). This crate with its default features (aws-lc) over `MemoryStore` holding \
          10 000 revocations, so the revocation check is included; jwt-authorizer 0.15 (jsonwebtoken \
-         9 with ring) checks no revocation. `layer_cold`: every token new (4 096 tokens through 256 \
-         slots); `layer_warm`: tokens seen before.\n"
+         9 with ring) checks no revocation. `layer_cold`: the cache on, every token new (none is \
+         ever seen twice); `layer_warm`: tokens seen before.\n"
     );
     let _ = writeln!(
         out,

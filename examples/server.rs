@@ -26,12 +26,14 @@
 //! - `JWKS_ALLOW_HTTP=1`: allow plain `http://` to a loopback provider (tests only)
 //! - `JWKS_MIN_REFRESH_SECS`: the shortest interval between key-set fetches, in the background
 //!   and on an unknown `kid` (default 30)
+//! - `BASELINE_ROUTE=1`: serve `GET /baseline/me` with a provider too (for load comparisons; it
+//!   checks no revocation, so it is off with a provider unless asked for)
 //!
 //! Routes: `GET /healthz`, `GET /metrics` (Prometheus text: the layer's, the cache's and the
 //! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
 //! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`, `GET /admin/keys` (the key
-//! source's state); and `GET /baseline/me`, the same handler as
+//! source's state); and `GET /baseline/me` (HS256 mode, or with `BASELINE_ROUTE=1`), the same handler as
 //! `/me` behind a decode-only middleware (the same keys, signature and time claims, no
 //! revocation check, no verified-token cache), so
 //! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
@@ -90,6 +92,9 @@ pub struct Config {
     pub provider: Option<Jwks>,
     /// The `aud` every token must name.
     pub audience: Option<String>,
+    /// Serve `GET /baseline/me` (no revocation check) with a provider too; it is always served
+    /// in HS256 mode.
+    pub baseline_with_provider: bool,
 }
 
 /// The scope the admin routes require.
@@ -115,6 +120,11 @@ impl Config {
             .map(str::to_owned)
             .collect();
         let failure_policy = store::failure_policy_from_env()?;
+        let baseline_with_provider = match var("BASELINE_ROUTE").as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(format!("BASELINE_ROUTE must be 0 or 1, not {other:?}")),
+        };
         Ok(Self {
             secret,
             admin_subjects,
@@ -122,6 +132,7 @@ impl Config {
             metrics: None,
             provider,
             audience: var("JWT_AUDIENCE"),
+            baseline_with_provider,
         })
     }
 }
@@ -205,15 +216,24 @@ where
             auth.jwks(jwks.clone()).missing_jti(MissingJti::HashSigningInput)
         }
     };
-    // The baseline verifies with the same keys and validation: signature and time claims, no
-    // revocation check, no verified-token cache.
-    let keys = match &config.provider {
-        None => KeySource::Single(DecodingKey::from_secret(&config.secret)),
-        Some(jwks) => KeySource::Jwks(jwks.clone()),
+    // The baseline verifies as the layer does (keys, validation, `jti` rule, maximum lifetime):
+    // signature and claims, but no revocation check and no verified-token cache.
+    let (keys, missing_jti) = match &config.provider {
+        None => (
+            KeySource::Single(DecodingKey::from_secret(&config.secret)),
+            MissingJti::Reject,
+        ),
+        Some(jwks) => (KeySource::Jwks(jwks.clone()), MissingJti::HashSigningInput),
     };
     let decode_only = Arc::new(
-        Verifier::new(keys, &validation, None, MissingJti::Allow, None)
-            .expect("the demo's baseline configuration is valid"),
+        Verifier::new(
+            keys,
+            &validation,
+            None,
+            missing_jti,
+            Some(config.max_token_lifetime()),
+        )
+        .expect("the demo's baseline configuration is valid"),
     );
     let auth = auth
         .validation(validation)
@@ -275,7 +295,9 @@ where
         );
     }
     router = router.route("/healthz", get(|| async { "ok" }));
-    router = router.merge(baseline);
+    if state.config.provider.is_none() || state.config.baseline_with_provider {
+        router = router.merge(baseline);
+    }
     if state.config.provider.is_none() {
         // Tokens come from the provider when there is one: these routes then do not exist.
         router = router

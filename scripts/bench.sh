@@ -50,7 +50,7 @@ python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory target/bench/jw
 PIDS+=($!)
 wait_port "$JWKS_PORT"
 DATABASE_URL="$SERVER_DB_URL" BIND_ADDR="127.0.0.1:$ES_PORT" RUST_LOG=warn \
-  JWKS_URL="http://127.0.0.1:$JWKS_PORT/jwks.json" JWKS_ALLOW_HTTP=1 target/release/examples/server &
+  JWKS_URL="http://127.0.0.1:$JWKS_PORT/jwks.json" JWKS_ALLOW_HTTP=1 BASELINE_ROUTE=1 target/release/examples/server &
 PIDS+=($!)
 wait_port "$HS_PORT"
 wait_port "$ES_PORT"

@@ -193,29 +193,28 @@ impl<S, R> Shared<S, R> {
     }
 
     /// The verified claims of `token`: from the layer's verified-token `cache` when it holds
-    /// them under the current keys, else verified (and then cached). With `may_fetch`, a token
-    /// naming a key the key source may still fetch gets a wait instead of a refusal.
+    /// them under the current keys, else verified (and then cached). `first_attempt` is false
+    /// when the request already missed the cache and waited for a key fetch: verify it without
+    /// looking again. With `first_attempt`, a token naming a key the key source may still fetch
+    /// gets a wait instead of a refusal.
     pub(crate) fn verify<C: DeserializeOwned>(
         &self,
         cache: Option<&TokenCache<C>>,
         token: &str,
-        may_fetch: bool,
+        first_attempt: bool,
     ) -> Result<Arc<Claims<C>>, Unverified> {
-        // Read before verifying: an entry is never stamped with keys newer than those that
-        // verified it.
-        let epoch = cache.and_then(|_| self.verifier.key_epoch());
-        let cache = cache.zip(epoch);
-        if let Some((cache, epoch)) = cache {
-            if let Some(claims) = cache.get(token, epoch) {
+        let current = |issuer| self.verifier.key_epoch(issuer);
+        if let Some(cache) = cache.filter(|_| first_attempt) {
+            if let Some(claims) = cache.get(token, current) {
                 self.counters.token_cache_hits.bump();
                 return Ok(claims);
             }
             self.counters.token_cache_misses.bump();
         }
-        let verified = self.verifier.check::<C>(token, may_fetch)?;
+        let verified = self.verifier.check::<C>(token, first_attempt)?;
         let claims = Arc::new(verified.claims);
-        if let (Some((cache, epoch)), Some(window)) = (cache, verified.window) {
-            cache.insert(token, &claims, window, epoch);
+        if let (Some(cache), Some(cacheable)) = (cache, verified.cacheable) {
+            cache.insert(token, &claims, cacheable, current);
         }
         Ok(claims)
     }

@@ -29,7 +29,8 @@ use crate::token_cache::Window;
 /// the registered ones, as JSON.
 pub type DefaultClaims = serde_json::Map<String, serde_json::Value>;
 
-/// The verified claims of a request's token, inserted into the request's extensions.
+/// The verified claims of a request's token, inserted into the request's extensions as an
+/// `Arc<Claims<C>>`.
 ///
 /// The registered claims the layer needs are typed fields; every other claim is deserialized
 /// into `C` (by default a JSON map). With the `axum` feature, `Claims<C>` and
@@ -455,7 +456,8 @@ impl Keys {
 #[allow(clippy::large_enum_variant)]
 enum Issuers {
     One(Keys),
-    ByIss(HashMap<String, Keys>),
+    /// `iss` to an index into the keys.
+    ByIss(HashMap<String, usize>, Vec<Keys>),
 }
 
 /// An accepted token issuer with its own keys, audience and algorithms, for a layer that
@@ -558,7 +560,7 @@ impl std::fmt::Debug for Verifier {
         let mut debug = f.debug_struct("Verifier");
         match &self.issuers {
             Issuers::One(keys) => debug.field("kids", &keys.kids()),
-            Issuers::ByIss(map) => debug.field("issuers", &map.keys().collect::<Vec<_>>()),
+            Issuers::ByIss(map, _) => debug.field("issuers", &map.keys().collect::<Vec<_>>()),
         };
         debug
             .field("required_typ", &self.required_typ)
@@ -723,7 +725,15 @@ impl Verifier {
         let issuers = match by_iss.len() {
             0 => return Err(ConfigError::NoKey),
             1 => Issuers::One(by_iss.into_values().next().ok_or(ConfigError::NoKey)?),
-            _ => Issuers::ByIss(by_iss),
+            _ => {
+                let mut index = HashMap::with_capacity(by_iss.len());
+                let mut all = Vec::with_capacity(by_iss.len());
+                for (iss, keys) in by_iss {
+                    index.insert(iss, all.len());
+                    all.push(keys);
+                }
+                Issuers::ByIss(index, all)
+            }
         };
         Self::with_issuers(issuers, required_typ, missing_jti, max_lifetime)
     }
@@ -771,18 +781,25 @@ impl Verifier {
             })
     }
 
-    /// The epoch of the keys tokens are verified with now: it changes whenever a key source's
-    /// key set changes, so a verified-token cache stamps its entries with the epoch read before
-    /// verifying and serves them only while it is unchanged. `None` while a key source's keys
-    /// may not be used (a `Jwks` whose refresher is gone and whose set went stale): nothing may
-    /// be served from memory then.
-    pub(crate) fn key_epoch(&self) -> Option<u64> {
+    /// The current epoch of issuer `issuer`'s keys (see [`KeyStamp`]): it changes whenever its
+    /// key source's key set changes. `None` while those keys may not be used (a `Jwks` whose
+    /// refresher is gone and whose set went stale), or for an index no issuer has.
+    pub(crate) fn key_epoch(&self, issuer: usize) -> Option<u64> {
         match &self.issuers {
             Issuers::One(keys) => keys.epoch(),
-            Issuers::ByIss(map) => map
-                .values()
-                // Each epoch only grows, so the sum changes whenever one does.
-                .try_fold(0u64, |sum, keys| Some(sum.wrapping_add(keys.epoch()?))),
+            Issuers::ByIss(_, all) => all.get(issuer)?.epoch(),
+        }
+    }
+
+    /// The issuer whose keys and validation `token` is verified with, by its unverified `iss`
+    /// when there are several.
+    fn issuer_of(&self, token: &str) -> Result<(usize, &Keys), Unverified> {
+        match &self.issuers {
+            Issuers::One(keys) => Ok((0, keys)),
+            Issuers::ByIss(index, all) => unverified_issuer(token)
+                .and_then(|iss| index.get(iss.as_str()).copied())
+                .and_then(|at| Some((at, all.get(at)?)))
+                .ok_or(Unverified::Invalid(InvalidToken::Issuer)),
         }
     }
 
@@ -793,13 +810,17 @@ impl Verifier {
         token: &str,
         may_fetch: bool,
     ) -> Result<Verified<C>, Unverified> {
-        let keys = match &self.issuers {
-            Issuers::One(keys) => keys,
-            Issuers::ByIss(map) => unverified_issuer(token)
-                .and_then(|iss| map.get(iss.as_str()))
-                .ok_or(Unverified::Invalid(InvalidToken::Issuer))?,
+        let (issuer, keys) = self.issuer_of(token)?;
+        // Read before verifying: a stamp never names keys newer than those that verified.
+        let stamp = keys.epoch().map(|epoch| KeyStamp { issuer, epoch });
+        let verify = |keyed: &KeyedValidation| {
+            self.verify_with::<C>(token, keyed)
+                .map(|(claims, window)| Verified {
+                    claims,
+                    cacheable: window.zip(stamp),
+                })
         };
-        match keys.with_key(token, |keyed| self.verify_with(token, keyed)) {
+        match keys.with_key(token, verify) {
             Ok(verified) => verified.map_err(Unverified::Invalid),
             Err(KeyMiss::Invalid(invalid)) => Err(Unverified::Invalid(invalid)),
             #[cfg(feature = "jwks")]
@@ -810,7 +831,7 @@ impl Verifier {
                     }
                     // No fetch may start now; but one may have ended since this request read
                     // the set, and installed the key: look once more.
-                    if let Ok(verified) = keys.with_key(token, |keyed| self.verify_with(token, keyed)) {
+                    if let Ok(verified) = keys.with_key(token, verify) {
                         return verified.map_err(Unverified::Invalid);
                     }
                 }
@@ -832,7 +853,7 @@ impl Verifier {
         &self,
         token: &str,
         keyed: &KeyedValidation,
-    ) -> Result<Verified<C>, InvalidToken> {
+    ) -> Result<(Claims<C>, Option<Window>), InvalidToken> {
         let data = jsonwebtoken::decode::<Claims<C>>(token, &keyed.key, &keyed.validation)
             .map_err(|e| InvalidToken::from_jwt(&e))?;
         if let Some(required) = &self.required_typ {
@@ -866,33 +887,55 @@ impl Verifier {
                 MissingJti::HashSigningInput => claims.derived_id = Some(signing_input_id(token)),
             }
         }
-        let window = cache_window(&keyed.validation, &claims);
-        Ok(Verified { claims, window })
+        let window = self.cache_window(&keyed.validation, &claims);
+        Ok((claims, window))
+    }
+
+    /// The time during which every time-dependent check above accepts `claims`: from the
+    /// latest of `nbf` minus the leeway, `iat` minus the `iat` leeway and `exp` minus the
+    /// maximum lifetime and the leeway (what a clock set back would otherwise get past), to
+    /// `exp` minus `reject_tokens_expiring_in_less_than` plus the leeway, the same bounds
+    /// `jsonwebtoken` and the checks above apply. Everything else verification checks
+    /// (signature, `iss`, `aud`, `typ`) depends on the token's bytes alone. `None` when the
+    /// expiry is not checked: such a token is never cached, so no entry outlives its token.
+    fn cache_window<C>(&self, validation: &Validation, claims: &Claims<C>) -> Option<Window> {
+        let exp = claims.exp.filter(|_| validation.validate_exp)?;
+        let leeway = validation.leeway;
+        let not_before = claims
+            .nbf
+            .filter(|_| validation.validate_nbf)
+            .map_or(0, |nbf| nbf.saturating_sub(leeway));
+        let iat_leeway = self.iat_leeway.unwrap_or(leeway);
+        let issued = claims.iat.map_or(0, |iat| iat.saturating_sub(iat_leeway));
+        let within_lifetime = self
+            .max_lifetime
+            .map_or(0, |max| exp.saturating_sub(max).saturating_sub(leeway));
+        let until = exp
+            .saturating_sub(validation.reject_tokens_expiring_in_less_than)
+            .saturating_add(leeway);
+        Some(Window {
+            from: not_before.max(issued).max(within_lifetime),
+            until,
+        })
     }
 }
 
-/// A verified token: its claims, and while when they may be served from a verified-token cache.
+/// A verified token: its claims, and when and under which keys they may be served from a
+/// verified-token cache.
 pub(crate) struct Verified<C> {
     pub(crate) claims: Claims<C>,
-    /// `None`: not cacheable (its expiry is not checked).
-    pub(crate) window: Option<Window>,
+    /// `None`: not cacheable (its expiry is not checked, or its keys may not be used).
+    pub(crate) cacheable: Option<(Window, KeyStamp)>,
 }
 
-/// When `jsonwebtoken` would still accept `claims`' time claims under `validation`: from `nbf`
-/// minus the leeway to `exp` minus `reject_tokens_expiring_in_less_than` plus the leeway.
-/// Everything else verification checks (signature, `iss`, `aud`, `typ`, an `iat` not in the
-/// future, the maximum lifetime) cannot turn false as time goes on. `None` when the expiry is
-/// not checked: such a token is never cached, so no entry can outlive its token.
-fn cache_window<C>(validation: &Validation, claims: &Claims<C>) -> Option<Window> {
-    let exp = claims.exp.filter(|_| validation.validate_exp)?;
-    let from = match claims.nbf {
-        Some(nbf) if validation.validate_nbf => nbf.saturating_sub(validation.leeway),
-        _ => 0,
-    };
-    let until = exp
-        .saturating_sub(validation.reject_tokens_expiring_in_less_than)
-        .saturating_add(validation.leeway);
-    Some(Window { from, until })
+/// The keys a token was verified with: its issuer (an index into the verifier's issuers) and
+/// that issuer's key epoch, read before verifying. An entry of a verified-token cache is served
+/// only while [`Verifier::key_epoch`] of its issuer still gives the same epoch, so a key set
+/// change of one issuer flushes that issuer's tokens and no other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyStamp {
+    pub(crate) issuer: usize,
+    pub(crate) epoch: u64,
 }
 
 /// `validation`, with `iss` and `aud` required when it names accepted values: `jsonwebtoken`
@@ -1032,6 +1075,65 @@ mod tests {
                 assert_eq!(result, Err(InvalidToken::Type));
             }
         }
+    }
+
+    #[test]
+    fn the_cache_window_is_when_every_time_check_accepts() {
+        let claims = |value: serde_json::Value| -> Claims { serde_json::from_value(value).unwrap() };
+        let window = |from, until| Some(Window { from, until });
+        let plain = verifier(MissingJti::Reject, None);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 60;
+        let exp_only = claims(json!({"exp": 10_000}));
+        assert_eq!(plain.cache_window(&validation, &exp_only), window(0, 10_060));
+        validation.reject_tokens_expiring_in_less_than = 100;
+        assert_eq!(plain.cache_window(&validation, &exp_only), window(0, 9_960));
+        let all = claims(json!({"nbf": 5_000, "iat": 4_000, "exp": 10_000}));
+        assert_eq!(
+            plain.cache_window(&validation, &all),
+            window(3_940, 9_960),
+            "iat - leeway"
+        );
+        validation.validate_nbf = true;
+        assert_eq!(
+            plain.cache_window(&validation, &all),
+            window(4_940, 9_960),
+            "nbf - leeway"
+        );
+        let bounded = Verifier::new(
+            KeySource::Single(DecodingKey::from_secret(SECRET)),
+            &validation,
+            None,
+            MissingJti::Reject,
+            Some(Duration::from_secs(1_000)),
+        )
+        .unwrap()
+        .with_iat_leeway(Duration::from_secs(5));
+        // `exp` at most the maximum lifetime (plus the leeway) from now: from 8 940 on.
+        assert_eq!(bounded.cache_window(&validation, &all), window(8_940, 9_960));
+        let late_iat = claims(json!({"iat": 9_500, "exp": 10_000}));
+        assert_eq!(
+            bounded.cache_window(&validation, &late_iat),
+            window(9_495, 9_960),
+            "iat - its own leeway"
+        );
+        // Saturating, never panicking, at the ends of the range.
+        let extreme = claims(json!({"nbf": 0, "iat": 0, "exp": u64::MAX}));
+        assert_eq!(
+            bounded.cache_window(&validation, &extreme),
+            window(u64::MAX - 1_000 - 60, u64::MAX - 100 + 60)
+        );
+        assert_eq!(
+            plain.cache_window(&validation, &claims(json!({"exp": 0}))),
+            window(0, 60)
+        );
+        // An expiry that is not checked: never cached.
+        assert_eq!(
+            plain.cache_window(&validation, &claims(json!({"sub": "a"}))),
+            None
+        );
+        validation.validate_exp = false;
+        assert_eq!(plain.cache_window(&validation, &exp_only), None);
     }
 
     #[test]

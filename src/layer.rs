@@ -350,7 +350,8 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
 
     /// The longest token the verified-token cache holds, in bytes (default
     /// [`DEFAULT_MAX_TOKEN_LEN`](crate::token_cache::DEFAULT_MAX_TOKEN_LEN), 4 KiB): longer
-    /// ones are verified on every request. Bounds the memory one entry can take.
+    /// ones are verified on every request; `0` switches the cache off. Bounds the memory one
+    /// entry can take.
     pub fn verified_token_cache_max_token_len(mut self, max_token_len: usize) -> Self {
         self.config.token_cache_max_token_len = max_token_len;
         self

@@ -3,9 +3,11 @@
 //! [`JwtRevocationLayer`] takes the bearer token of every request, verifies it with
 //! [`jsonwebtoken`], and asks a backend whether it was revoked: by its `jti` (logout), by its
 //! session `sid` ("revoke session #3 of user X") or by its subject's cutoff ("log out
-//! everywhere"). A verified, unrevoked token's [`Claims`] go into the request's extensions and
-//! the request goes on; anything else is answered with the RFC 6750 response (or a gRPC status
-//! for gRPC requests) without reaching the inner service.
+//! everywhere"). A verified, unrevoked token's [`Claims`] go into the request's extensions (as an
+//! `Arc<Claims<C>>`) and the request goes on; anything else is answered with the RFC 6750
+//! response (or a gRPC status for gRPC requests) without reaching the inner service. A token the
+//! layer verified before skips its signature verification ([`token_cache`]), never its
+//! revocation check.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};

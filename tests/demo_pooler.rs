@@ -40,6 +40,7 @@ impl WithStore for Handoff {
             metrics: None,
             provider: None,
             audience: None,
+            baseline_with_provider: false,
         };
         let _ = self.0.send(server::app(store, sessions, config));
         std::future::pending::<()>().await;

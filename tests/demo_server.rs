@@ -27,6 +27,7 @@ fn demo() -> Router {
         metrics: None,
         provider: None,
         audience: None,
+        baseline_with_provider: false,
     };
     let store = MemoryStore::new();
     server::app(
@@ -247,6 +248,7 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         metrics: None,
         provider: None,
         audience: None,
+        baseline_with_provider: false,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -461,6 +463,7 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
                 metrics: Some(handle),
                 provider: None,
                 audience: None,
+                baseline_with_provider: false,
             },
         )
     });
@@ -503,6 +506,10 @@ mod provider_mode {
     use tower_jwt_revocation::jsonwebtoken::Algorithm;
 
     async fn demo_for(provider: &Provider, audience: Option<&str>) -> Router {
+        demo_with_baseline(provider, audience, false).await
+    }
+
+    async fn demo_with_baseline(provider: &Provider, audience: Option<&str>, baseline: bool) -> Router {
         let vars = |name: &str| match name {
             "OIDC_ISSUER" => Some(provider.issuer()),
             "JWKS_ALLOW_HTTP" => Some("1".to_owned()),
@@ -517,6 +524,7 @@ mod provider_mode {
             metrics: None,
             provider: Some(jwks),
             audience: audience.map(str::to_owned),
+            baseline_with_provider: baseline,
         };
         let store = MemoryStore::new();
         server::app(
@@ -589,8 +597,18 @@ mod provider_mode {
             call(&app, "GET", "/me", Some(&good), None).await.0,
             StatusCode::UNAUTHORIZED
         );
-        // The decode-only baseline verifies with the provider's keys and audience, and checks
-        // no revocation.
+        // No route without a revocation check, unless asked for (BASELINE_ROUTE=1): then it
+        // verifies with the provider's keys and audience, and checks no revocation.
+        assert_eq!(
+            call(&app, "GET", "/baseline/me", Some(&good), None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let app = demo_with_baseline(&provider, Some("demo-api"), true).await;
+        // (The layer waits for the new app's first key set; the baseline does not.)
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&good), None).await.0,
+            StatusCode::OK
+        );
         let (status, _, body) = call(&app, "GET", "/baseline/me", Some(&good), None).await;
         assert_eq!((status, body["sub"].as_str()), (StatusCode::OK, Some("pat")));
         for refused in [&other_aud, &hs] {
@@ -720,6 +738,7 @@ async fn jwt_audience_in_hs256_mode_is_required_and_carried_by_login_tokens() {
         metrics: None,
         provider: None,
         audience: Some("demo-api".into()),
+        baseline_with_provider: false,
     };
     let store = MemoryStore::new();
     let app = server::app(

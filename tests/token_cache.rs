@@ -15,7 +15,7 @@ use http::header::WWW_AUTHENTICATE;
 use serde_json::json;
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use tower_jwt_revocation::{
-    JwtRevocationBuilder, JwtRevocationLayer, MemoryStore, Revocation, RevocationStore,
+    Issuer, JwtRevocationBuilder, JwtRevocationLayer, MemoryStore, Revocation, RevocationStore,
 };
 
 fn hs256(store: MemoryStore) -> JwtRevocationBuilder<MemoryStore> {
@@ -163,18 +163,57 @@ async fn an_expired_token_is_refused_on_the_first_request_after_its_expiry() {
 }
 
 #[tokio::test]
-async fn a_token_not_yet_valid_is_never_cached_early() {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = 0;
-    validation.validate_nbf = true;
-    let layer = hs256(MemoryStore::new()).validation(validation).build().unwrap();
-    let token = mint(json!({"jti": "cache-5", "sub": "ada", "nbf": now() + 30, "exp": now() + 600}));
-    for _ in 0..2 {
-        let (status_code, headers) = call(&layer, &token).await;
-        assert_eq!(status_code, StatusCode::UNAUTHORIZED);
-        assert!(challenge(&headers).contains("not yet valid"));
+async fn required_scopes_and_the_claims_predicate_run_on_every_hit() {
+    let layer = hs256(MemoryStore::new())
+        .require_scopes(["write"])
+        .require(|claims| claims.sub.as_deref() != Some("mallory"))
+        .build()
+        .unwrap();
+    let read_only = mint(json!({"jti": "cache-5a", "sub": "ada", "scope": "read", "exp": now() + 600}));
+    let mallory = mint(json!({"jti": "cache-5b", "sub": "mallory", "scope": "write", "exp": now() + 600}));
+    for _ in 0..3 {
+        assert_eq!(status(&layer, &read_only).await, StatusCode::FORBIDDEN);
+        assert_eq!(status(&layer, &mallory).await, StatusCode::FORBIDDEN);
     }
-    assert_eq!(hits_and_misses(&layer).0, 0);
+    assert_eq!(
+        hits_and_misses(&layer),
+        (4, 2),
+        "refused by scope, yet cached: a verified token"
+    );
+}
+
+#[tokio::test]
+async fn one_issuers_key_change_flushes_its_tokens_only() {
+    let a = Provider::start(vec![Key::RsaA.jwk(Some("a"), Some("RS256"))]).await;
+    let b = Provider::start(vec![Key::P256.jwk(Some("b"), Some("ES256"))]).await;
+    let fetched = |provider: &Provider| {
+        builder(provider.issuer(), true)
+            .max_refresh_interval(Duration::from_secs(3600))
+            .build_and_fetch()
+    };
+    let (jwks_a, jwks_b) = (fetched(&a).await.unwrap(), fetched(&b).await.unwrap());
+    let layer = JwtRevocationLayer::builder(MemoryStore::new())
+        .issuer(Issuer::new(a.issuer(), jwks_a.clone()))
+        .issuer(Issuer::new(b.issuer(), jwks_b.clone()))
+        .build()
+        .unwrap();
+    let from_a = sign(Key::RsaA, Algorithm::RS256, Some("a"), &a.claims("j-a", "ada"));
+    let from_b = sign(Key::P256, Algorithm::ES256, Some("b"), &b.claims("j-b", "ada"));
+    for token in [&from_a, &from_b, &from_a, &from_b] {
+        assert_eq!(status(&layer, token).await, StatusCode::OK);
+    }
+    assert_eq!(hits_and_misses(&layer), (2, 2));
+
+    // Issuer b rotates to another key: its token fails on the next request, a's still hits.
+    b.set_keys(vec![Key::P384.jwk(Some("b2"), Some("ES384"))]);
+    let refreshes = jwks_b.stats().refreshes;
+    wait_until_within("b's new key set is installed", Duration::from_secs(5), || async {
+        jwks_b.refresh().await.is_ok() && jwks_b.stats().refreshes > refreshes
+    })
+    .await;
+    assert_eq!(status(&layer, &from_b).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&layer, &from_a).await, StatusCode::OK);
+    assert_eq!(hits_and_misses(&layer).0, 3, "a's entry survived b's rotation");
 }
 
 #[tokio::test]

@@ -581,10 +581,12 @@ impl Inner {
     /// is logged once as an error, and requests stop waiting for fetches that never come.
     fn refresher_alive(&self) -> bool {
         let alive = self.task.get().is_some_and(|task| !task.is_finished());
+        let lost = &self.refresher_lost;
+        // A load first: once the refresher is gone this runs on every request, and a read
+        // shares its cache line where a swap would fight over it.
         if !alive
-            && !self
-                .refresher_lost
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            && !lost.load(std::sync::atomic::Ordering::Relaxed)
+            && !lost.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::error!(
                 source = %self.label(),
