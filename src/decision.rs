@@ -203,9 +203,9 @@ impl<S, R> Shared<S, R> {
         token: &str,
         first_attempt: bool,
     ) -> Result<Arc<Claims<C>>, Unverified> {
-        let current = |issuer| self.verifier.key_epoch(issuer);
-        if let Some(cache) = cache.filter(|_| first_attempt) {
-            if let Some(claims) = cache.get(token, current) {
+        let cached = cache.and_then(|cache| Some((cache, cache.key(token)?)));
+        if let Some((cache, key)) = cached.filter(|_| first_attempt) {
+            if let Some(claims) = cache.get(token, key, |issuer| self.verifier.key_epoch(issuer)) {
                 self.counters.token_cache_hits.bump();
                 return Ok(claims);
             }
@@ -213,8 +213,8 @@ impl<S, R> Shared<S, R> {
         }
         let verified = self.verifier.check::<C>(token, first_attempt)?;
         let claims = Arc::new(verified.claims);
-        if let (Some(cache), Some(cacheable)) = (cache, verified.cacheable) {
-            cache.insert(token, &claims, cacheable, current);
+        if let (Some((cache, key)), Some(cacheable)) = (cached, verified.cacheable) {
+            cache.insert(token, key, &claims, cacheable);
         }
         Ok(claims)
     }

@@ -21,16 +21,18 @@
 //!   expiry is not checked (no `exp`, or `validate_exp` off) is never cached.
 //! - **Key set changes.** Each entry carries its issuer and that issuer's key epoch, read
 //!   *before* its token was verified; an entry whose issuer's epoch moved since is a miss (and
-//!   its slot counts as free). A key source that changes its keys (a JWKS refresh that installs
+//!   is dropped). A key source that changes its keys (a JWKS refresh that installs
 //!   a different document: a key added, rotated or removed) moves its issuer's epoch, so a token
 //!   signed by a removed key fails on its next request, while other issuers' entries stay; a key
 //!   source whose keys may no longer be used serves nothing from the cache until they may.
 //! - **Bounds.** A fixed table of `capacity` slots (a power of two), one entry each, replaced
 //!   on collision; tokens longer than `max_token_len` are not cached. Memory is at most about
-//!   `capacity × (token length + size of the claims + 100 bytes)`, and 16 bytes per slot when
-//!   empty. An entry's memory is freed
-//!   when its slot is reused, when a read finds it expired, or when a sweep (two slots per miss)
-//!   passes it.
+//!   `capacity × (token length + size of the claims + 100 bytes)`, and 32 bytes per slot when
+//!   empty. An entry that is not live any more is never served; its memory
+//!   is freed when its slot is taken by another token or a read of its own token finds it dead.
+//!   An expired entry's slot is free to take at once; an entry whose keys changed gives way to
+//!   another token on that token's second verification (a miss decides from hints in the slot
+//!   itself and never reads the entry, which lives elsewhere in memory).
 //! - **Per layer.** A cache belongs to one layer (and its clones): two layers with other keys or
 //!   validation never share entries.
 //!
@@ -44,7 +46,7 @@
 //! request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -59,7 +61,7 @@ pub const DEFAULT_CAPACITY: usize = 8192;
 /// verified every time).
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 
-/// The largest capacity accepted (16 Mi entries, 256 MiB of empty slots).
+/// The largest capacity accepted (16 Mi entries, 512 MiB of empty slots).
 pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// When a verified token may be served from the cache, in Unix seconds (inclusive bounds).
@@ -92,16 +94,40 @@ impl<C> Entry<C> {
 
 /// The cache of one layer. See the module docs for its guarantees.
 pub(crate) struct TokenCache<C> {
-    slots: Box<[ArcSwapOption<Entry<C>>]>,
-    /// The hash of the last token verified whose slot this is, for admission on its next
-    /// verification; 0 when none.
-    seen: Box<[AtomicU64]>,
+    slots: Box<[Slot<C>]>,
     mask: usize,
     hasher: foldhash::fast::RandomState,
     max_token_len: usize,
-    /// The next slot the sweep looks at.
-    sweep: AtomicUsize,
 }
+
+/// One slot: its entry, and beside it (in the same cache line) hints that let a miss decide
+/// without reading the entry, which lives elsewhere in memory. The hints may lag the entry for
+/// an instant; every decision they make is safe either way (a spurious miss, or an eviction).
+struct Slot<C> {
+    entry: ArcSwapOption<Entry<C>>,
+    /// The hash of the entry's token; 0 when empty.
+    hash: AtomicU64,
+    /// The entry's `window.until`; 0 when empty.
+    until: AtomicU64,
+    /// The hash of the last token verified whose slot this is, for admission on its next
+    /// verification; 0 when none.
+    seen: AtomicU64,
+}
+
+impl<C> Default for Slot<C> {
+    fn default() -> Self {
+        Self {
+            entry: ArcSwapOption::empty(),
+            hash: AtomicU64::new(0),
+            until: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A token's place in a [`TokenCache`]: its hash, computed once per request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key(u64);
 
 impl<C> std::fmt::Debug for TokenCache<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,35 +144,40 @@ impl<C> TokenCache<C> {
     pub(crate) fn new(capacity: usize, max_token_len: usize) -> Self {
         let capacity = table_size(capacity);
         Self {
-            slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
-            seen: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
             mask: capacity - 1,
             hasher: foldhash::fast::RandomState::default(),
             max_token_len,
-            sweep: AtomicUsize::new(0),
         }
     }
 
-    fn hash(&self, token: &str) -> u64 {
+    /// Where `token` is cached; `None` for a token too long to cache.
+    pub(crate) fn key(&self, token: &str) -> Option<Key> {
         use std::hash::BuildHasher;
-        // Never 0, the doorkeeper's "none".
-        self.hasher.hash_one(token.as_bytes()) | 1
+        (token.len() <= self.max_token_len)
+            // Never 0, the hints' "none".
+            .then(|| Key(self.hasher.hash_one(token.as_bytes()) | 1))
     }
 
-    fn slot(&self, hash: u64) -> &ArcSwapOption<Entry<C>> {
+    fn slot(&self, key: Key) -> &Slot<C> {
         // `mask` is `slots.len() - 1`: the index is always in bounds.
-        &self.slots[(hash as usize) & self.mask]
+        &self.slots[(key.0 as usize) & self.mask]
     }
 
-    /// The claims `token` verified to, if its time claims hold now and `current` (an issuer's
-    /// current key epoch) still gives the epoch it was verified under. Never waits, never
-    /// allocates.
-    pub(crate) fn get(&self, token: &str, current: impl Fn(usize) -> Option<u64>) -> Option<Arc<Claims<C>>> {
-        if token.len() > self.max_token_len {
+    /// The claims `token` (at `key`) verified to, if its time claims hold now and `current`
+    /// (an issuer's current key epoch) still gives the epoch it was verified under. Never
+    /// waits, never allocates.
+    pub(crate) fn get(
+        &self,
+        token: &str,
+        key: Key,
+        current: impl Fn(usize) -> Option<u64>,
+    ) -> Option<Arc<Claims<C>>> {
+        let slot = self.slot(key);
+        if slot.hash.load(Ordering::Relaxed) != key.0 {
             return None;
         }
-        let slot = self.slot(self.hash(token));
-        let guard = slot.load();
+        let guard = slot.entry.load();
         let entry = guard.as_ref()?;
         if *entry.token != *token.as_bytes() {
             return None;
@@ -156,60 +187,55 @@ impl<C> TokenCache<C> {
         }
         // Expired, not yet valid, or verified under keys that changed: drop it (unless another
         // request replaced it meanwhile) and let the token be verified again.
-        slot.compare_and_swap(&*guard, None);
+        let previous = slot.entry.compare_and_swap(&*guard, None);
+        if previous
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, entry))
+        {
+            slot.until.store(0, Ordering::Relaxed);
+        }
         None
     }
 
-    /// Remembers that `token` verified to `claims` under the keys `stamp` names (read before
-    /// verifying), servable within `window`: at once into a free slot, else if it was verified
-    /// before (the first time only its hash is remembered). A slot whose entry is not live any
-    /// more (by the clock and `current`, an issuer's current key epoch) counts as free. Also
-    /// sweeps two other slots of entries that are not live.
+    /// Remembers that `token` (at `key`) verified to `claims` under the keys `stamp` names (read
+    /// before verifying), servable within `window`: at once into a free slot (empty, or holding
+    /// an expired entry), else if it was verified before (the first time only its hash is
+    /// remembered).
     pub(crate) fn insert(
         &self,
         token: &str,
+        key: Key,
         claims: &Arc<Claims<C>>,
         (window, stamp): (Window, KeyStamp),
-        current: impl Fn(usize) -> Option<u64>,
     ) {
-        if token.len() > self.max_token_len {
-            return;
-        }
         let now = now();
         if !window.contains(now) {
             return;
         }
-        for _ in 0..2 {
-            let index = self.sweep.fetch_add(1, Ordering::Relaxed) & self.mask;
-            let slot = &self.slots[index];
-            let guard = slot.load();
-            if guard.as_ref().is_some_and(|entry| !entry.live(now, &current)) {
-                slot.compare_and_swap(&*guard, None);
-            }
-        }
-        let hash = self.hash(token);
-        let slot = self.slot(hash);
-        let vacant = slot
-            .load()
-            .as_ref()
-            .is_none_or(|entry| !entry.live(now, &current));
+        let slot = self.slot(key);
+        let vacant = slot.until.load(Ordering::Relaxed) < now;
         // A hint, not synchronisation: a lost race admits a token one verification later.
-        let seen_before = self.seen[(hash as usize) & self.mask].swap(hash, Ordering::Relaxed) == hash;
+        let seen_before = slot.seen.swap(key.0, Ordering::Relaxed) == key.0;
         if !vacant && !seen_before {
             return;
         }
-        slot.store(Some(Arc::new(Entry {
+        slot.entry.store(Some(Arc::new(Entry {
             token: token.as_bytes().into(),
             claims: Arc::clone(claims),
             window,
             stamp,
         })));
+        slot.hash.store(key.0, Ordering::Relaxed);
+        slot.until.store(window.until, Ordering::Relaxed);
     }
 
     /// How many slots hold an entry (expired ones included until they are dropped).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.load().is_some()).count()
+        self.slots
+            .iter()
+            .filter(|slot| slot.entry.load().is_some())
+            .count()
     }
 }
 
@@ -225,6 +251,7 @@ fn table_size(capacity: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::DefaultClaims;
 
     fn claims(sub: &str) -> Arc<Claims> {
         Arc::new(serde_json::from_value(serde_json::json!({ "sub": sub })).unwrap())
@@ -246,78 +273,98 @@ mod tests {
         Some(0)
     }
 
-    fn insert(cache: &TokenCache<DefaultClaims>, token: &str, claims: &Arc<Claims>, window: Window) {
-        cache.insert(token, claims, (window, stamp(0, 0)), epoch_0);
+    type Cache = TokenCache<DefaultClaims>;
+
+    fn get(cache: &Cache, token: &str, current: impl Fn(usize) -> Option<u64>) -> Option<Arc<Claims>> {
+        cache.get(token, cache.key(token)?, current)
+    }
+
+    fn insert_stamped(cache: &Cache, token: &str, claims: &Arc<Claims>, window: Window, stamp: KeyStamp) {
+        if let Some(key) = cache.key(token) {
+            cache.insert(token, key, claims, (window, stamp));
+        }
+    }
+
+    fn insert(cache: &Cache, token: &str, claims: &Arc<Claims>, window: Window) {
+        insert_stamped(cache, token, claims, window, stamp(0, 0));
     }
 
     /// Inserts as the layer does on two verifications of `token`.
-    fn admit(cache: &TokenCache<DefaultClaims>, token: &str, claims: &Arc<Claims>, window: Window) {
+    fn admit(cache: &Cache, token: &str, claims: &Arc<Claims>, window: Window) {
         insert(cache, token, claims, window);
         insert(cache, token, claims, window);
     }
 
-    use crate::decode::DefaultClaims;
-
     #[test]
     fn a_token_evicts_a_live_entry_only_on_its_second_verification() {
-        let cache = TokenCache::new(1, 4096);
+        let cache = Cache::new(1, 4096);
         insert(&cache, "first", &claims("a"), open());
         assert!(
-            cache.get("first", epoch_0).is_some(),
+            get(&cache, "first", epoch_0).is_some(),
             "a free slot is taken at once"
         );
         insert(&cache, "second", &claims("b"), open());
         assert!(
-            cache.get("second", epoch_0).is_none(),
+            get(&cache, "second", epoch_0).is_none(),
             "seen once: only its hash is kept"
         );
-        assert!(cache.get("first", epoch_0).is_some(), "and the live entry stays");
+        assert!(
+            get(&cache, "first", epoch_0).is_some(),
+            "and the live entry stays"
+        );
         insert(&cache, "second", &claims("b"), open());
-        assert!(cache.get("second", epoch_0).is_some());
-        assert!(cache.get("first", epoch_0).is_none());
+        assert!(get(&cache, "second", epoch_0).is_some());
+        assert!(get(&cache, "first", epoch_0).is_none());
     }
 
     #[test]
-    fn an_entry_of_keys_that_changed_is_free_to_take_at_once() {
-        let cache = TokenCache::new(1, 4096);
-        insert(&cache, "old", &claims("a"), open());
-        let moved = |_: usize| Some(1);
-        cache.insert("new", &claims("b"), (open(), stamp(0, 1)), moved);
-        assert!(
-            cache.get("new", moved).is_some(),
-            "the stale entry did not hold its slot"
-        );
+    fn an_expired_entry_is_free_to_take_at_once() {
+        let cache = Cache::new(1, 4096);
+        let soon = Window {
+            from: 0,
+            until: now(),
+        };
+        insert(&cache, "old", &claims("a"), soon);
+        assert!(get(&cache, "old", epoch_0).is_some());
+        // Time passes (as the slot's hint tells): the next token takes the slot at once.
+        cache.slots[0].until.store(1, Ordering::Relaxed);
+        insert(&cache, "new", &claims("b"), open());
+        assert!(get(&cache, "new", epoch_0).is_some());
     }
 
     #[test]
     fn a_hit_needs_the_exact_token_and_its_issuers_current_epoch() {
-        let cache = TokenCache::new(64, 4096);
+        let cache = Cache::new(64, 4096);
         let alice = claims("alice");
-        cache.insert("a.b.c", &alice, (open(), stamp(1, 7)), |_| Some(7));
+        insert_stamped(&cache, "a.b.c", &alice, open(), stamp(1, 7));
         let epochs = |issuer_1: u64| move |issuer: usize| Some(if issuer == 1 { issuer_1 } else { 0 });
-        let hit = cache.get("a.b.c", epochs(7)).expect("hit");
+        let hit = get(&cache, "a.b.c", epochs(7)).expect("hit");
         assert!(Arc::ptr_eq(&hit, &alice), "the claims are shared, not copied");
-        assert!(cache.get("a.b.C", epochs(7)).is_none());
-        assert!(cache.get("a.b.c ", epochs(7)).is_none());
+        assert!(get(&cache, "a.b.C", epochs(7)).is_none());
+        assert!(get(&cache, "a.b.c ", epochs(7)).is_none());
+        // Another token whose key collides with this one's is still compared byte for byte.
+        let key = cache.key("a.b.c").unwrap();
+        assert!(cache.get("x.y.z", key, epochs(7)).is_none());
         assert!(
-            cache.get("a.b.c", epochs(7)).is_some(),
+            get(&cache, "a.b.c", epochs(7)).is_some(),
             "other tokens' misses leave it"
         );
         assert!(
-            cache.get("a.b.c", epochs(8)).is_none(),
+            get(&cache, "a.b.c", epochs(8)).is_none(),
             "its issuer's keys changed: a miss"
         );
-        assert!(cache.get("a.b.c", epochs(7)).is_none(), "and the entry is gone");
-        cache.insert("a.b.c", &alice, (open(), stamp(1, 7)), |_| Some(7));
+        assert!(get(&cache, "a.b.c", epochs(7)).is_none(), "and the entry is gone");
+        assert_eq!(cache.len(), 0);
+        insert_stamped(&cache, "a.b.c", &alice, open(), stamp(1, 7));
         assert!(
-            cache.get("a.b.c", |_| None).is_none(),
+            get(&cache, "a.b.c", |_| None).is_none(),
             "keys that may not be used: a miss"
         );
     }
 
     #[test]
     fn entries_outside_their_window_are_never_served_and_are_dropped() {
-        let cache = TokenCache::new(64, 4096);
+        let cache = Cache::new(64, 4096);
         let past = Window {
             from: 0,
             until: now() - 1,
@@ -335,28 +382,30 @@ mod tests {
         admit(&cache, "early", &claims("a"), future);
         assert_eq!(cache.len(), 0);
         // Written while valid, then its time passes.
-        cache.slot(cache.hash("late")).store(Some(Arc::new(Entry {
+        let key = cache.key("late").unwrap();
+        let slot = cache.slot(key);
+        slot.entry.store(Some(Arc::new(Entry {
             token: b"late".as_slice().into(),
             claims: claims("a"),
             window: past,
             stamp: stamp(0, 0),
         })));
-        assert!(cache.get("late", epoch_0).is_none());
+        slot.hash.store(key.0, Ordering::Relaxed);
+        assert!(get(&cache, "late", epoch_0).is_none());
         assert_eq!(cache.len(), 0, "the read dropped it");
     }
 
     #[test]
     fn long_tokens_are_not_cached() {
-        let cache = TokenCache::new(64, 8);
-        admit(&cache, "123456789", &claims("a"), open());
-        assert!(cache.get("123456789", epoch_0).is_none());
+        let cache = Cache::new(64, 8);
+        assert!(cache.key("123456789").is_none());
         admit(&cache, "12345678", &claims("a"), open());
-        assert!(cache.get("12345678", epoch_0).is_some());
+        assert!(get(&cache, "12345678", epoch_0).is_some());
     }
 
     #[test]
     fn capacity_bounds_the_entries() {
-        let cache = TokenCache::new(100, 4096);
+        let cache = Cache::new(100, 4096);
         assert_eq!(cache.slots.len(), 128);
         for i in 0..10_000 {
             admit(&cache, &format!("token-{i}"), &claims("a"), open());
@@ -365,34 +414,5 @@ mod tests {
         assert_eq!(TokenCache::<()>::new(0, 1).slots.len(), 1);
         assert_eq!(table_size(MAX_CAPACITY - 1), MAX_CAPACITY);
         assert_eq!(table_size(usize::MAX), MAX_CAPACITY);
-    }
-
-    #[test]
-    fn the_sweep_drops_entries_that_are_not_live_on_later_misses() {
-        let cache = TokenCache::new(4, 4096);
-        for (index, slot) in cache.slots.iter().enumerate() {
-            slot.store(Some(Arc::new(Entry {
-                token: format!("old-{index}").into_bytes().into_boxed_slice(),
-                claims: claims("a"),
-                window: Window {
-                    from: 0,
-                    until: if index % 2 == 0 { 1 } else { u64::MAX },
-                },
-                // Even slots expired; all verified under keys older than the current ones.
-                stamp: stamp(0, u64::from(index % 2 == 0)),
-            })));
-        }
-        let moved = |_: usize| Some(2);
-        cache.insert("new-1", &claims("b"), (open(), stamp(0, 2)), moved);
-        cache.insert("new-2", &claims("b"), (open(), stamp(0, 2)), moved);
-        cache.insert("new-2", &claims("b"), (open(), stamp(0, 2)), moved);
-        // Six sweeps over four slots: every entry that is not live is gone, the new ones stay.
-        assert!(cache.get("new-2", moved).is_some());
-        assert!(
-            cache
-                .slots
-                .iter()
-                .all(|slot| slot.load().as_ref().is_none_or(|entry| entry.stamp.epoch == 2))
-        );
     }
 }
