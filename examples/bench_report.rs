@@ -240,8 +240,9 @@ fn peer(out: &mut String) {
         out,
         "\nTwo threads at once against one (requests/s of two threads ÷ of one, each thread its own \
          runtime and service clone, medians of five rounds): warm hits of one token {} (HS256), {} \
-         (ES256); decode-only, which shares nothing, {} and {}. A hit scaling like decode-only \
-         means no cross-core contention on a hit.",
+         (ES256); decode-only, which shares nothing, {} and {}. A hit takes no lock, but two cores \
+         serving the same token both write the claims' reference count and the layer's counters: \
+         what the gap between the two scalings costs.",
         scaling("hs256", "two_thread_scaling_warm"),
         scaling("es256", "two_thread_scaling_warm"),
         scaling("hs256", "two_thread_scaling_decode_only"),
