@@ -214,7 +214,9 @@ impl<S, R> Shared<S, R> {
         let verified = self.verifier.check::<C>(token, first_attempt)?;
         let claims = Arc::new(verified.claims);
         if let (Some((cache, key)), Some(cacheable)) = (cached, verified.cacheable) {
-            cache.insert(token, key, &claims, cacheable);
+            cache.insert(token, key, &claims, cacheable, |issuer| {
+                self.verifier.key_epoch(issuer)
+            });
         }
         Ok(claims)
     }

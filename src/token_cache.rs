@@ -27,7 +27,7 @@
 //!   source whose keys may no longer be used serves nothing from the cache until they may.
 //! - **Bounds.** A fixed table of `capacity` slots (a power of two), one entry each, replaced
 //!   on collision; tokens longer than `max_token_len` are not cached. Memory is at most about
-//!   `capacity × (token length + size of the claims + 100 bytes)`, and 32 bytes per slot when
+//!   `capacity × (token length + size of the claims + 150 bytes)`, and 40 bytes per slot when
 //!   empty. An entry that is not live any more is never served; its memory
 //!   is freed when its slot is taken by another token or a read of its own token finds it dead.
 //!   An expired entry's slot is free to take at once; an entry whose keys changed gives way to
@@ -61,7 +61,7 @@ pub const DEFAULT_CAPACITY: usize = 8192;
 /// verified every time).
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 
-/// The largest capacity accepted (16 Mi entries, 512 MiB of empty slots).
+/// The largest capacity accepted (16 Mi entries, 640 MiB of empty slots).
 pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// When a verified token may be served from the cache, in Unix seconds (inclusive bounds).
@@ -78,6 +78,8 @@ impl Window {
 }
 
 struct Entry<C> {
+    /// The token's [`Key`].
+    hash: u64,
     token: Box<[u8]>,
     claims: Arc<Claims<C>>,
     window: Window,
@@ -102,13 +104,16 @@ pub(crate) struct TokenCache<C> {
 
 /// One slot: its entry, and beside it (in the same cache line) hints that let a miss decide
 /// without reading the entry, which lives elsewhere in memory. The hints may lag the entry for
-/// an instant; every decision they make is safe either way (a spurious miss, or an eviction).
+/// an instant; every decision they make is safe either way (a spurious miss, or an eviction),
+/// and whoever changes the entry settles them to the entry that stays (see `settle`).
 struct Slot<C> {
     entry: ArcSwapOption<Entry<C>>,
     /// The hash of the entry's token; 0 when empty.
     hash: AtomicU64,
     /// The entry's `window.until`; 0 when empty.
     until: AtomicU64,
+    /// The entry's [`KeyStamp`], packed (see `pack`); 0 when empty or not packable.
+    stamp: AtomicU64,
     /// The hash of the last token verified whose slot this is, for admission on its next
     /// verification; 0 when none.
     seen: AtomicU64,
@@ -120,6 +125,7 @@ impl<C> Default for Slot<C> {
             entry: ArcSwapOption::empty(),
             hash: AtomicU64::new(0),
             until: AtomicU64::new(0),
+            stamp: AtomicU64::new(0),
             seen: AtomicU64::new(0),
         }
     }
@@ -155,8 +161,9 @@ impl<C> TokenCache<C> {
     pub(crate) fn key(&self, token: &str) -> Option<Key> {
         use std::hash::BuildHasher;
         (token.len() <= self.max_token_len)
-            // Never 0, the hints' "none".
-            .then(|| Key(self.hasher.hash_one(token.as_bytes()) | 1))
+            // Never 0, the hints' "none" (a hash of 0 is taken for 1: the index bits stay
+            // uniform).
+            .then(|| Key(self.hasher.hash_one(token.as_bytes()).max(1)))
     }
 
     fn slot(&self, key: Key) -> &Slot<C> {
@@ -192,7 +199,7 @@ impl<C> TokenCache<C> {
             .as_ref()
             .is_some_and(|previous| Arc::ptr_eq(previous, entry))
         {
-            slot.until.store(0, Ordering::Relaxed);
+            settle(slot);
         }
         None
     }
@@ -200,33 +207,38 @@ impl<C> TokenCache<C> {
     /// Remembers that `token` (at `key`) verified to `claims` under the keys `stamp` names (read
     /// before verifying), servable within `window`: at once into a free slot (empty, or holding
     /// an expired entry), else if it was verified before (the first time only its hash is
-    /// remembered).
+    /// remembered). A slot whose entry was verified under keys that changed since (by
+    /// `current`, an issuer's current key epoch) counts as free too.
     pub(crate) fn insert(
         &self,
         token: &str,
         key: Key,
         claims: &Arc<Claims<C>>,
         (window, stamp): (Window, KeyStamp),
+        current: impl Fn(usize) -> Option<u64>,
     ) {
         let now = now();
         if !window.contains(now) {
             return;
         }
         let slot = self.slot(key);
-        let vacant = slot.until.load(Ordering::Relaxed) < now;
+        // Free: empty, expired, or verified under keys that changed since (all by the hints).
+        let vacant = slot.until.load(Ordering::Relaxed) < now
+            || unpack(slot.stamp.load(Ordering::Relaxed))
+                .is_some_and(|held| current(held.issuer).map(|epoch| epoch & EPOCH_BITS) != Some(held.epoch));
         // A hint, not synchronisation: a lost race admits a token one verification later.
         let seen_before = slot.seen.swap(key.0, Ordering::Relaxed) == key.0;
         if !vacant && !seen_before {
             return;
         }
         slot.entry.store(Some(Arc::new(Entry {
+            hash: key.0,
             token: token.as_bytes().into(),
             claims: Arc::clone(claims),
             window,
             stamp,
         })));
-        slot.hash.store(key.0, Ordering::Relaxed);
-        slot.until.store(window.until, Ordering::Relaxed);
+        settle(slot);
     }
 
     /// How many slots hold an entry (expired ones included until they are dropped).
@@ -237,6 +249,56 @@ impl<C> TokenCache<C> {
             .filter(|slot| slot.entry.load().is_some())
             .count()
     }
+}
+
+/// Writes `slot`'s hints from the entry it holds, until they describe the entry that is there
+/// after writing them. Every writer of an entry calls it after its store, so the last one to
+/// finish leaves hints that match: a writer whose hints were overwritten by an older entry's
+/// sees a newer entry on its check and writes again, and any store after a check is followed by
+/// its own writer's call. (Sequentially consistent, so "after" holds across the hints and the
+/// entry pointer; only a miss that writes pays for it.)
+fn settle<C>(slot: &Slot<C>) {
+    loop {
+        let held = slot.entry.load();
+        let (hash, until, stamp) = held.as_ref().map_or((0, 0, 0), |entry| {
+            (entry.hash, entry.window.until, pack(entry.stamp))
+        });
+        slot.hash.store(hash, Ordering::SeqCst);
+        slot.until.store(until, Ordering::SeqCst);
+        slot.stamp.store(stamp, Ordering::SeqCst);
+        let still = slot.entry.load();
+        let same = match (held.as_ref(), still.as_ref()) {
+            (Some(before), Some(after)) => Arc::ptr_eq(before, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+    }
+}
+
+/// The bits of a packed [`KeyStamp`] that hold its epoch (an epoch moves once per key-set
+/// change: it never gets near 2^48).
+const EPOCH_BITS: u64 = (1 << 48) - 1;
+
+/// A [`KeyStamp`] in one word for the slot's hint: the issuer index plus one in the top 16
+/// bits (so never 0), the epoch's low 48 bits below. An issuer index that does not fit (no
+/// layer has 65 535 issuers) gives 0, "no hint": such a slot frees by expiry alone.
+fn pack(stamp: KeyStamp) -> u64 {
+    match u64::try_from(stamp.issuer) {
+        Ok(issuer) if issuer < (1 << 16) - 1 => ((issuer + 1) << 48) | (stamp.epoch & EPOCH_BITS),
+        _ => 0,
+    }
+}
+
+/// The [`KeyStamp`] (its epoch's low 48 bits) a hint holds; `None` for 0.
+fn unpack(packed: u64) -> Option<KeyStamp> {
+    let issuer = usize::try_from(packed >> 48).ok()?.checked_sub(1)?;
+    Some(KeyStamp {
+        issuer,
+        epoch: packed & EPOCH_BITS,
+    })
 }
 
 fn now() -> u64 {
@@ -281,7 +343,7 @@ mod tests {
 
     fn insert_stamped(cache: &Cache, token: &str, claims: &Arc<Claims>, window: Window, stamp: KeyStamp) {
         if let Some(key) = cache.key(token) {
-            cache.insert(token, key, claims, (window, stamp));
+            cache.insert(token, key, claims, (window, stamp), |_| Some(stamp.epoch));
         }
     }
 
@@ -320,16 +382,44 @@ mod tests {
     #[test]
     fn an_expired_entry_is_free_to_take_at_once() {
         let cache = Cache::new(1, 4096);
-        let soon = Window {
-            from: 0,
-            until: now(),
-        };
-        insert(&cache, "old", &claims("a"), soon);
+        insert(&cache, "old", &claims("a"), open());
         assert!(get(&cache, "old", epoch_0).is_some());
         // Time passes (as the slot's hint tells): the next token takes the slot at once.
         cache.slots[0].until.store(1, Ordering::Relaxed);
         insert(&cache, "new", &claims("b"), open());
         assert!(get(&cache, "new", epoch_0).is_some());
+    }
+
+    #[test]
+    fn an_entry_of_keys_that_changed_is_free_to_take_at_once() {
+        let cache = Cache::new(1, 4096);
+        insert_stamped(&cache, "old", &claims("a"), open(), stamp(3, 7));
+        let moved = |_: usize| Some(8);
+        let key = cache.key("new").unwrap();
+        cache.insert("new", key, &claims("b"), (open(), stamp(3, 8)), moved);
+        assert!(get(&cache, "new", moved).is_some());
+        // Under unchanged keys, an entry holds its slot against a first verification.
+        let key = cache.key("newer").unwrap();
+        cache.insert("newer", key, &claims("c"), (open(), stamp(3, 8)), moved);
+        assert!(get(&cache, "new", moved).is_some());
+    }
+
+    #[test]
+    fn the_slot_hints_settle_on_the_entry_that_stays() {
+        let cache = Cache::new(1, 4096);
+        insert(&cache, "a", &claims("a"), open());
+        let slot = &cache.slots[0];
+        // A slower writer's hints for an older entry land after the entry's own.
+        slot.hash.store(12345, Ordering::SeqCst);
+        slot.until.store(1, Ordering::SeqCst);
+        assert!(get(&cache, "a", epoch_0).is_none(), "a stale hint: a miss");
+        settle(slot);
+        assert_eq!(slot.hash.load(Ordering::SeqCst), cache.key("a").unwrap().0);
+        assert_eq!(slot.until.load(Ordering::SeqCst), u64::MAX);
+        assert!(get(&cache, "a", epoch_0).is_some());
+        assert_eq!(unpack(pack(stamp(0, 0))), Some(stamp(0, 0)));
+        assert_eq!(unpack(pack(stamp(70_000, 1))), None, "not packable: no hint");
+        assert_eq!(pack(stamp(2, u64::MAX)) >> 48, 3);
     }
 
     #[test]
@@ -385,6 +475,7 @@ mod tests {
         let key = cache.key("late").unwrap();
         let slot = cache.slot(key);
         slot.entry.store(Some(Arc::new(Entry {
+            hash: key.0,
             token: b"late".as_slice().into(),
             claims: claims("a"),
             window: past,
@@ -410,7 +501,7 @@ mod tests {
         for i in 0..10_000 {
             admit(&cache, &format!("token-{i}"), &claims("a"), open());
         }
-        assert!(cache.len() <= 128);
+        assert_eq!(cache.len(), 128, "every slot is reachable");
         assert_eq!(TokenCache::<()>::new(0, 1).slots.len(), 1);
         assert_eq!(table_size(MAX_CAPACITY - 1), MAX_CAPACITY);
         assert_eq!(table_size(usize::MAX), MAX_CAPACITY);

@@ -91,8 +91,19 @@ async fn an_unknown_kid_is_answered_after_one_fetch() {
     assert_eq!(code, StatusCode::OK, "the request waited for the fetch");
     assert_eq!(provider.jwks_fetches(), 2, "exactly one more fetch");
     assert_eq!(jwks.stats().unknown_kid_fetches, 1);
+    let metrics = layer.metrics();
+    assert_eq!(
+        (metrics.token_cache_hits, metrics.token_cache_misses),
+        (0, 1),
+        "one request, one miss: the check after the wait does not look again"
+    );
     assert_eq!(status(&layer, &token).await, StatusCode::OK);
     assert_eq!(provider.jwks_fetches(), 2, "a known kid fetches nothing");
+    assert_eq!(
+        layer.metrics().token_cache_hits,
+        1,
+        "verified after the wait, then cached"
+    );
 }
 
 #[tokio::test]

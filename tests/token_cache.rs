@@ -18,8 +18,14 @@ use tower_jwt_revocation::{
     Issuer, JwtRevocationBuilder, JwtRevocationLayer, MemoryStore, Revocation, RevocationStore,
 };
 
+/// A cache large enough that the few tokens of one test share a slot with odds of about one in
+/// a hundred thousand (the hash seed is random): exact hit counts stay exact.
+const ROOMY: usize = 1 << 17;
+
 fn hs256(store: MemoryStore) -> JwtRevocationBuilder<MemoryStore> {
-    JwtRevocationLayer::builder(store).decoding_key(DecodingKey::from_secret(SECRET))
+    JwtRevocationLayer::builder(store)
+        .decoding_key(DecodingKey::from_secret(SECRET))
+        .verified_token_cache(ROOMY)
 }
 
 fn hits_and_misses<S, C, R>(layer: &JwtRevocationLayer<S, C, R>) -> (u64, u64) {
@@ -195,6 +201,7 @@ async fn one_issuers_key_change_flushes_its_tokens_only() {
     let layer = JwtRevocationLayer::builder(MemoryStore::new())
         .issuer(Issuer::new(a.issuer(), jwks_a.clone()))
         .issuer(Issuer::new(b.issuer(), jwks_b.clone()))
+        .verified_token_cache(ROOMY)
         .build()
         .unwrap();
     let from_a = sign(Key::RsaA, Algorithm::RS256, Some("a"), &a.claims("j-a", "ada"));
@@ -312,6 +319,7 @@ async fn a_key_withdrawn_from_the_jwks_fails_at_once_for_cached_tokens() {
         .unwrap();
     let layer = JwtRevocationLayer::builder(MemoryStore::new())
         .jwks(jwks.clone())
+        .verified_token_cache(ROOMY)
         .build()
         .unwrap();
     let old = sign(
