@@ -142,6 +142,20 @@ fn bench_service<S>(
     });
 }
 
+/// The layer `builder` configures (its keys set) over `Ok200`, with `alg`'s validation and the
+/// verified-token cache off, as every variant here runs.
+fn uncached_service(
+    builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>,
+    alg: &Alg,
+) -> tower_jwt_revocation::JwtRevocation<Ok200, MemoryStore> {
+    builder
+        .validation(validation(alg))
+        .no_verified_token_cache()
+        .build()
+        .unwrap()
+        .layer(Ok200)
+}
+
 /// A `Jwks` holding `alg`'s key, served by a provider on loopback (kept alive by the caller).
 fn loopback_jwks(rt: &Runtime, alg: &Alg) -> (Jwks, provider::Provider) {
     rt.block_on(async {
@@ -298,14 +312,7 @@ fn bench_check(c: &mut Criterion) {
             layer(memory.clone()).unwrap().layer(Ok200),
             &token,
         );
-        let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
-            builder
-                .validation(validation(&alg))
-                .no_verified_token_cache()
-                .build()
-                .unwrap()
-                .layer(Ok200)
-        };
+        let with_keys = |builder| uncached_service(builder, &alg);
         let keyset = KeySet::new().with_key(KID, alg.decoding.clone());
         let builder = JwtRevocationLayer::builder(memory.clone());
         bench_service(
@@ -402,14 +409,7 @@ fn key_sources_interleaved() {
         let memory = MemoryStore::new();
         let builder = || JwtRevocationLayer::builder(memory.clone());
         let (jwks, _provider) = loopback_jwks(&rt, &alg);
-        let with_keys = |builder: tower_jwt_revocation::JwtRevocationBuilder<MemoryStore>| {
-            builder
-                .validation(validation(&alg))
-                .no_verified_token_cache()
-                .build()
-                .unwrap()
-                .layer(Ok200)
-        };
+        let with_keys = |builder| uncached_service(builder, &alg);
         let mut variants = [
             (
                 "static_key",
