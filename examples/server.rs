@@ -29,7 +29,8 @@
 //! - `BASELINE_ROUTE=1`: serve `GET /baseline/me` with a provider too (for load comparisons; it
 //!   checks no revocation, so it is off with a provider unless asked for)
 //!
-//! Routes: `GET /healthz`, `GET /metrics` (Prometheus text: the layer's, the cache's and the
+//! Routes: `GET /healthz` (liveness), `GET /readyz` (200 once the keys are loaded and the
+//! revocation tier is in sync, else 503 with `Retry-After`), `GET /metrics` (Prometheus text: the layer's, the cache's and the
 //! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
 //! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`, `GET /admin/keys` (the key
@@ -269,7 +270,23 @@ where
         .route("/sessions", get(list_sessions::<S, X>))
         .route("/sessions/{sid}", delete(end_session::<S, X>))
         .merge(admin)
-        .route_layer(auth);
+        .route_layer(auth.clone());
+    // Readiness: keys loaded and the revocation tier in sync (`JwtRevocationLayer::is_ready`).
+    let readyz = get(move || {
+        let ready = auth.is_ready();
+        async move {
+            if ready {
+                (StatusCode::OK, "ready").into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "not ready",
+                )
+                    .into_response()
+            }
+        }
+    });
     let baseline =
         Router::new()
             .route("/baseline/me", get(me))
@@ -294,7 +311,9 @@ where
             }),
         );
     }
-    router = router.route("/healthz", get(|| async { "ok" }));
+    router = router
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", readyz);
     if state.config.provider.is_none() || state.config.baseline_with_provider {
         router = router.merge(baseline);
     }

@@ -791,6 +791,20 @@ impl Verifier {
         }
     }
 
+    /// Whether every issuer's keys can verify now: a `Jwks` holds a key set it may use (fetched,
+    /// and not gone stale with a dead refresher); fixed keys always can.
+    pub(crate) fn keys_ready(&self) -> bool {
+        let ready = |keys: &Keys| match keys {
+            Keys::Single(_) | Keys::ByKid(_) => true,
+            #[cfg(feature = "jwks")]
+            Keys::Jwks(keys) => keys.has_usable_keys(),
+        };
+        match &self.issuers {
+            Issuers::One(keys) => ready(keys),
+            Issuers::ByIss(_, all) => all.iter().all(ready),
+        }
+    }
+
     /// The issuer whose keys and validation `token` is verified with, by its unverified `iss`
     /// when there are several.
     fn issuer_of(&self, token: &str) -> Result<(usize, &Keys), Unverified> {

@@ -85,6 +85,18 @@ impl<S, C, R> JwtRevocationLayer<S, C, R> {
     pub fn metrics(&self) -> Metrics {
         self.shared.counters.snapshot()
     }
+
+    /// Whether the layer can decide requests as it promises right now, for a readiness probe:
+    /// every key source holds keys it may use (an identity provider's first key set arrived and
+    /// has not gone stale) and the backend [is ready](RevocationBackend::is_ready) (a cache
+    /// tier in sync with its ledger). Until then requests may get 503s or slower answers;
+    /// liveness is another matter. Never waits.
+    pub fn is_ready(&self) -> bool
+    where
+        S: RevocationBackend,
+    {
+        self.shared.verifier.keys_ready() && self.shared.backend.is_ready()
+    }
 }
 
 impl<Inner, S, C, R> Layer<Inner> for JwtRevocationLayer<S, C, R> {

@@ -29,6 +29,34 @@ fn facts(jti: &str) -> TokenFacts<'_> {
     common::facts(jti, "kim")
 }
 
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_layer_is_ready_only_while_its_cache_is_in_sync(pool: PgPool) {
+    use tower_jwt_revocation::JwtRevocationLayer;
+    use tower_jwt_revocation::jsonwebtoken::DecodingKey;
+    let layer = |cache: MokaCache<PgStore>| {
+        JwtRevocationLayer::builder(cache)
+            .decoding_key(DecodingKey::from_secret(SECRET))
+            .build()
+            .unwrap()
+    };
+    // A ledger nothing answers for: its feed never proves sync.
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .unwrap();
+    let cut_off = layer(MokaCache::builder(store(&unreachable)).start().unwrap());
+    let connected = layer(MokaCache::builder(store(&pool)).start().unwrap());
+    wait_until_within("the connected cache is ready", Duration::from_secs(5), || async {
+        connected.is_ready()
+    })
+    .await;
+    assert!(
+        !cut_off.is_ready(),
+        "a cache cut off from its ledger is never ready"
+    );
+    assert!(!cut_off.backend().is_in_sync());
+}
+
 async fn revoke_by_sql(pool: &PgPool, jti: &str) {
     sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
         .bind(jti)

@@ -84,6 +84,12 @@ async fn healthz_needs_no_token() {
 }
 
 #[tokio::test]
+async fn readyz_needs_no_token_and_is_ready_with_fixed_keys_in_memory() {
+    let (status, _, _) = call(&demo(), "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn login_me_logout_round_trip() {
     let app = demo();
     let token = login(&app, "alice").await;
@@ -688,6 +694,34 @@ mod provider_mode {
                 .unwrap()
                 .contains("revocations:admin")
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_is_503_until_the_providers_keys_arrive() {
+        let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+        provider.stop().await;
+        let app = demo_for(&provider, None).await;
+        let (status, headers, _) = call(&app, "GET", "/readyz", None, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key(http::header::RETRY_AFTER));
+        // The first fetch (started when the key source was built, on another worker) is refused
+        // by the stopped provider: still not ready after it.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            call(&app, "GET", "/readyz", None, None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(&app, "GET", "/healthz", None, None).await.0,
+            StatusCode::OK,
+            "yet alive"
+        );
+        provider.restart().await;
+        // The refresher retries at the minimum interval (1 s here).
+        crate::common::wait_until_within("the keys arrive", std::time::Duration::from_secs(10), || async {
+            call(&app, "GET", "/readyz", None, None).await.0 == StatusCode::OK
+        })
+        .await;
     }
 
     #[tokio::test]

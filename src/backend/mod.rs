@@ -187,6 +187,15 @@ pub trait RevocationBackend: Send + Sync + 'static {
 
     /// The asynchronous slow path. The returned future owns what it needs (it is `'static`).
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future;
+
+    /// Whether this backend answers now as it promises: for a cache tier, that its change feed
+    /// is connected and proved in sync, so no answer misses a revocation past the documented
+    /// bound. A readiness probe (the demo's `GET /readyz`) routes traffic only to instances
+    /// where this holds. The default, for backends that ask their store on every miss: `true`.
+    /// Never waits; cheap enough to call per probe.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// Which kind of key a revocation record is filed under.

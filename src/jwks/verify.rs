@@ -40,6 +40,14 @@ impl JwksKeys {
         }
     }
 
+    /// Whether a key set is held that may be used.
+    pub(crate) fn has_usable_keys(&self) -> bool {
+        self.jwks
+            .snapshot()
+            .as_ref()
+            .is_some_and(|snapshot| self.jwks.usable(snapshot))
+    }
+
     pub(crate) fn epoch(&self) -> Option<u64> {
         self.jwks.key_epoch()
     }

@@ -403,6 +403,12 @@ impl<B: Ledger> MokaCache<B> {
 impl<B: Ledger> RevocationBackend for MokaCache<B> {
     type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
 
+    /// [`is_in_sync`](MokaCache::is_in_sync). In mirror mode an instance in sync is ready
+    /// before (or without) its mirror loaded: its answers then come from lookups, just as true.
+    fn is_ready(&self) -> bool {
+        self.is_in_sync()
+    }
+
     /// Answers from memory when it can: revoked entries always, negatives while in sync, and
     /// (mirror mode) misses within `max_staleness`. No allocation, no lock, no await.
     fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
