@@ -30,7 +30,7 @@
 //!   checks no revocation, so it is off with a provider unless asked for)
 //!
 //! Routes: `GET /healthz` (liveness), `GET /readyz` (200 once the keys are loaded and the
-//! revocation tier is in sync, else 503 with `Retry-After`), `GET /metrics` (Prometheus text: the layer's, the cache's and the
+//! revocation tier has proved sync since start, else 503 with `Retry-After`), `GET /metrics` (Prometheus text: the layer's, the cache's and the
 //! change feed's counters), `POST /login` (access and refresh token), `POST /refresh`, `GET /me`,
 //! `POST /logout` (also ends the session), `POST /logout-all`, `GET /revocations`,
 //! `GET /sessions`, `DELETE /sessions/{sid}`, `DELETE /admin/tokens/{jti}`, `GET /admin/keys` (the key
@@ -271,7 +271,7 @@ where
         .route("/sessions/{sid}", delete(end_session::<S, X>))
         .merge(admin)
         .route_layer(auth.clone());
-    // Readiness: keys loaded and the revocation tier in sync (`JwtRevocationLayer::is_ready`).
+    // Readiness: keys loaded and the revocation tier started (`JwtRevocationLayer::is_ready`).
     let readyz = get(move || {
         let ready = auth.is_ready();
         async move {

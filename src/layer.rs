@@ -86,11 +86,12 @@ impl<S, C, R> JwtRevocationLayer<S, C, R> {
         self.shared.counters.snapshot()
     }
 
-    /// Whether the layer can decide requests as it promises right now, for a readiness probe:
-    /// every key source holds keys it may use (an identity provider's first key set arrived and
-    /// has not gone stale) and the backend [is ready](RevocationBackend::is_ready) (a cache
-    /// tier in sync with its ledger). Until then requests may get 503s or slower answers;
-    /// liveness is another matter. Never waits.
+    /// Whether the layer can decide requests, for a readiness probe: every key source holds
+    /// keys it may use (an identity provider's first key set arrived and has not gone stale;
+    /// with several issuers, every one's: an instance that cannot verify one provider's tokens
+    /// would answer them 503) and the backend [is ready](RevocationBackend::is_ready) (a cache
+    /// tier has proved sync with its ledger since it started). Liveness is another matter.
+    /// Never waits.
     pub fn is_ready(&self) -> bool
     where
         S: RevocationBackend,

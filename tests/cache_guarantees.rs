@@ -30,7 +30,7 @@ fn facts(jti: &str) -> TokenFacts<'_> {
 }
 
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
-async fn a_layer_is_ready_only_while_its_cache_is_in_sync(pool: PgPool) {
+async fn a_layer_is_ready_once_its_cache_has_proved_sync(pool: PgPool) {
     use tower_jwt_revocation::JwtRevocationLayer;
     use tower_jwt_revocation::jsonwebtoken::DecodingKey;
     let layer = |cache: MokaCache<PgStore>| {
@@ -52,7 +52,7 @@ async fn a_layer_is_ready_only_while_its_cache_is_in_sync(pool: PgPool) {
     .await;
     assert!(
         !cut_off.is_ready(),
-        "a cache cut off from its ledger is never ready"
+        "a cache that never reached its ledger is not ready"
     );
     assert!(!cut_off.backend().is_in_sync());
 }

@@ -188,11 +188,12 @@ pub trait RevocationBackend: Send + Sync + 'static {
     /// The asynchronous slow path. The returned future owns what it needs (it is `'static`).
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future;
 
-    /// Whether this backend answers now as it promises: for a cache tier, that its change feed
-    /// is connected and proved in sync, so no answer misses a revocation past the documented
-    /// bound. A readiness probe (the demo's `GET /readyz`) routes traffic only to instances
-    /// where this holds. The default, for backends that ask their store on every miss: `true`.
-    /// Never waits; cheap enough to call per probe.
+    /// Whether this backend has started: for a cache tier, that it has proved sync with its
+    /// ledger since it started (before that it answers nothing from memory, so every check is a
+    /// lookup). A readiness probe (the demo's `GET /readyz`) routes traffic only to instances
+    /// where this holds; it is a start-up gate, never a health check of a store every instance
+    /// shares. The default, for backends that ask their store on every check: `true`. A
+    /// backend that wraps another must forward it. Never waits; cheap enough to call per probe.
     fn is_ready(&self) -> bool {
         true
     }

@@ -111,6 +111,10 @@ impl<B: RevocationBackend + Clone> RevocationBackend for SlowPath<B> {
         None
     }
 
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
         self.checks.fetch_add(1, Ordering::SeqCst);
         let answer = self.inner.try_check(facts);

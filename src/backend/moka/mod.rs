@@ -403,10 +403,14 @@ impl<B: Ledger> MokaCache<B> {
 impl<B: Ledger> RevocationBackend for MokaCache<B> {
     type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
 
-    /// [`is_in_sync`](MokaCache::is_in_sync). In mirror mode an instance in sync is ready
-    /// before (or without) its mirror loaded: its answers then come from lookups, just as true.
+    /// Once the tier has proved sync with its ledger since it started, and from then on. A
+    /// later outage is the failure policy's and `max_staleness`'s business, not the probe's:
+    /// the ledger is shared by every instance, so a probe following the feed's connection
+    /// would take every instance out of rotation at once on one database blip, the outage the
+    /// mirror and `FailurePolicy::Open` exist to ride through. In mirror mode an instance is
+    /// ready before (or without) its mirror loaded: its answers then come from lookups.
     fn is_ready(&self) -> bool {
-        self.is_in_sync()
+        self.tier.sync.millis_since_sync().is_some()
     }
 
     /// Answers from memory when it can: revoked entries always, negatives while in sync, and
