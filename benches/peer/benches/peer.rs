@@ -269,6 +269,12 @@ where
     (threads as f64 * f64::from(per_thread)) / started.elapsed().as_secs_f64()
 }
 
+/// Appends one result to the JSON-lines report.
+fn record(lines: &mut String, result: Value) {
+    lines.push_str(&result.to_string());
+    lines.push('\n');
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -324,10 +330,10 @@ fn main() {
                 alg.name,
                 median / ratio_of("decode_only")
             );
-            lines.push_str(&format!(
-                "{}\n",
-                json!({"alg": alg.name, "variant": name, "median_ns": median})
-            ));
+            record(
+                &mut lines,
+                json!({"alg": alg.name, "variant": name, "median_ns": median}),
+            );
         }
         let (cold_hits, warm_hits) = (hit_rate(&cold_layer), hit_rate(&warm_layer));
         assert_eq!(cold_layer.metrics().token_cache_hits, 0, "layer_cold is cold");
@@ -335,10 +341,10 @@ fn main() {
             "peer/{}: hit rate cold {cold_hits:.4}, warm {warm_hits:.4}",
             alg.name
         );
-        lines.push_str(&format!(
-            "{}\n",
-            json!({"alg": alg.name, "hit_rate_cold": cold_hits, "hit_rate_warm": warm_hits})
-        ));
+        record(
+            &mut lines,
+            json!({"alg": alg.name, "hit_rate_cold": cold_hits, "hit_rate_warm": warm_hits}),
+        );
 
         if alg.name == "hs256" || alg.name == "es256" {
             // Five alternating rounds; the median of each scaling.
@@ -365,10 +371,10 @@ fn main() {
                 "peer/{}: two threads / one: layer_warm {hit:.2}, decode_only {decode:.2}",
                 alg.name
             );
-            lines.push_str(&format!(
-                "{}\n",
-                json!({"alg": alg.name, "two_thread_scaling_warm": hit, "two_thread_scaling_decode_only": decode})
-            ));
+            record(
+                &mut lines,
+                json!({"alg": alg.name, "two_thread_scaling_warm": hit, "two_thread_scaling_decode_only": decode}),
+            );
         }
     }
     let dir = format!("{}/../../target/bench", env!("CARGO_MANIFEST_DIR"));
