@@ -658,6 +658,10 @@ struct Serve {
 }
 
 impl WithStore for Serve {
+    fn max_token_lifetime(&self) -> Option<Duration> {
+        Some(self.config.max_token_lifetime())
+    }
+
     async fn run<S, X>(
         self,
         store: S,

@@ -71,9 +71,9 @@ pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{PgStore, Subscription};
 pub use backend::{
-    FeedItem, Ledger, Lookup, MemoryStore, Revocation, RevocationBackend, RevocationEvent, RevocationKind,
-    RevocationRecord, RevocationStore, RevocationTarget, RevokedBy, Snapshot, StoreError, TokenFacts,
-    Verdict,
+    FeedItem, Ledger, LiveRevocation, Lookup, MemoryStore, Revocation, RevocationBackend, RevocationEvent,
+    RevocationKind, RevocationRecord, RevocationStore, RevocationTarget, RevokedBy, Snapshot, StoreError,
+    TokenFacts, Verdict,
 };
 pub use config::ConfigError;
 pub use decision::{FailurePolicy, Metrics};

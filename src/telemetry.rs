@@ -44,6 +44,12 @@ pub const CACHE_ENTRIES: &str = "jwt_revocation_cache_entries";
 pub const CACHE_IN_FLIGHT: &str = "jwt_revocation_cache_in_flight_lookups";
 /// 1 while the cache mirrors the whole ledger, else 0 (gauge).
 pub const CACHE_MIRRORING: &str = "jwt_revocation_cache_mirroring";
+/// Live revocations the mirror holds in compact form (gauge).
+pub const MIRROR_ENTRIES: &str = "jwt_revocation_mirror_entries";
+/// Bytes of the mirror's compact table (gauge).
+pub const MIRROR_BYTES: &str = "jwt_revocation_mirror_bytes";
+/// Times the mirror read the ledger's live set (at start, on refresh, to promote a fallback).
+pub const MIRROR_SNAPSHOTS: &str = "jwt_revocation_mirror_snapshots_total";
 /// Change-feed events applied.
 pub const FEED_EVENTS: &str = "jwt_revocation_feed_events_total";
 /// Times the feed came back in sync after a disconnection.
@@ -69,7 +75,7 @@ pub const JWKS_KEYS: &str = "jwt_revocation_jwks_keys";
 pub const JWKS_LAST_SUCCESS: &str = "jwt_revocation_jwks_last_success_timestamp_seconds";
 
 /// Every metric this crate publishes.
-pub const NAMES: [&str; 22] = [
+pub const NAMES: [&str; 25] = [
     REQUESTS,
     STORE_ERRORS,
     SLOW_CHECKS,
@@ -82,6 +88,9 @@ pub const NAMES: [&str; 22] = [
     CACHE_ENTRIES,
     CACHE_IN_FLIGHT,
     CACHE_MIRRORING,
+    MIRROR_ENTRIES,
+    MIRROR_BYTES,
+    MIRROR_SNAPSHOTS,
     FEED_EVENTS,
     FEED_RESYNCS,
     FEED_RESTARTS,
@@ -246,6 +255,12 @@ pub(crate) fn describe() {
         describe_gauge!(CACHE_ENTRIES, "Entries held by the revocation cache");
         describe_gauge!(CACHE_IN_FLIGHT, "Ledger lookups in flight");
         describe_gauge!(CACHE_MIRRORING, "1 while the cache mirrors the whole ledger");
+        describe_gauge!(
+            MIRROR_ENTRIES,
+            "Live revocations held by the mirror's compact table"
+        );
+        describe_gauge!(MIRROR_BYTES, "Bytes of the mirror's compact table");
+        describe_counter!(MIRROR_SNAPSHOTS, "Times the mirror read the ledger's live set");
         describe_counter!(FEED_EVENTS, "Revocation change-feed events applied");
         describe_counter!(FEED_RESYNCS, "Times the change feed came back in sync");
         describe_counter!(FEED_RESTARTS, "Times the change feed's follower was restarted");

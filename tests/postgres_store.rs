@@ -485,3 +485,42 @@ async fn unreachable_database_is_an_error_within_the_timeout_and_follows_the_pol
         StatusCode::OK
     );
 }
+
+/// Subject cutoffs used to be kept for ever: a user base that ever logged out everywhere grew
+/// the table (and every mirror) for good. With the longest token lifetime known, a purge drops
+/// the cutoffs whose every token has expired; bans (`'infinity'`) and recent cutoffs stay.
+/// Without it, nothing changes.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn purge_drops_subject_cutoffs_older_than_the_longest_token_lifetime(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO jwt_subject_revocations (subject, not_before) \
+         SELECT 'old-' || i, now() - interval '3 hours' FROM generate_series(1, 2500) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jwt_subject_revocations (subject, not_before) VALUES \
+         ('banned', 'infinity'), ('ancient', '-infinity'), ('recent', now() - interval '90 minutes')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let subjects = || count(&pool, "SELECT count(*) FROM jwt_subject_revocations");
+    let store = PgStore::new(pool.clone());
+    assert_eq!(store.purge_expired(Duration::from_secs(600)).await.unwrap(), 0);
+    assert_eq!(subjects().await, 2503);
+    // Tokens live at most two hours; with a 10 min margin, cutoffs older than 130 min go.
+    let store = store.with_max_token_lifetime(Duration::from_secs(2 * 3600));
+    let deleted = store.purge_expired(Duration::from_secs(600)).await.unwrap();
+    assert_eq!(deleted, 2501, "2 500 three hours old and the '-infinity' one");
+    let kept: Vec<String> =
+        sqlx::query_scalar("SELECT subject FROM jwt_subject_revocations ORDER BY subject")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, ["banned", "recent"]);
+    // Saturating settings are clamped, never a query error.
+    let store = PgStore::new(pool.clone()).with_max_token_lifetime(Duration::MAX);
+    assert_eq!(store.purge_expired(Duration::MAX).await.unwrap(), 0);
+}

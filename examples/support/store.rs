@@ -29,6 +29,12 @@ pub trait WithStore {
     where
         S: RevocationBackend + RevocationStore + Clone,
         X: Sessions;
+
+    /// The longest token lifetime the demo's layer enforces, if it enforces one: the store then
+    /// purges subject cutoffs older than that (see `PgStore::with_max_token_lifetime`).
+    fn max_token_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -128,9 +134,13 @@ pub async fn with_store<W: WithStore>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (every, margin) = (Duration::from_secs(600), Duration::from_secs(3600));
     let config = SessionConfig::default();
+    let lifetime = demo.max_token_lifetime();
     match settings.database_url {
         Some(url) => {
             let mut store = PgStore::connect(&url).await?;
+            if let Some(lifetime) = lifetime {
+                store = store.with_max_token_lifetime(lifetime);
+            }
             if let Some(direct) = &settings.direct_url {
                 store = store.with_direct_url(direct)?;
             }
@@ -158,6 +168,10 @@ pub async fn with_store<W: WithStore>(
         }
         None => {
             let store = MemoryStore::new();
+            let store = match lifetime {
+                Some(lifetime) => store.with_max_token_lifetime(lifetime),
+                None => store,
+            };
             let _purger = spawn_purger(store.clone(), every, margin)?;
             let sessions = MemorySessions::new(store.clone(), config);
             let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;

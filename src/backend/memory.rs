@@ -52,6 +52,8 @@ struct Ledger {
     sessions: HashMap<String, Entry>,
     subjects: HashMap<String, Cutoff>,
     retention: Option<Duration>,
+    /// Subject cutoffs older than this (plus the sweep's margin) are swept.
+    max_token_lifetime: Option<Duration>,
     /// Entry count right after the last sweep; the next automatic sweep runs at twice that.
     swept_len: usize,
 }
@@ -86,6 +88,16 @@ impl MemoryStore {
         let store = Self::new();
         store.write().retention = Some(retention);
         store
+    }
+
+    /// The longest lifetime (`exp - iat`) a token this store guards can have. With it, a sweep
+    /// (automatic, or [`purge_expired`](RevocationStore::purge_expired)`(margin)`) also drops
+    /// subject cutoffs older than `max_token_lifetime + margin`, whose tokens have all expired;
+    /// without it (the default) cutoffs are kept. As `PgStore::with_max_token_lifetime`.
+    #[must_use]
+    pub fn with_max_token_lifetime(self, max_token_lifetime: Duration) -> Self {
+        self.write().max_token_lifetime = Some(max_token_lifetime);
+        self
     }
 
     /// How many token and session revocations are held (subject cutoffs not counted).
@@ -157,7 +169,16 @@ impl Ledger {
         self.tokens.retain(|_, e| live(e));
         self.sessions.retain(|_, e| live(e));
         self.swept_len = self.tokens.len() + self.sessions.len();
-        (before - self.swept_len) as u64
+        let mut swept = (before - self.swept_len) as u64;
+        if let Some(lifetime) = self.max_token_lifetime {
+            let (subjects, age) = (self.subjects.len(), lifetime.saturating_add(margin).as_secs());
+            let now = unix_seconds(now);
+            // `u64::MAX` (a ban for good) never passes.
+            self.subjects
+                .retain(|_, cutoff| cutoff.not_before.saturating_add(age) >= now);
+            swept += (subjects - self.subjects.len()) as u64;
+        }
+        swept
     }
 }
 
@@ -388,6 +409,33 @@ mod tests {
         assert_eq!(store.len(), 2);
         assert_eq!(block_on(store.purge_expired(Duration::ZERO)).unwrap(), 1);
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn purge_drops_subject_cutoffs_older_than_the_longest_token_lifetime() {
+        let now = SystemTime::now();
+        let hours = |h: u64| now - Duration::from_secs(h * 3600);
+        let cutoffs = |store: &MemoryStore| {
+            for (subject, at) in [("old", hours(3)), ("recent", hours(1))] {
+                block_on(store.revoke(&Revocation::subject(subject, at))).unwrap();
+            }
+            block_on(store.revoke(&Revocation::subject("banned", crate::backend::far_future()))).unwrap();
+        };
+        let keeping = MemoryStore::new();
+        cutoffs(&keeping);
+        assert_eq!(block_on(keeping.purge_expired(Duration::ZERO)).unwrap(), 0);
+        let purging = MemoryStore::new().with_max_token_lifetime(Duration::from_secs(3600));
+        cutoffs(&purging);
+        assert_eq!(
+            block_on(purging.purge_expired(Duration::from_secs(600))).unwrap(),
+            1
+        );
+        let covered = |store: &MemoryStore, sub| {
+            store.verdict(&facts("x", None, sub, unix_seconds(hours(4)))) != Verdict::Active
+        };
+        assert!(covered(&keeping, "old"));
+        assert!(!covered(&purging, "old"), "purged");
+        assert!(covered(&purging, "recent") && covered(&purging, "banned"));
     }
 
     #[test]

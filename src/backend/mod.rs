@@ -304,6 +304,32 @@ pub struct Snapshot {
     pub seq: i64,
 }
 
+/// What a mirror needs of one live revocation: its key and how long it is in force. What
+/// [`Ledger::snapshot_pages`] streams (a [`RevocationRecord`] without the bookkeeping columns,
+/// so a large live set is read without them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRevocation {
+    /// What is revoked.
+    pub kind: RevocationKind,
+    /// The `jti`, `sid` or subject the revocation is keyed by.
+    pub key: String,
+    /// For tokens and sessions: until when the revocation must be kept.
+    pub expires_at: Option<SystemTime>,
+    /// For subject cutoffs: tokens issued at or before this moment are revoked.
+    pub not_before: Option<SystemTime>,
+}
+
+impl From<RevocationRecord> for LiveRevocation {
+    fn from(record: RevocationRecord) -> Self {
+        Self {
+            kind: record.kind,
+            key: record.key,
+            expires_at: record.expires_at,
+            not_before: record.not_before,
+        }
+    }
+}
+
 /// What a change feed reports.
 #[derive(Debug)]
 pub enum FeedItem {
@@ -334,6 +360,21 @@ pub trait Ledger: RevocationStore + Clone {
 
     /// Every revocation the ledger holds (see [`Snapshot::records`]), consistent with one `seq`.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+    /// The same live set as [`snapshot`](Self::snapshot), handed to `page` a page at a time as
+    /// it is read, so that a mirror of millions of revocations never holds them all at once;
+    /// returns the `seq` the pages are consistent with. A ledger whose live set can be large
+    /// should override it (`PgStore` reads through a cursor); the default reads
+    /// [`snapshot`](Self::snapshot) whole and hands it over as one page.
+    fn snapshot_pages<'a>(
+        &'a self,
+        page: &'a mut (dyn FnMut(Vec<LiveRevocation>) + Send),
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send + 'a {
+        async move {
+            let snapshot = self.snapshot().await?;
+            page(snapshot.records.into_iter().map(LiveRevocation::from).collect());
+            Ok(snapshot.seq)
+        }
+    }
 
     /// A change feed delivering every revocation after `after` (or after the current end when
     /// `None`), reconnecting and catching up by itself.

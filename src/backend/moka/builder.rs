@@ -23,7 +23,13 @@ pub struct MokaCacheBuilder<B> {
     negative_ttl: Duration,
     max_staleness: Duration,
     revocation_grace: Duration,
+    mirror_max_entries: usize,
+    mirror_refresh: Duration,
 }
+
+/// The default of [`MokaCacheBuilder::mirror_max_entries`]: 32 Mi live revocations, a compact
+/// table of at most 768 MiB.
+pub const DEFAULT_MIRROR_MAX_ENTRIES: usize = 1 << 25;
 
 impl<B: Ledger> MokaCache<B> {
     /// Starts a configuration over `backend`.
@@ -35,6 +41,8 @@ impl<B: Ledger> MokaCache<B> {
             negative_ttl: Duration::from_secs(30),
             max_staleness: Duration::from_secs(10),
             revocation_grace: Duration::from_secs(5 * 60),
+            mirror_max_entries: DEFAULT_MIRROR_MAX_ENTRIES,
+            mirror_refresh: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -46,10 +54,10 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         self
     }
 
-    /// The most entries each key space holds, for revocations and for "not revoked" answers
+    /// The most entries each moka map holds, for revocations and for "not revoked" answers
     /// alike (`jti`, `sid`, subject). Default 100 000. Past it, moka evicts: a lost "not
-    /// revoked" answer or revocation costs one lookup of its key; a mirror that loses a
-    /// revocation falls back to lookup mode.
+    /// revoked" answer or revocation costs one lookup of its key. A mirror's live set is not
+    /// held in these maps (see [`mirror_max_entries`](Self::mirror_max_entries)).
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = max_capacity;
         self
@@ -78,6 +86,28 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         self
     }
 
+    /// The most live revocations (tokens, sessions and subject cutoffs together) a mirror holds.
+    /// Default [`DEFAULT_MIRROR_MAX_ENTRIES`] (32 Mi). Memory follows the count: 12 bytes a
+    /// slot, between 16 and 48 bytes a live revocation (1 000 000 in 24 MiB), twice that while a
+    /// refresh builds its new table. Past the bound the mirror falls back to lookup mode, with a
+    /// `warn`, and is promoted back once a snapshot fits again (see
+    /// [`mirror_refresh`](Self::mirror_refresh)). Lookup mode ignores it.
+    pub fn mirror_max_entries(mut self, mirror_max_entries: usize) -> Self {
+        self.mirror_max_entries = mirror_max_entries;
+        self
+    }
+
+    /// How often a mirror reads the ledger's live set again, so that revocations the ledger
+    /// purged leave memory (expired tokens and sessions leave by themselves; subject cutoffs
+    /// only this way). Default 1 hour. A mirror that fell back to lookup mode tries again at the
+    /// next resync of the feed, and otherwise after 1 minute, doubling up to this interval.
+    /// Each read costs the ledger a scan of its tables; the old table answers until the new one
+    /// is swapped in. At least 1 s ([`start`](Self::start) refuses less).
+    pub fn mirror_refresh(mut self, mirror_refresh: Duration) -> Self {
+        self.mirror_refresh = mirror_refresh;
+        self
+    }
+
     /// Builds the tier and starts following the ledger's change feed on the current Tokio
     /// runtime (in mirror mode, after loading the live set). Returns at once; see
     /// [`MokaCache::wait_in_sync`]. The follower runs until the last clone of the cache is
@@ -87,14 +117,23 @@ impl<B: Ledger> MokaCacheBuilder<B> {
         if self.negative_ttl > Duration::from_secs(1_000 * 365 * 24 * 3600) {
             return Err(StoreError::Config("negative_ttl must be at most 1 000 years"));
         }
+        if self.mirror_refresh < Duration::from_secs(1) {
+            return Err(StoreError::Config("mirror_refresh must be at least 1 s"));
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Config("needs a Tokio runtime (call it from within one)"))?;
         let tier = Arc::new(Tier {
             backend: self.backend,
-            memory: Memory::new(self.max_capacity, self.negative_ttl, self.revocation_grace),
+            memory: Memory::new(
+                self.max_capacity,
+                self.negative_ttl,
+                self.revocation_grace,
+                self.mirror_max_entries,
+            ),
             sync: SyncState::new(self.max_staleness),
             mode: self.mode,
-            max_capacity: self.max_capacity,
+            mirror_max_entries: self.mirror_max_entries,
+            mirror_refresh: self.mirror_refresh,
             snapshot_loaded: AtomicBool::new(false),
             counters: Counters::default(),
             flights: Flights::default(),

@@ -6,20 +6,23 @@
 //! **epoch** counts the events after which a negative read from the ledger earlier may be stale
 //! (a revocation evicted for size, the first sync of a feed that started "from now"); a lookup
 //! stores its negatives only if the epoch did not move while it ran.
+//! In mirror mode the live set itself is held in compact form (`compact`), not in these maps:
+//! they then keep only what lookups found (a fingerprint confirmed revoked, say).
 //! This module does not decide whether the feed is in sync (see `sync`), and does not talk to the
 //! ledger.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
+use super::compact::{self, Compact, Kind, Probe};
 use crate::backend::{
-    Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict, from_unix_seconds,
-    subject_cutoff_covers, unix_seconds,
+    LiveRevocation, Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict,
+    from_unix_seconds, subject_cutoff_covers, unix_seconds,
 };
 use crate::telemetry::{self, Count};
 
@@ -74,6 +77,9 @@ pub(super) struct Trust {
     pub(super) negatives: bool,
     /// The mirror's completeness: a key it does not hold is not revoked.
     pub(super) mirror: bool,
+    /// A key the mirror may hold is confirmed with the ledger (`false` once the ledger failed to
+    /// answer: then it is revoked, the safe side of a possible collision).
+    pub(super) confirm: bool,
 }
 
 /// The negatives, one map per key space. Cloned into the positives' eviction listeners.
@@ -104,8 +110,6 @@ impl Negatives {
 /// State the eviction listeners share with the tier.
 struct Shared {
     epoch: AtomicU64,
-    /// Mirror mode loaded and still complete.
-    mirroring: AtomicBool,
     /// Positives evicted for size (or refused admission).
     evicted: Count,
 }
@@ -118,14 +122,22 @@ pub(super) struct Memory {
     /// does not answers "not revoked" only with a current marker in `negatives.subjects`.
     cutoffs: Map<String, u64>,
     negatives: Negatives,
+    /// The mirror's live set, when mirroring.
+    compact: Compact,
     shared: Arc<Shared>,
     grace: Duration,
 }
 
 impl Memory {
     /// Empty maps of at most `max_capacity` entries each; negatives live at most
-    /// `negative_ttl`; a revocation is kept `grace` past its token's expiry.
-    pub(super) fn new(max_capacity: u64, negative_ttl: Duration, grace: Duration) -> Self {
+    /// `negative_ttl`; a revocation is kept `grace` past its token's expiry; a mirror holds at
+    /// most `mirror_max_entries` live revocations.
+    pub(super) fn new(
+        max_capacity: u64,
+        negative_ttl: Duration,
+        grace: Duration,
+        mirror_max_entries: usize,
+    ) -> Self {
         let negative = || {
             Cache::builder()
                 .max_capacity(max_capacity)
@@ -139,7 +151,6 @@ impl Memory {
         };
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
-            mirroring: AtomicBool::new(false),
             evicted: Count::new(telemetry::CACHE_EVICTIONS, &[]),
         });
         let revoked = |negative: &Map<String, ()>| {
@@ -162,16 +173,20 @@ impl Memory {
             revoked_sessions,
             cutoffs,
             negatives,
+            compact: Compact::new(mirror_max_entries),
             shared,
             grace,
         }
     }
 
-    /// The answer memory can give under `trust`, reading no clock: revoked entries always;
-    /// "not revoked" when the mirror is trusted, or when negatives are trusted and every key the
-    /// token has is known not to be revoked. Positives are read with `contains_key`, which records
-    /// no read (most keys are not revoked), and before negatives, so a positive that arrived
-    /// while a lookup was storing a negative for the same key always wins.
+    /// The answer memory can give under `trust`: revoked entries always; for a token one of
+    /// whose keys the mirror holds, nothing (the ledger confirms) or, if the ledger just failed,
+    /// "revoked"; when the mirror is trusted, "not revoked" for a token none of whose keys it
+    /// holds; otherwise "not
+    /// revoked" when negatives are trusted and every key the token has is known not to be
+    /// revoked. Positives are read with `contains_key`, which records no read (most keys are not
+    /// revoked), and before negatives, so a positive that arrived while a lookup was storing a
+    /// negative for the same key always wins. Reads no clock unless the mirror holds a key.
     pub(super) fn answer(&self, facts: &TokenFacts<'_>, trust: Trust) -> Option<Verdict> {
         if facts.jti.is_some_and(|jti| self.revoked_tokens.contains_key(jti)) {
             return Some(Verdict::Revoked(RevokedBy::Token));
@@ -189,8 +204,14 @@ impl Memory {
         if cutoff.is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at)) {
             return Some(Verdict::Revoked(RevokedBy::Subject));
         }
-        if trust.mirror {
-            return Some(Verdict::Active);
+        // A key the mirror holds is a revocation it was told of (or a collision): like a
+        // positive, it is never stale, so it answers "revoked" whenever the ledger cannot confirm.
+        match self.compact.probe(facts) {
+            Some(Probe::Maybe(by)) => return (!trust.confirm).then_some(Verdict::Revoked(by)),
+            Some(Probe::Clear) if trust.mirror => return Some(Verdict::Active),
+            // No table (fell back since the trust was read), or not trusted now: as if not
+            // mirroring.
+            _ => {}
         }
         if !trust.negatives {
             return None;
@@ -221,21 +242,41 @@ impl Memory {
         }
     }
 
-    /// A revoked `jti` whose token expires at `expires_at` (`None`: never).
+    /// A revoked `jti` whose token expires at `expires_at` (`None`: never): into the mirror
+    /// when there is one, else (or while it loads) into the positives.
     pub(super) fn revoked_token(&self, jti: &str, expires_at: Option<SystemTime>) {
-        put_revoked(&self.revoked_tokens, jti, self.keep_until(expires_at));
+        if self.file_in_mirror(Kind::Token, jti, self.mirror_until(expires_at)) {
+            put_revoked(&self.revoked_tokens, jti, self.keep_until(expires_at));
+        }
         self.negatives.tokens.invalidate(jti);
     }
 
-    /// A revoked `sid` whose last token expires at `expires_at` (`None`: never).
+    /// A revoked `sid` whose last token expires at `expires_at` (`None`: never), as
+    /// [`revoked_token`](Self::revoked_token).
     pub(super) fn revoked_session(&self, sid: &str, expires_at: Option<SystemTime>) {
-        put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+        if self.file_in_mirror(Kind::Session, sid, self.mirror_until(expires_at)) {
+            put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+        }
         self.negatives.sessions.invalidate(sid);
+    }
+
+    /// Files a revocation in the mirror (and in the mirror being loaded). Returns whether the
+    /// positives must hold it too: no mirror is on to answer for it.
+    fn file_in_mirror(&self, kind: Kind, key: &str, number: u32) -> bool {
+        let held = self.compact.insert(self.compact.entry(kind, key, number));
+        !held || !self.compact.active()
     }
 
     /// Moves a subject's cutoff forward (never back). A current marker for the subject stays
     /// current: the feed delivers every later cutoff, and cutoffs only move forward.
     pub(super) fn cutoff(&self, subject: &str, cutoff: u64) {
+        if self.file_in_mirror(Kind::Subject, subject, compact::seconds(cutoff)) {
+            self.cutoff_positive(subject, cutoff);
+        }
+    }
+
+    /// [`cutoff`](Self::cutoff) in the positives only.
+    fn cutoff_positive(&self, subject: &str, cutoff: u64) {
         self.cutoffs
             .entry_by_ref(subject)
             .and_compute_with(|existing| match existing {
@@ -258,7 +299,7 @@ impl Memory {
             put_revoked(&self.revoked_sessions, sid, until());
         }
         if let (Some(cutoff), Some(sub)) = (lookup.subject_cutoff, facts.subject) {
-            self.cutoff(sub, cutoff);
+            self.cutoff_positive(sub, cutoff);
         }
         if !negatives || self.epoch() != started {
             return;
@@ -304,12 +345,28 @@ impl Memory {
 
     /// Whether the mirror is loaded and complete.
     pub(super) fn mirroring(&self) -> bool {
-        self.shared.mirroring.load(Ordering::Acquire)
+        self.compact.active()
     }
 
-    /// Marks the mirror loaded and complete (or not).
-    pub(super) fn set_mirroring(&self, mirroring: bool) {
-        self.shared.mirroring.store(mirroring, Ordering::Release);
+    /// The mirror's live set.
+    pub(super) fn compact(&self) -> &Compact {
+        &self.compact
+    }
+
+    /// The compact form of a snapshot's record.
+    pub(super) fn compact_entry(&self, record: &LiveRevocation) -> compact::Entry {
+        let (kind, number) = match record.kind {
+            RevocationKind::Token => (Kind::Token, self.mirror_until(record.expires_at)),
+            RevocationKind::Session => (Kind::Session, self.mirror_until(record.expires_at)),
+            RevocationKind::Subject => (
+                Kind::Subject,
+                // A cutoff row always has one; without, cover every token (the safe side).
+                record
+                    .not_before
+                    .map_or(u32::MAX, |not_before| compact::seconds(unix_seconds(not_before))),
+            ),
+        };
+        self.compact.entry(kind, &record.key, number)
     }
 
     /// Positives evicted for size so far.
@@ -323,6 +380,16 @@ impl Memory {
             + self.revoked_sessions.entry_count()
             + self.cutoffs.entry_count()
             + self.negatives.entry_count()
+    }
+
+    /// [`keep_until`](Self::keep_until) for the mirror: the Unix second until which the
+    /// revocation is kept, `u32::MAX` for never.
+    fn mirror_until(&self, expires_at: Option<SystemTime>) -> u32 {
+        let Some(expires_at) = expires_at else {
+            return u32::MAX;
+        };
+        let from = unix_seconds(expires_at.max(SystemTime::now()));
+        compact::seconds(from.saturating_add(self.grace.as_secs()))
     }
 
     /// How long a revocation of a token (or session) expiring at `expires_at` is kept: until
@@ -350,8 +417,8 @@ fn put_revoked(map: &Map<String, Revoked>, key: &str, until: Option<Instant>) {
 
 /// The eviction listener of a positives map: an entry lost to capacity pressure (evicted, or
 /// refused admission) costs the negative of its own key, which may predate the revocation, and
-/// moves the epoch so no lookup in flight stores it again; and a mirror that lost an entry is
-/// no longer complete.
+/// moves the epoch so no lookup in flight stores it again. (A mirror's live set is not in these
+/// maps: losing a positive never makes it incomplete.)
 fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(&String, RemovalCause) {
     move |key, cause| {
         if cause != RemovalCause::Size {
@@ -360,10 +427,5 @@ fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(
         shared.evicted.bump();
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         negatives.invalidate(key);
-        if shared.mirroring.swap(false, Ordering::AcqRel) {
-            tracing::warn!(
-                "a revocation was evicted from the full mirror; falling back to lookup mode (raise max_capacity)"
-            );
-        }
     }
 }

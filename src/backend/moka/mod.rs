@@ -3,9 +3,10 @@
 //! It sits in front of a [`Ledger`] (such as [`PgStore`](super::postgres::PgStore)) and is itself
 //! a [`RevocationBackend`] and [`RevocationStore`], so the chain reads
 //! `JwtRevocationLayer<MokaCache<PgStore>>`. It owns the `moka` maps of what is known per key
-//! (`memory`), the follower of the ledger's change feed that keeps them current (`follow`), the
-//! rules for when memory may be trusted (`sync`), and single flight for misses (`flight`). It
-//! does not own durability: every write goes to the ledger first.
+//! (`memory`), the mirror's compact live set (`compact`), the follower of the ledger's change
+//! feed that keeps them current (`follow`), the rules for when memory may be trusted (`sync`),
+//! and single flight for misses (`flight`). It does not own durability: every write goes to the
+//! ledger first.
 //!
 //! # What is cached, and how stale an answer can be
 //!
@@ -37,25 +38,35 @@
 //!   a positive entry asks the ledger. If the ledger is unreachable as well, a negative no older
 //!   than `max_staleness` past the last sync still answers; after that the layer's
 //!   [`FailurePolicy`](crate::FailurePolicy) decides.
-//! - [`CacheMode::Mirror`]: the tier loads every live revocation at start and follows the feed; a
-//!   miss means "not revoked" without a query. Answers are as stale as in lookup mode while in
-//!   sync, and at most `max_staleness` past the last sync while the feed is disconnected (the
-//!   database may be down: the mirror keeps serving); beyond that, misses go to the ledger and its
-//!   errors to the failure policy. If the live set does not fit in `max_capacity`, or an entry is
-//!   ever evicted for size, the tier falls back to lookup mode with a `warn`, because a mirror
-//!   that lost an entry could call a revoked token valid.
+//! - [`CacheMode::Mirror`]: the tier loads every live revocation at start (a page at a time) and
+//!   follows the feed. It holds them in compact form, a 62-bit fingerprint and a 32-bit expiry or
+//!   cutoff per revocation in one flat table (between 16 and 48 bytes each: a million in 24 MiB;
+//!   see [`mirror_max_entries`](MokaCacheBuilder::mirror_max_entries)). A token none of whose
+//!   keys the table holds is "not revoked" without a query. One whose key it holds is confirmed
+//!   with the ledger (a fingerprint may collide, with odds around 2⁻³⁶ per check), and the
+//!   confirmed revocation is then kept as a positive entry; if the ledger cannot answer, a held
+//!   key is "revoked", the safe side. Answers are as stale as in lookup mode while in sync, and
+//!   at most `max_staleness` past the last sync while the feed is disconnected (the database may
+//!   be down: the mirror keeps serving both ways); beyond that, tokens the table does not hold go
+//!   to the ledger and its errors to the failure policy. Revocations leave the table when their
+//!   token has expired (plus the grace); a refresh every
+//!   [`mirror_refresh`](MokaCacheBuilder::mirror_refresh) re-reads the live set so that what the
+//!   ledger purged (old subject cutoffs) leaves too. If the live set passes `mirror_max_entries`
+//!   the tier falls back to lookup mode with a `warn`, and is promoted back by the first refresh
+//!   (or resync) whose snapshot fits.
 //!
 //! If the follower of the feed ever stops (its stream ended, a panic), it is restarted from the
 //! last change it applied, counted in [`CacheMetrics::feed_restarts`] and logged; until the new
 //! one is in sync, nothing is answered "not revoked" from memory, in either mode.
 
 mod builder;
+mod compact;
 mod flight;
 mod follow;
 mod memory;
 mod sync;
 
-pub use builder::MokaCacheBuilder;
+pub use builder::{DEFAULT_MIRROR_MAX_ENTRIES, MokaCacheBuilder};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -127,6 +138,12 @@ pub struct CacheMetrics {
     pub max_propagation_ms: u64,
     /// Whether mirror mode is active (loaded, and not fallen back to lookup).
     pub mirroring: bool,
+    /// Live revocations the mirror holds (0 when not mirroring).
+    pub mirror_entries: u64,
+    /// Bytes of the mirror's compact table (0 when not mirroring).
+    pub mirror_bytes: u64,
+    /// Times the mirror read the ledger's live set (at start, on refresh, to promote a fallback).
+    pub mirror_snapshots: u64,
 }
 
 /// The tier's counters and gauges (see [`crate::telemetry`] for the published names).
@@ -148,6 +165,9 @@ struct Counters {
     entries: Level,
     in_flight: Level,
     mirroring: Level,
+    mirror_entries: Level,
+    mirror_bytes: Level,
+    snapshots: Count,
     in_sync: Level,
     last_sync: Level,
     lag: Spread,
@@ -176,6 +196,9 @@ impl Default for Counters {
             entries: Level::new(telemetry::CACHE_ENTRIES),
             in_flight: Level::new(telemetry::CACHE_IN_FLIGHT),
             mirroring: Level::new(telemetry::CACHE_MIRRORING),
+            mirror_entries: Level::new(telemetry::MIRROR_ENTRIES),
+            mirror_bytes: Level::new(telemetry::MIRROR_BYTES),
+            snapshots: Count::new(telemetry::MIRROR_SNAPSHOTS, &[]),
             in_sync: Level::new(telemetry::FEED_IN_SYNC),
             last_sync: Level::new(telemetry::FEED_LAST_SYNC),
             lag: Spread::new(telemetry::FEED_LAG),
@@ -188,7 +211,8 @@ struct Tier<B> {
     memory: Memory,
     sync: SyncState,
     mode: CacheMode,
-    max_capacity: u64,
+    mirror_max_entries: usize,
+    mirror_refresh: Duration,
     /// The mirror's snapshot was loaded (whether or not it fit): a restarted follower resumes
     /// from the feed instead of loading it again.
     snapshot_loaded: AtomicBool,
@@ -240,6 +264,7 @@ impl<B> Tier<B> {
         Trust {
             negatives: within && self.sync.connected(),
             mirror: within && self.memory.mirroring(),
+            confirm: true,
         }
     }
 
@@ -250,6 +275,7 @@ impl<B> Tier<B> {
         Trust {
             negatives: within,
             mirror: within && self.memory.mirroring(),
+            confirm: false,
         }
     }
 
@@ -270,6 +296,9 @@ impl<B> Tier<B> {
         self.counters.in_sync.set(gauge(self.sync.fresh()));
         self.counters.mirroring.set(gauge(self.memory.mirroring()));
         self.counters.entries.set(self.memory.entry_count() as f64);
+        let compact = self.memory.compact();
+        self.counters.mirror_entries.set(compact.len() as f64);
+        self.counters.mirror_bytes.set(compact.bytes() as f64);
         self.counters.in_flight.set(self.flights.len() as f64);
     }
 }
@@ -370,6 +399,9 @@ impl<B: Ledger> MokaCache<B> {
             last_propagation_ms: c.last_propagation_ms.load(Ordering::Relaxed),
             max_propagation_ms: c.max_propagation_ms.load(Ordering::Relaxed),
             mirroring: tier.memory.mirroring(),
+            mirror_entries: tier.memory.compact().len() as u64,
+            mirror_bytes: tier.memory.compact().bytes() as u64,
+            mirror_snapshots: c.snapshots.get(),
         }
     }
 

@@ -49,11 +49,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
 use self::feed::FeedConfig;
-use self::sql::{EVENTS_SINCE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, log_select, record_from_row};
+use self::sql::{
+    EVENTS_SINCE, LIVE_CURSOR, LIVE_PAGE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, live_from_row,
+    log_select, record_from_row,
+};
 pub(crate) use self::sql::{Protocol, Statement, bounded, classify, epoch_seconds, from_epoch_seconds};
 use super::{
-    Ledger, Lookup, Revocation, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord,
-    RevocationStore, RevocationTarget, Snapshot, StoreError, TokenFacts, Verdict,
+    Ledger, LiveRevocation, Lookup, Revocation, RevocationBackend, RevocationEvent, RevocationKind,
+    RevocationRecord, RevocationStore, RevocationTarget, Snapshot, StoreError, TokenFacts, Verdict,
 };
 
 /// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
@@ -101,6 +104,8 @@ pub struct PgStore {
     timeout: Duration,
     heartbeat: Duration,
     listener_name: std::borrow::Cow<'static, str>,
+    /// Subject cutoffs older than this (plus the purge's margin) are purged.
+    max_token_lifetime: Option<Duration>,
 }
 
 impl PgStore {
@@ -131,6 +136,7 @@ impl PgStore {
             timeout: DEFAULT_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
             listener_name: LISTENER_APPLICATION_NAME.into(),
+            max_token_lifetime: None,
         }
     }
 
@@ -175,6 +181,21 @@ impl PgStore {
     #[must_use]
     pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest lifetime (`exp - iat`) a token this ledger guards can have: what the layer
+    /// enforces with [`max_token_lifetime`](crate::JwtRevocationLayerBuilder::max_token_lifetime),
+    /// or the identity provider's bound. With it,
+    /// [`purge_expired`](RevocationStore::purge_expired)`(margin)` also deletes subject cutoffs
+    /// older than `max_token_lifetime + margin`: every token such a cutoff covers was issued
+    /// before it and so has expired, and the table of cutoffs stops growing with every user who
+    /// ever logged out everywhere. Without it (the default) cutoffs are kept until deleted by
+    /// hand, since a token without a bounded lifetime may still be presented. A cutoff at
+    /// `'infinity'` (a ban) is never purged.
+    #[must_use]
+    pub fn with_max_token_lifetime(mut self, max_token_lifetime: Duration) -> Self {
+        self.max_token_lifetime = Some(max_token_lifetime);
         self
     }
 
@@ -361,6 +382,35 @@ impl Ledger for PgStore {
         Ok(Snapshot { records, seq })
     }
 
+    /// Reads the live set through a cursor in one `REPEATABLE READ, READ ONLY` transaction, a
+    /// page of 10 000 rows at a time, so memory holds one page however large the set (a
+    /// transaction pooler keeps the transaction, and so the cursor, on one server connection).
+    /// Each statement is bounded by 30 s or the store's timeout, whichever is longer; the whole
+    /// read is not, since it grows with the set.
+    async fn snapshot_pages<'a>(
+        &'a self,
+        page: &'a mut (dyn FnMut(Vec<LiveRevocation>) + Send),
+    ) -> Result<i64, StoreError> {
+        let (protocol, bound) = (self.protocol, self.timeout.max(SNAPSHOT_TIMEOUT));
+        let mut tx = bounded(bound, self.pool.begin()).await?;
+        let read_only = Statement::new("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        bounded(bound, read_only.execute(protocol, &mut tx)).await?;
+        let seq: i64 = bounded(bound, Statement::new(MAX_SEQ).fetch_one(protocol, &mut tx))
+            .await?
+            .try_get("seq")
+            .map_err(classify)?;
+        bounded(bound, Statement::new(LIVE_CURSOR).execute(protocol, &mut tx)).await?;
+        loop {
+            let rows = bounded(bound, Statement::new(LIVE_PAGE).fetch_all(protocol, &mut tx)).await?;
+            if rows.is_empty() {
+                break;
+            }
+            page(rows.iter().map(live_from_row).collect::<Result<_, _>>()?);
+        }
+        bounded(bound, tx.commit()).await?;
+        Ok(seq)
+    }
+
     fn feed(&self, after: Option<i64>) -> Result<Subscription, StoreError> {
         self.subscribe_after(after)
     }
@@ -425,7 +475,11 @@ impl RevocationStore for PgStore {
 
     /// Deletes in batches of 1 000 rows, each its own short statement that skips rows another
     /// purger holds, so a large purge takes no long locks and several instances may purge at once.
+    /// Subject cutoffs too, with [`with_max_token_lifetime`](Self::with_max_token_lifetime).
     async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
+        const CUTOFFS: &str = "DELETE FROM jwt_subject_revocations WHERE subject IN ( \
+                 SELECT subject FROM jwt_subject_revocations WHERE not_before < now() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)";
         const BATCHES: [&str; 2] = [
             "DELETE FROM jwt_revocations WHERE jti IN ( \
                  SELECT jti FROM jwt_revocations WHERE expires_at < now() - make_interval(secs => $1) \
@@ -434,10 +488,16 @@ impl RevocationStore for PgStore {
                  SELECT session_id FROM jwt_session_revocations WHERE expires_at < now() - make_interval(secs => $1) \
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
         ];
+        let cutoffs = self
+            .max_token_lifetime
+            .map(|lifetime| (CUTOFFS, lifetime.saturating_add(margin)));
+        let batches = BATCHES.into_iter().map(|sql| (sql, margin)).chain(cutoffs);
         let mut deleted = 0;
-        for sql in BATCHES {
+        for (sql, age) in batches {
             loop {
-                let statement = Statement::new(sql).float(margin.as_secs_f64()).int(PURGE_BATCH);
+                // Postgres intervals end near 178 million years: clamp, never an error.
+                let age = age.min(Duration::from_secs(1_000 * 365 * 24 * 3600));
+                let statement = Statement::new(sql).float(age.as_secs_f64()).int(PURGE_BATCH);
                 let batch = self
                     .bounded(statement.execute_on(self.protocol, &self.pool))
                     .await?;

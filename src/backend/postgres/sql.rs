@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgRow};
 use sqlx::{Executor, Postgres, Row};
 
-use crate::backend::{RevocationEvent, RevocationKind, RevocationRecord, StoreError, far_future};
+use crate::backend::{
+    LiveRevocation, RevocationEvent, RevocationKind, RevocationRecord, StoreError, far_future,
+};
 
 /// How statements are sent on a connection; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +403,15 @@ pub(crate) use log_select;
 /// Every revocation with `seq` greater than `$1`, in `seq` order, at most `$2`.
 pub(crate) const EVENTS_SINCE: &str = concat!(log_select!(), " WHERE seq > $1 ORDER BY seq LIMIT $2");
 
+/// A cursor over the live set as a mirror reads it: the key columns only, in no particular order
+/// (an `ORDER BY` would sort millions of rows before the first page).
+pub(crate) const LIVE_CURSOR: &str = "DECLARE jwt_revocation_snapshot NO SCROLL CURSOR FOR \
+    SELECT kind, key, extract(epoch FROM expires_at)::float8, extract(epoch FROM not_before)::float8 \
+    FROM jwt_revocation_log";
+
+/// One page of [`LIVE_CURSOR`].
+pub(crate) const LIVE_PAGE: &str = "FETCH FORWARD 10000 FROM jwt_revocation_snapshot";
+
 /// The highest `seq` in the ledger (0 when empty).
 pub(crate) const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0)::int8 AS seq FROM jwt_revocation_log";
 
@@ -435,6 +446,21 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<RevocationRecord, StoreErro
         revoked_at: time("revoked_at")?.unwrap_or(UNIX_EPOCH),
         reason: row.try_get("reason").map_err(get_error)?,
         revoked_by: row.try_get("revoked_by").map_err(get_error)?,
+    })
+}
+
+/// A row of [`LIVE_CURSOR`], read by position.
+pub(crate) fn live_from_row(row: &PgRow) -> Result<LiveRevocation, StoreError> {
+    let time = |column: usize| {
+        row.try_get::<Option<f64>, _>(column)
+            .map(|seconds| seconds.map(from_epoch_seconds))
+            .map_err(get_error)
+    };
+    Ok(LiveRevocation {
+        kind: kind_from_str(row.try_get(0).map_err(get_error)?)?,
+        key: row.try_get(1).map_err(get_error)?,
+        expires_at: time(2)?,
+        not_before: time(3)?,
     })
 }
 

@@ -1,0 +1,681 @@
+//! The mirror's live set in compact form: every live revocation as a 62-bit hash of its key and
+//! a 32-bit number, in one flat open-addressing table (linear probing), 12 bytes a slot.
+//!
+//! A mirror only has to answer "certainly not revoked" from memory. A key whose hash is absent
+//! is certainly not revoked; a key whose hash is present is *maybe* revoked (another key may
+//! share the hash), and the tier confirms that with the ledger, so a collision costs one query,
+//! never a wrong answer. The hash is foldhash, seeded at random per process, so collisions cannot
+//! be aimed; with 62 bits, of which at most 26 pick the slot, two keys that meet in a probe
+//! share all of them with a probability of about 2⁻³⁶.
+//!
+//! The number is, for a token or a session, the Unix second until which the revocation is kept
+//! (the token's expiry plus the grace; `u32::MAX` for never), after which the slot is dead and is
+//! reused or dropped; for a subject, its cutoff (`u32::MAX`: every token, a ban for good). Two
+//! keys of one kind that share a hash keep the larger number, which is the safe side of both.
+//!
+//! Readers take no lock: they load the table (an `arc-swap` snapshot) and read slots with
+//! acquire loads. One writer at a time (a mutex, held for nanoseconds per insert, and for a
+//! rebuild's copy when the table grows or sheds dead slots) stores a slot's number before its
+//! hash, and never empties a slot in place, so a reader never misses an entry that was in the
+//! table when it started: a rebuild fills a new table and swaps it in whole.
+//!
+//! Memory follows the entry count: the table is a power of two of slots, at most three quarters
+//! full, rebuilt at one and a half times the live entries, so it holds between 16 and 48 bytes
+//! per live entry (a million revocations in 24 MB), twice that for the moment of a rebuild.
+//!
+//! This module owns the table and the build of a new one from a snapshot (with the writes that
+//! arrive while it is read); it knows nothing of the ledger or of trust (see `memory`, `follow`).
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+use crate::backend::{RevokedBy, TokenFacts, subject_cutoff_covers, unix_seconds};
+
+/// The smallest table, in slots.
+const MIN_SLOTS: usize = 1 << 10;
+/// Bytes per slot: one `u64` hash, one `u32` number.
+pub(super) const SLOT_BYTES: usize = 12;
+const HASH_BITS: u64 = (1 << 62) - 1;
+
+/// What a compact entry is filed under (the top two bits of its word; never 0, so a zero word is
+/// an empty slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Token = 1,
+    Session = 2,
+    Subject = 3,
+}
+
+/// One revocation in compact form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    word: u64,
+    number: u32,
+}
+
+impl Entry {
+    fn kind(self) -> u64 {
+        self.word >> 62
+    }
+
+    /// Whether the entry still matters at `now` (Unix seconds): cutoffs always, tokens and
+    /// sessions until their `until`.
+    fn alive(self, now: u32) -> bool {
+        self.kind() == Kind::Subject as u64 || self.number >= now
+    }
+}
+
+/// The Unix second `time` as a compact number, saturating at `u32::MAX` (which means "never" for
+/// a token's `until` and "every token" for a cutoff: the safe side of both).
+pub(super) fn seconds(time: u64) -> u32 {
+    u32::try_from(time).unwrap_or(u32::MAX)
+}
+
+pub(super) fn now_seconds() -> u32 {
+    seconds(unix_seconds(SystemTime::now()))
+}
+
+/// What the compact set says of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Probe {
+    /// None of its keys is revoked.
+    Clear,
+    /// One of its keys matches a live entry: revoked, or a collision; the ledger decides.
+    Maybe(RevokedBy),
+}
+
+struct Table {
+    words: Box<[AtomicU64]>,
+    numbers: Box<[AtomicU32]>,
+    mask: usize,
+}
+
+/// How [`Table::put`] placed an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// Merged into the slot of the same word.
+    Merged,
+    /// Took a dead slot.
+    Reused,
+    /// Took an empty slot.
+    New,
+}
+
+impl Table {
+    /// A table of `slots` empty slots (a power of two).
+    fn with_slots(slots: usize) -> Self {
+        Self {
+            words: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            numbers: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            mask: slots - 1,
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// The number of the entry filed under `word`, if any. Lock-free.
+    fn find(&self, word: u64) -> Option<u32> {
+        // The low bits of a word are hash bits: they pick the home slot.
+        let mut slot = word as usize & self.mask;
+        loop {
+            match self.words[slot].load(Ordering::Acquire) {
+                0 => return None,
+                found if found == word => return Some(self.numbers[slot].load(Ordering::Acquire)),
+                _ => slot = (slot + 1) & self.mask,
+            }
+        }
+    }
+
+    /// Files `entry` (one writer at a time; the table must have an empty slot): merged into the
+    /// slot of the same word, else in the first dead slot of its probe run, else in the empty
+    /// slot that ends it. The number is stored before the word, so a reader that sees the word
+    /// sees the number; a reused slot may show its old word with the new number for an instant,
+    /// which only makes a dead key look maybe-revoked.
+    fn put(&self, entry: Entry, now: u32) -> Placed {
+        let mut slot = entry.word as usize & self.mask;
+        let mut dead = None;
+        loop {
+            let word = self.words[slot].load(Ordering::Relaxed);
+            if word == entry.word {
+                self.numbers[slot].fetch_max(entry.number, Ordering::Release);
+                return Placed::Merged;
+            }
+            if word == 0 {
+                let (slot, placed) = dead.map_or((slot, Placed::New), |dead| (dead, Placed::Reused));
+                self.numbers[slot].store(entry.number, Ordering::Release);
+                self.words[slot].store(entry.word, Ordering::Release);
+                return placed;
+            }
+            let number = self.numbers[slot].load(Ordering::Relaxed);
+            if dead.is_none() && !(Entry { word, number }).alive(now) {
+                dead = Some(slot);
+            }
+            slot = (slot + 1) & self.mask;
+        }
+    }
+
+    /// Every live entry.
+    fn live(&self, now: u32) -> impl Iterator<Item = Entry> + '_ {
+        self.words
+            .iter()
+            .zip(self.numbers.iter())
+            .map(|(word, number)| Entry {
+                word: word.load(Ordering::Acquire),
+                number: number.load(Ordering::Acquire),
+            })
+            .filter(move |entry| entry.word != 0 && entry.alive(now))
+    }
+}
+
+/// The slots for a table holding `entries` with room to grow: one and a half times the entries,
+/// at most three quarters full, a power of two.
+fn slots_for(entries: usize) -> usize {
+    let wanted = entries.saturating_add(entries / 2).saturating_mul(4) / 3 + 1;
+    wanted
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX / 2 + 1)
+        .max(MIN_SLOTS)
+}
+
+/// A table and its writer's count of occupied (live or dead) slots.
+struct Filled {
+    table: Arc<Table>,
+    occupied: usize,
+}
+
+impl Filled {
+    fn with_entries(entries: usize) -> Self {
+        Self {
+            table: Arc::new(Table::with_slots(slots_for(entries))),
+            occupied: 0,
+        }
+    }
+
+    /// Files `entry`, rebuilding first (without the dead slots, into a table sized for the live
+    /// ones) when this one would pass three quarters full or `max_entries` occupied slots.
+    /// `Err` when the live entries would pass `max_entries`.
+    fn put(&mut self, entry: Entry, now: u32, max_entries: usize) -> Result<(), Overflow> {
+        if self.occupied >= max_entries || (self.occupied + 1) * 4 > self.table.slots() * 3 {
+            self.rebuild(now, max_entries)?;
+        }
+        if self.table.put(entry, now) == Placed::New {
+            self.occupied += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies the live entries into a table sized for them (larger or smaller than this one).
+    fn rebuild(&mut self, now: u32, max_entries: usize) -> Result<(), Overflow> {
+        let live = self.table.live(now).count();
+        if live >= max_entries {
+            return Err(Overflow);
+        }
+        let rebuilt = Filled::with_entries(live);
+        for entry in self.table.live(now) {
+            rebuilt.table.put(entry, now);
+        }
+        *self = Filled {
+            occupied: live,
+            ..rebuilt
+        };
+        Ok(())
+    }
+}
+
+/// The live set passed the configured bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Overflow;
+
+struct Writer {
+    /// The table readers see, when the mirror is on.
+    filled: Option<Filled>,
+    /// While a new table is built from a snapshot: every entry filed meanwhile, replayed into it
+    /// before it is swapped in.
+    pending: Option<Vec<Entry>>,
+}
+
+/// The compact live set (see the module documentation). `None` table: no mirror (lookup mode,
+/// not loaded yet, or fallen back).
+pub(super) struct Compact {
+    hasher: foldhash::fast::RandomState,
+    table: ArcSwapOption<Table>,
+    writer: Mutex<Writer>,
+    /// The occupied slots of the table that is on, as the writer last left them.
+    held: AtomicUsize,
+    max_entries: usize,
+}
+
+impl Compact {
+    /// An empty set, off until a build finishes; it never holds more than `max_entries` live
+    /// entries.
+    pub(super) fn new(max_entries: usize) -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            table: ArcSwapOption::empty(),
+            writer: Mutex::new(Writer {
+                filled: None,
+                pending: None,
+            }),
+            held: AtomicUsize::new(0),
+            max_entries,
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding it leaves a table no worse than a writer that stopped early.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the writer's table to readers (and its count to [`len`](Self::len)).
+    fn publish(&self, filled: Option<&Filled>) {
+        self.held
+            .store(filled.map_or(0, |filled| filled.occupied), Ordering::Relaxed);
+        self.table.store(filled.map(|filled| Arc::clone(&filled.table)));
+    }
+
+    /// The compact form of a revocation of `kind` keyed `key` with `number`.
+    pub(super) fn entry(&self, kind: Kind, key: &str, number: u32) -> Entry {
+        let hash = self.hasher.hash_one((kind as u8, key));
+        Entry {
+            word: (kind as u64) << 62 | (hash & HASH_BITS),
+            number,
+        }
+    }
+
+    /// Whether a table is on (the mirror is loaded and complete).
+    pub(super) fn active(&self) -> bool {
+        self.table.load().is_some()
+    }
+
+    /// What the set says of `facts`; `None` when no table is on. Lock-free; reads the clock only
+    /// when a token or session key matches.
+    pub(super) fn probe(&self, facts: &TokenFacts<'_>) -> Option<Probe> {
+        let table = self.table.load();
+        let table = table.as_deref()?;
+        let keys = [
+            (Kind::Token, facts.jti, RevokedBy::Token),
+            (Kind::Session, facts.session_id, RevokedBy::Session),
+        ];
+        for (kind, key, by) in keys {
+            let Some(key) = key else { continue };
+            if let Some(until) = table.find(self.entry(kind, key, 0).word)
+                && until >= now_seconds()
+            {
+                return Some(Probe::Maybe(by));
+            }
+        }
+        if let Some(subject) = facts.subject
+            && let Some(cutoff) = table.find(self.entry(Kind::Subject, subject, 0).word)
+            && (cutoff == u32::MAX || subject_cutoff_covers(u64::from(cutoff), facts.issued_at))
+        {
+            return Some(Probe::Maybe(RevokedBy::Subject));
+        }
+        Some(Probe::Clear)
+    }
+
+    /// Files `entry` in the table that is on and in the one being built. Returns whether either
+    /// holds it. A table that would pass `max_entries` is dropped (the mirror falls back), with a
+    /// `warn`.
+    pub(super) fn insert(&self, entry: Entry) -> bool {
+        let mut writer = self.writer();
+        let now = now_seconds();
+        if let Some(pending) = &mut writer.pending {
+            pending.push(entry);
+        }
+        if let Some(filled) = &mut writer.filled {
+            let before = Arc::clone(&filled.table);
+            match filled.put(entry, now, self.max_entries) {
+                Ok(()) if Arc::ptr_eq(&before, &filled.table) => {
+                    self.held.store(filled.occupied, Ordering::Relaxed);
+                }
+                Ok(()) => self.publish(Some(filled)),
+                Err(Overflow) => {
+                    tracing::warn!(
+                        max_entries = self.max_entries,
+                        "live revocations passed mirror_max_entries; the mirror falls back to lookup mode until a snapshot fits"
+                    );
+                    writer.filled = None;
+                    self.publish(None);
+                }
+            }
+        }
+        writer.filled.is_some() || writer.pending.is_some()
+    }
+
+    /// Drops dead slots when they are at least half the table's occupied ones, into a table
+    /// sized for what is live (so the set shrinks as tokens expire). Returns whether it rebuilt.
+    pub(super) fn sweep(&self) -> bool {
+        self.sweep_at(now_seconds())
+    }
+
+    fn sweep_at(&self, now: u32) -> bool {
+        let mut writer = self.writer();
+        let Some(filled) = &mut writer.filled else {
+            return false;
+        };
+        let live = filled.table.live(now).count();
+        if filled.occupied <= MIN_SLOTS / 2 || live * 2 > filled.occupied {
+            return false;
+        }
+        // Fewer live entries than before: within max_entries.
+        if filled.rebuild(now, usize::MAX).is_ok() {
+            self.publish(Some(filled));
+        }
+        true
+    }
+
+    /// Entries held (0 when off): the live ones, and expired ones until a sweep or a rebuild
+    /// drops them. No scan: the writer's count.
+    pub(super) fn len(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the table that is on takes (0 when off).
+    pub(super) fn bytes(&self) -> usize {
+        self.table
+            .load()
+            .as_deref()
+            .map_or(0, |table| table.slots() * SLOT_BYTES)
+    }
+
+    /// Starts building a new table from a snapshot: every entry filed from now on is also kept,
+    /// to be replayed into the new table. Start it *before* the snapshot is read, so that every
+    /// write is in the snapshot or in the replay. Dropping the build without finishing it stops
+    /// keeping them.
+    pub(super) fn build(&self) -> Build<'_> {
+        self.writer().pending = Some(Vec::new());
+        Build {
+            compact: self,
+            filled: Some(Filled::with_entries(0)),
+            read: 0,
+            finished: false,
+        }
+    }
+}
+
+/// A table being built from a snapshot (see [`Compact::build`]).
+pub(super) struct Build<'a> {
+    compact: &'a Compact,
+    /// `None` once the snapshot passed `max_entries`: the rest is only counted.
+    filled: Option<Filled>,
+    read: u64,
+    finished: bool,
+}
+
+impl Build<'_> {
+    /// Adds one entry of the snapshot; dead ones are skipped.
+    pub(super) fn add(&mut self, entry: Entry, now: u32) {
+        self.read += 1;
+        if !entry.alive(now) {
+            return;
+        }
+        if let Some(filled) = &mut self.filled
+            && filled.put(entry, now, self.compact.max_entries).is_err()
+        {
+            self.filled = None;
+        }
+    }
+
+    /// Entries read from the snapshot so far.
+    pub(super) fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// Replays the writes kept since the build started and swaps the table in. `Err` (and no
+    /// table on: the mirror falls back) when the live set passed `max_entries`.
+    pub(super) fn finish(mut self) -> Result<(), Overflow> {
+        self.finished = true;
+        let mut writer = self.compact.writer();
+        let pending = writer.pending.take().unwrap_or_default();
+        let now = now_seconds();
+        let max_entries = self.compact.max_entries;
+        let mut filled = self.filled.take().ok_or(Overflow);
+        if let Ok(table) = &mut filled {
+            for entry in pending {
+                if table.put(entry, now, max_entries).is_err() {
+                    filled = Err(Overflow);
+                    break;
+                }
+            }
+        }
+        writer.filled = filled.ok();
+        self.compact.publish(writer.filled.as_ref());
+        if writer.filled.is_some() {
+            Ok(())
+        } else {
+            Err(Overflow)
+        }
+    }
+}
+
+impl Drop for Build<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.compact.writer().pending = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(jti: &'a str, sid: &'a str, sub: &'a str, iat: u64) -> TokenFacts<'a> {
+        TokenFacts {
+            jti: Some(jti),
+            session_id: Some(sid),
+            subject: Some(sub),
+            issued_at: Some(iat),
+            expires_at: None,
+        }
+    }
+
+    fn loaded(compact: &Compact, entries: impl IntoIterator<Item = Entry>) {
+        let mut build = compact.build();
+        for entry in entries {
+            build.add(entry, now_seconds());
+        }
+        build.finish().unwrap();
+    }
+
+    #[test]
+    fn every_kind_is_found_and_unknown_keys_are_clear() {
+        let compact = Compact::new(1 << 20);
+        assert_eq!(compact.probe(&facts("a", "b", "c", 0)), None, "off until loaded");
+        let now = now_seconds();
+        let later = now + 3600;
+        loaded(
+            &compact,
+            (0..10_000).flat_map(|i| {
+                [
+                    compact.entry(Kind::Token, &format!("t{i}"), later),
+                    compact.entry(Kind::Session, &format!("s{i}"), later),
+                    compact.entry(Kind::Subject, &format!("u{i}"), now - 60),
+                ]
+            }),
+        );
+        assert_eq!(compact.len(), 30_000);
+        let iat = u64::from(now);
+        for i in 0..10_000 {
+            let (t, s, u) = (format!("t{i}"), format!("s{i}"), format!("u{i}"));
+            let maybe = |by| Some(Probe::Maybe(by));
+            assert_eq!(compact.probe(&facts(&t, "x", "x", iat)), maybe(RevokedBy::Token));
+            assert_eq!(
+                compact.probe(&facts("x", &s, "x", iat)),
+                maybe(RevokedBy::Session)
+            );
+            assert_eq!(
+                compact.probe(&facts("x", "x", &u, iat - 120)),
+                maybe(RevokedBy::Subject)
+            );
+            // A cutoff does not cover a token issued after it; kinds never mix.
+            assert_eq!(compact.probe(&facts("x", "x", &u, iat)), Some(Probe::Clear));
+            assert_eq!(compact.probe(&facts(&s, &u, &t, iat)), Some(Probe::Clear));
+        }
+        // 30 000 entries: at least 45 000 slots, a power of two, 12 bytes each.
+        assert_eq!(compact.bytes(), (1 << 16) * SLOT_BYTES);
+    }
+
+    #[test]
+    fn a_merge_never_shortens_and_a_snapshot_skips_dead_entries() {
+        let compact = Compact::new(1 << 20);
+        let now = now_seconds();
+        loaded(
+            &compact,
+            (0..4000).map(|i| compact.entry(Kind::Token, &format!("t{i}"), now + 3600)),
+        );
+        for i in 0..4000 {
+            // The same keys, kept until a moment already past: the longer keep stays.
+            assert!(compact.insert(compact.entry(Kind::Token, &format!("t{i}"), now - 10)));
+        }
+        assert_eq!(compact.len(), 4000);
+        let expired = Compact::new(1 << 20);
+        loaded(
+            &expired,
+            (0..4000).map(|i| expired.entry(Kind::Token, &format!("t{i}"), now - 1)),
+        );
+        assert_eq!(expired.len(), 0, "dead entries of a snapshot are not loaded");
+        assert_eq!(expired.bytes(), MIN_SLOTS * SLOT_BYTES);
+        assert_eq!(expired.probe(&facts("t1", "x", "x", 0)), Some(Probe::Clear));
+    }
+
+    #[test]
+    fn dead_slots_are_reused_and_the_table_shrinks_when_most_are_dead() {
+        let compact = Compact::new(1 << 20);
+        loaded(&compact, []);
+        let now = now_seconds();
+        for i in 0..3000 {
+            compact.insert(compact.entry(Kind::Session, &format!("soon{i}"), now + 100));
+        }
+        let grown = compact.bytes();
+        assert_eq!(compact.len(), 3000);
+        assert!(!compact.sweep_at(now), "nothing is dead yet");
+        assert!(compact.sweep_at(now + 101), "all dead a moment later");
+        assert_eq!(compact.len(), 0);
+        assert!(compact.bytes() < grown, "{} >= {grown}", compact.bytes());
+        // Entries dead when filed take the dead slots of their probe run: the table stays put.
+        let small = compact.bytes();
+        for i in 0..3000 {
+            compact.insert(compact.entry(Kind::Session, &format!("gone{i}"), now - 10));
+        }
+        assert_eq!(compact.bytes(), small);
+        // A dead slot in a probe run is reused, and the live key is still found past it.
+        let live = compact.entry(Kind::Session, "live", u32::MAX);
+        assert!(compact.insert(live));
+        assert_eq!(
+            compact.probe(&facts("x", "live", "x", 0)),
+            Some(Probe::Maybe(RevokedBy::Session))
+        );
+    }
+
+    #[test]
+    fn a_cutoff_at_the_end_of_time_covers_every_token() {
+        let compact = Compact::new(16);
+        loaded(
+            &compact,
+            [compact.entry(Kind::Subject, "banned", seconds(u64::MAX))],
+        );
+        assert_eq!(
+            compact.probe(&facts("x", "x", "banned", u64::MAX)),
+            Some(Probe::Maybe(RevokedBy::Subject))
+        );
+        let mut no_iat = facts("x", "x", "banned", 0);
+        no_iat.issued_at = None;
+        assert_eq!(compact.probe(&no_iat), Some(Probe::Maybe(RevokedBy::Subject)));
+    }
+
+    #[test]
+    fn passing_max_entries_turns_the_mirror_off() {
+        let compact = Compact::new(100);
+        let later = now_seconds() + 60;
+        let mut build = compact.build();
+        for i in 0..150 {
+            build.add(compact.entry(Kind::Token, &format!("t{i}"), later), now_seconds());
+        }
+        assert_eq!(build.finish(), Err(Overflow));
+        assert!(!compact.active());
+        loaded(
+            &compact,
+            (0..99).map(|i| compact.entry(Kind::Token, &format!("t{i}"), later)),
+        );
+        assert!(compact.active());
+        assert!(compact.insert(compact.entry(Kind::Token, "one more", later)));
+        let mut held = true;
+        for i in 0..1000 {
+            held = compact.insert(compact.entry(Kind::Token, &format!("n{i}"), later));
+            if !held {
+                break;
+            }
+        }
+        assert!(!held, "an insert past the bound is refused");
+        assert!(!compact.active());
+    }
+
+    #[test]
+    fn writes_during_a_build_are_in_the_new_table() {
+        let compact = Compact::new(1 << 20);
+        let later = now_seconds() + 60;
+        let mut build = compact.build();
+        build.add(
+            compact.entry(Kind::Token, "from the snapshot", later),
+            now_seconds(),
+        );
+        assert!(compact.insert(compact.entry(Kind::Token, "written meanwhile", later)));
+        build.finish().unwrap();
+        for jti in ["from the snapshot", "written meanwhile"] {
+            assert_eq!(
+                compact.probe(&facts(jti, "x", "x", 0)),
+                Some(Probe::Maybe(RevokedBy::Token))
+            );
+        }
+        // A build dropped unfinished stops keeping writes and leaves the table as it was.
+        let build = compact.build();
+        drop(build);
+        assert!(compact.writer().pending.is_none());
+        assert!(compact.active());
+    }
+
+    /// Readers on other threads never miss an entry that was filed before they looked, while the
+    /// writer keeps inserting and growing the table.
+    #[test]
+    fn readers_never_miss_an_entry_across_growth() {
+        let compact = Arc::new(Compact::new(1 << 22));
+        loaded(&compact, []);
+        let filed = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (compact, filed) = (Arc::clone(&compact), Arc::clone(&filed));
+                std::thread::spawn(move || {
+                    let mut checked = 0;
+                    while filed.load(Ordering::Acquire) < 200_000 {
+                        let upto = filed.load(Ordering::Acquire);
+                        for i in upto.saturating_sub(50)..upto {
+                            let jti = format!("t{i}");
+                            assert_eq!(
+                                compact.probe(&facts(&jti, "x", "x", 0)),
+                                Some(Probe::Maybe(RevokedBy::Token)),
+                                "{jti} filed, then missed"
+                            );
+                            checked += 1;
+                        }
+                    }
+                    checked
+                })
+            })
+            .collect();
+        for i in 0..200_000u64 {
+            compact.insert(compact.entry(Kind::Token, &format!("t{i}"), u32::MAX));
+            filed.store(i + 1, Ordering::Release);
+        }
+        for reader in readers {
+            assert!(reader.join().unwrap() > 0);
+        }
+        assert_eq!(compact.len(), 200_000);
+    }
+}
