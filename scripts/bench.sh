@@ -71,4 +71,10 @@ for round in 1 2 3 4 5; do
   done
 done
 kill "${PIDS[@]}"; trap - EXIT
+# Mirror mode at 0, 1 M and 10 M live revocations (needs Postgres and psql; about 5 min).
+if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null 2>&1; then
+  python3 scripts/mirror_scale.py
+else
+  rm -f target/bench/mirror.jsonl
+fi
 cargo run --release --example bench_report

@@ -40,7 +40,7 @@
 //!   [`FailurePolicy`](crate::FailurePolicy) decides.
 //! - [`CacheMode::Mirror`]: the tier loads every live revocation at start (a page at a time) and
 //!   follows the feed. It holds them in compact form, a 62-bit fingerprint and a 32-bit expiry or
-//!   cutoff per revocation in one flat table (between 16 and 48 bytes each: a million in 24 MiB;
+//!   cutoff per revocation in one flat table (between 16 and 24 bytes each: a million in 24 MiB;
 //!   see [`mirror_max_entries`](MokaCacheBuilder::mirror_max_entries)). A token none of whose
 //!   keys the table holds is "not revoked" without a query. One whose key it holds is confirmed
 //!   with the ledger (a fingerprint may collide, with odds around 2⁻³⁶ per check), and the

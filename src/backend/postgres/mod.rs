@@ -185,7 +185,7 @@ impl PgStore {
     }
 
     /// The longest lifetime (`exp - iat`) a token this ledger guards can have: what the layer
-    /// enforces with [`max_token_lifetime`](crate::JwtRevocationLayerBuilder::max_token_lifetime),
+    /// enforces with [`max_token_lifetime`](crate::JwtRevocationBuilder::max_token_lifetime),
     /// or the identity provider's bound. With it,
     /// [`purge_expired`](RevocationStore::purge_expired)`(margin)` also deletes subject cutoffs
     /// older than `max_token_lifetime + margin`: every token such a cutoff covers was issued
