@@ -658,8 +658,14 @@ struct Serve {
 }
 
 impl WithStore for Serve {
+    /// Subject cutoffs are purged in HS256 mode only: `/login` tokens always carry `iat`, and
+    /// the layer bounds their `exp - iat`; a provider's tokens might come without `iat`, which
+    /// every cutoff covers for as long as it is kept.
     fn max_token_lifetime(&self) -> Option<Duration> {
-        Some(self.config.max_token_lifetime())
+        self.config
+            .provider
+            .is_none()
+            .then(|| self.config.max_token_lifetime())
     }
 
     async fn run<S, X>(

@@ -887,10 +887,15 @@ impl Verifier {
             return Err(InvalidToken::IssuedInFuture);
         }
         if let Some(max_lifetime) = self.max_lifetime {
-            let latest = now
-                .saturating_add(max_lifetime)
-                .saturating_add(keyed.validation.leeway);
-            if claims.exp.is_none_or(|exp| exp > latest) {
+            let longest = max_lifetime.saturating_add(keyed.validation.leeway);
+            let latest = now.saturating_add(longest);
+            // Its `exp` is near enough now, and (with `iat`) it was issued with a lifetime
+            // within the bound: a subject cutoff older than the bound covers no token that can
+            // still be accepted, which is what lets a store purge such cutoffs.
+            let too_long = claims.exp.is_none_or(|exp| {
+                exp > latest || claims.iat.is_some_and(|iat| exp.saturating_sub(iat) > longest)
+            });
+            if too_long {
                 return Err(InvalidToken::Lifetime);
             }
         }
@@ -1164,6 +1169,17 @@ mod tests {
         assert!(v.verify::<DefaultClaims>(&ok).is_ok());
         let long = token(Header::default(), json!({"jti": "j", "exp": now() + 601 + 60}));
         assert_eq!(v.verify::<DefaultClaims>(&long), Err(InvalidToken::Lifetime));
+        // Issued long ago with a long life: its `exp` is near, but its lifetime is over the bound.
+        let old = token(
+            Header::default(),
+            json!({"jti": "j", "iat": now() - 7200, "exp": now() + 60}),
+        );
+        assert_eq!(v.verify::<DefaultClaims>(&old), Err(InvalidToken::Lifetime));
+        let within = token(
+            Header::default(),
+            json!({"jti": "j", "iat": now() - 500, "exp": now() + 100}),
+        );
+        assert!(v.verify::<DefaultClaims>(&within).is_ok());
     }
 
     #[test]

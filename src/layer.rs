@@ -260,9 +260,11 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// Refuses tokens that expire further than `max_lifetime` (plus the leeway) in the future,
-    /// or have no `exp`. It bounds how long any accepted token can live, so a revocation whose
-    /// token expiry is unknown (an admin revoking a bare `jti`) can be kept for exactly that
-    /// long and no longer.
+    /// that have no `exp`, or whose `exp - iat` exceeds it (plus the leeway). It bounds how long
+    /// any accepted token can live, so a revocation whose token expiry is unknown (an admin
+    /// revoking a bare `jti`) can be kept for exactly that long and no longer, and a subject
+    /// cutoff older than it covers no token that can still be accepted (see
+    /// `PgStore::with_max_token_lifetime`).
     pub fn max_token_lifetime(mut self, max_lifetime: Duration) -> Self {
         self.config.max_lifetime = Some(max_lifetime);
         self

@@ -145,16 +145,18 @@ async fn with_the_database_gone_a_mirror_answers_both_ways_until_max_staleness(p
     let unrevoked = token("fresh-t", "fresh-s", "fresh-u");
     let mut revoked = token("bulk-t-4321", "fresh-s", "fresh-u");
     revoked.issued_at = Some(now() - 7200);
-    let mut checks = 0;
-    while outage.elapsed() < Duration::from_secs(2) {
+    // Within max_staleness (4 s after the last proof of sync, at most one 2 s heartbeat before
+    // the outage): both ways from memory, for 2 s.
+    loop {
         assert_eq!(answer(&cache, &unrevoked).await.unwrap(), Verdict::Active);
         assert_eq!(
             answer(&cache, &revoked).await.unwrap(),
             Verdict::Revoked(RevokedBy::Token)
         );
-        checks += 1;
+        if outage.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
     }
-    assert!(checks > 0);
     wait_until_within("the mirror stops vouching", Duration::from_secs(15), || async {
         answer(&cache, &unrevoked).await.is_err()
     })

@@ -90,10 +90,13 @@ impl MemoryStore {
         store
     }
 
-    /// The longest lifetime (`exp - iat`) a token this store guards can have. With it, a sweep
-    /// (automatic, or [`purge_expired`](RevocationStore::purge_expired)`(margin)`) also drops
-    /// subject cutoffs older than `max_token_lifetime + margin`, whose tokens have all expired;
-    /// without it (the default) cutoffs are kept. As `PgStore::with_max_token_lifetime`.
+    /// The longest lifetime (`exp - iat`) a token this store guards can have (what the layer's
+    /// `max_token_lifetime` enforces). With it, a sweep (automatic, or
+    /// [`purge_expired`](RevocationStore::purge_expired)`(margin)`) also drops subject cutoffs
+    /// older than `max_token_lifetime + margin`, whose tokens with an `iat` have all expired;
+    /// without it (the default) cutoffs are kept. Only set it where tokens carry `iat` (a token
+    /// without one is covered by every cutoff, and no longer by a purged one); the same rule as
+    /// `PgStore::with_max_token_lifetime`.
     #[must_use]
     pub fn with_max_token_lifetime(self, max_token_lifetime: Duration) -> Self {
         self.write().max_token_lifetime = Some(max_token_lifetime);

@@ -88,8 +88,9 @@ impl<B: Ledger> MokaCacheBuilder<B> {
 
     /// The most live revocations (tokens, sessions and subject cutoffs together) a mirror holds.
     /// Default [`DEFAULT_MIRROR_MAX_ENTRIES`] (32 Mi). Memory follows the count: 12 bytes a
-    /// slot, between 16 and 24 bytes a live revocation (1 000 000 in 24 MiB), twice that while a
-    /// refresh builds its new table. Past the bound the mirror falls back to lookup mode, with a
+    /// slot, 16 to 24 bytes a revocation (1 000 000 in 18 to 24 MiB), up to twice that while
+    /// expired ones wait for the sweep (once a minute, when they are half the table), plus the
+    /// new table's size while a refresh builds it. Past the bound the mirror falls back to lookup mode, with a
     /// `warn`, and is promoted back once a snapshot fits again (see
     /// [`mirror_refresh`](Self::mirror_refresh)). Lookup mode ignores it.
     pub fn mirror_max_entries(mut self, mirror_max_entries: usize) -> Self {

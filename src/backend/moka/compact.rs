@@ -21,8 +21,9 @@
 //!
 //! Memory follows the entry count: the table is at most three quarters full and is rebuilt at
 //! twice the live entries (any size: the home slot is picked by multiplying, not masking), so it
-//! holds between 16 and 24 bytes per live entry (a million revocations in 24 MB), and the old
-//! table's size on top for the moment of a rebuild.
+//! holds 16 to 24 bytes per entry (a million revocations in 18 to 24 MB). Expired entries hold
+//! their slots until a sweep (when they are half of them) or a rebuild drops them, so up to
+//! twice that per live entry; a rebuild adds the new table's size for its moment.
 //!
 //! This module owns the table and the build of a new one from a snapshot (with the writes that
 //! arrive while it is read); it knows nothing of the ledger or of trust (see `memory`, `follow`).
@@ -234,6 +235,15 @@ impl Filled {
     }
 }
 
+/// What [`Compact::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Filed {
+    /// The table that is on, or the one being built, holds the entry.
+    pub(super) held: bool,
+    /// The table was on and this insert turned it off (it would have passed `max_entries`).
+    pub(super) fell_back: bool,
+}
+
 /// The live set passed the configured bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Overflow;
@@ -325,11 +335,13 @@ impl Compact {
         Some(Probe::Clear)
     }
 
-    /// Files `entry` in the table that is on and in the one being built. Returns whether either
-    /// holds it. A table that would pass `max_entries` is dropped (the mirror falls back), with a
-    /// `warn`.
-    pub(super) fn insert(&self, entry: Entry) -> bool {
+    /// Files `entry` in the table that is on and in the one being built. A table that would
+    /// pass `max_entries` is dropped (the mirror falls back), with a `warn`. Holds the writer's
+    /// lock for the insert, or for a rebuild's copy when the table grows (rare: each rebuild
+    /// doubles the room).
+    pub(super) fn insert(&self, entry: Entry) -> Filed {
         let mut writer = self.writer();
+        let mut fell_back = false;
         let now = now_seconds();
         if let Some(pending) = &mut writer.pending {
             pending.push(entry);
@@ -348,10 +360,14 @@ impl Compact {
                     );
                     writer.filled = None;
                     self.publish(None);
+                    fell_back = true;
                 }
             }
         }
-        writer.filled.is_some() || writer.pending.is_some()
+        Filed {
+            held: writer.filled.is_some() || writer.pending.is_some(),
+            fell_back,
+        }
     }
 
     /// Drops dead slots when they are at least half the table's occupied ones, into a table
@@ -361,12 +377,18 @@ impl Compact {
     }
 
     fn sweep_at(&self, now: u32) -> bool {
+        // Counted without the writer's lock (readers need none): writers wait only if a rebuild
+        // is due. Entries filed meanwhile only make the count low, which the rebuild corrects.
+        let Some(table) = self.table.load_full() else {
+            return false;
+        };
+        let live = table.live(now).count();
         let mut writer = self.writer();
         let Some(filled) = &mut writer.filled else {
             return false;
         };
-        let live = filled.table.live(now).count();
-        if filled.occupied <= MIN_SLOTS / 2 || live * 2 > filled.occupied {
+        let unchanged = Arc::ptr_eq(&filled.table, &table);
+        if !unchanged || filled.occupied <= MIN_SLOTS / 2 || live * 2 > filled.occupied {
             return false;
         }
         // Fewer live entries than before: within max_entries.
@@ -398,7 +420,8 @@ impl Compact {
         self.writer().pending = Some(Vec::new());
         Build {
             compact: self,
-            filled: Some(Filled::with_entries(0)),
+            // Sized for what the table that is on holds: a refresh rebuilds little on the way.
+            filled: Some(Filled::with_entries(self.len())),
             read: 0,
             finished: false,
         }
@@ -542,7 +565,11 @@ mod tests {
         );
         for i in 0..4000 {
             // The same keys, kept until a moment already past: the longer keep stays.
-            assert!(compact.insert(compact.entry(Kind::Token, &format!("t{i}"), now - 10)));
+            assert!(
+                compact
+                    .insert(compact.entry(Kind::Token, &format!("t{i}"), now - 10))
+                    .held
+            );
         }
         assert_eq!(compact.len(), 4000);
         let expired = Compact::new(1 << 20);
@@ -577,7 +604,7 @@ mod tests {
         assert_eq!(compact.bytes(), small);
         // A dead slot in a probe run is reused, and the live key is still found past it.
         let live = compact.entry(Kind::Session, "live", u32::MAX);
-        assert!(compact.insert(live));
+        assert!(compact.insert(live).held);
         assert_eq!(
             compact.probe(&facts("x", "live", "x", 0)),
             Some(Probe::Maybe(RevokedBy::Session))
@@ -615,15 +642,23 @@ mod tests {
             (0..99).map(|i| compact.entry(Kind::Token, &format!("t{i}"), later)),
         );
         assert!(compact.active());
-        assert!(compact.insert(compact.entry(Kind::Token, "one more", later)));
-        let mut held = true;
+        assert!(compact.insert(compact.entry(Kind::Token, "one more", later)).held);
+        let mut filed = None;
         for i in 0..1000 {
-            held = compact.insert(compact.entry(Kind::Token, &format!("n{i}"), later));
-            if !held {
+            let this = compact.insert(compact.entry(Kind::Token, &format!("n{i}"), later));
+            if !this.held {
+                filed = Some(this);
                 break;
             }
         }
-        assert!(!held, "an insert past the bound is refused");
+        assert_eq!(
+            filed,
+            Some(Filed {
+                held: false,
+                fell_back: true
+            }),
+            "an insert past the bound is refused and turns the table off"
+        );
         assert!(!compact.active());
     }
 
@@ -636,7 +671,11 @@ mod tests {
             compact.entry(Kind::Token, "from the snapshot", later),
             now_seconds(),
         );
-        assert!(compact.insert(compact.entry(Kind::Token, "written meanwhile", later)));
+        assert!(
+            compact
+                .insert(compact.entry(Kind::Token, "written meanwhile", later))
+                .held
+        );
         build.finish().unwrap();
         for jti in ["from the snapshot", "written meanwhile"] {
             assert_eq!(
@@ -663,7 +702,7 @@ mod tests {
                 let (compact, filed) = (Arc::clone(&compact), Arc::clone(&filed));
                 std::thread::spawn(move || {
                     let mut checked = 0;
-                    while filed.load(Ordering::Acquire) < 200_000 {
+                    loop {
                         let upto = filed.load(Ordering::Acquire);
                         for i in upto.saturating_sub(50)..upto {
                             let jti = format!("t{i}");
@@ -674,8 +713,10 @@ mod tests {
                             );
                             checked += 1;
                         }
+                        if upto == 200_000 {
+                            break checked;
+                        }
                     }
-                    checked
                 })
             })
             .collect();

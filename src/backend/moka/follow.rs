@@ -122,6 +122,7 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
             }
             () = tokio::time::sleep_until(next_reload.into()), if reload_due => {
                 let Some(tier) = weak.upgrade() else { return };
+                reloads.last = Instant::now();
                 reload = Some(Box::pin(async move {
                     if let Err(error) = load_mirror(&tier).await {
                         tracing::warn!(%error, "reading the revocation mirror again failed; keeping what it holds");
@@ -201,7 +202,12 @@ async fn load_mirror<B: Ledger>(tier: &Tier<B>) -> Result<i64, StoreError> {
     let seq = tier.backend.snapshot_pages(&mut page).await?;
     let read = build.read();
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    match build.finish() {
+    let was_mirroring = memory.mirroring();
+    let finished = build.finish();
+    if finished.is_err() && was_mirroring {
+        memory.mirror_fell_back();
+    }
+    match finished {
         Ok(()) => tracing::info!(
             read,
             live = memory.compact().len(),
@@ -225,6 +231,8 @@ struct Reloads {
     mirror: bool,
     next: Instant,
     retry: Duration,
+    /// When the last reload started.
+    last: Instant,
 }
 
 impl Reloads {
@@ -233,6 +241,7 @@ impl Reloads {
             mirror: tier.mode == CacheMode::Mirror,
             next: Instant::now(),
             retry: FIRST_RELOAD_RETRY.min(tier.mirror_refresh),
+            last: Instant::now(),
         };
         reloads.schedule(tier);
         reloads
@@ -250,10 +259,12 @@ impl Reloads {
         }
     }
 
-    /// A resync is the moment to try promoting a fallen-back mirror again.
+    /// A resync is the moment to try promoting a fallen-back mirror again, at most once a
+    /// minute (a flapping feed must not make every instance re-read the ledger at each blip).
     fn after_resync<B>(&mut self, tier: &Tier<B>) {
         if self.mirror && !tier.memory.mirroring() {
-            self.next = Instant::now();
+            let soonest = self.last.checked_add(FIRST_RELOAD_RETRY).unwrap_or(self.next);
+            self.next = self.next.min(soonest.max(Instant::now()));
         }
     }
 }

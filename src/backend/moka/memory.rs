@@ -263,8 +263,18 @@ impl Memory {
     /// Files a revocation in the mirror (and in the mirror being loaded). Returns whether the
     /// positives must hold it too: no mirror is on to answer for it.
     fn file_in_mirror(&self, kind: Kind, key: &str, number: u32) -> bool {
-        let held = self.compact.insert(self.compact.entry(kind, key, number));
-        !held || !self.compact.active()
+        let filed = self.compact.insert(self.compact.entry(kind, key, number));
+        if filed.fell_back {
+            self.mirror_fell_back();
+        }
+        !filed.held || !self.compact.active()
+    }
+
+    /// After the mirror's table went off: negatives stored before (or while) it was on may
+    /// predate revocations that only the table held (a cutoff filed in it clears no marker), so
+    /// none survives, and no lookup in flight stores one.
+    pub(super) fn mirror_fell_back(&self) {
+        self.forget_negatives();
     }
 
     /// Moves a subject's cutoff forward (never back). A current marker for the subject stays
@@ -272,6 +282,9 @@ impl Memory {
     pub(super) fn cutoff(&self, subject: &str, cutoff: u64) {
         if self.file_in_mirror(Kind::Subject, subject, compact::seconds(cutoff)) {
             self.cutoff_positive(subject, cutoff);
+        } else {
+            // The positives do not know it: a marker saying they are current would lie.
+            self.negatives.subjects.invalidate(subject);
         }
     }
 
@@ -427,5 +440,56 @@ fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(
         shared.evicted.bump();
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         negatives.invalidate(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::far_future;
+
+    fn trust() -> Trust {
+        Trust {
+            negatives: true,
+            mirror: true,
+            confirm: true,
+        }
+    }
+
+    /// Found in review: a subject looked up in lookup mode (a current "no cutoff" marker), then
+    /// a mirror promoted, a cutoff filed in its table only, and the mirror fallen back: the
+    /// stale marker answered the covered token "not revoked". Now a cutoff filed in the mirror
+    /// clears the marker, and a fall-back forgets every negative.
+    #[test]
+    fn a_mirror_that_falls_back_leaves_no_stale_negative() {
+        let memory = Memory::new(1000, Duration::from_secs(30), Duration::from_secs(300), 3);
+        let now = unix_seconds(SystemTime::now());
+        let facts = TokenFacts {
+            jti: Some("t"),
+            session_id: None,
+            subject: Some("s"),
+            issued_at: Some(now - 10),
+            expires_at: Some(now + 600),
+        };
+        memory.remember(&facts, &Lookup::default(), memory.epoch(), true);
+        assert_eq!(memory.answer(&facts, trust()), Some(Verdict::Active));
+        memory.compact().build().finish().unwrap();
+        assert!(memory.mirroring());
+        memory.cutoff("s", now);
+        // Past mirror_max_entries (3): the table goes off.
+        for jti in ["a", "b", "c", "d"] {
+            memory.revoked_token(jti, Some(far_future()));
+        }
+        assert!(!memory.mirroring());
+        assert_ne!(memory.answer(&facts, trust()), Some(Verdict::Active));
+        // The revocations filed after the fall-back are positives.
+        let d = TokenFacts {
+            jti: Some("d"),
+            ..facts
+        };
+        assert_eq!(
+            memory.answer(&d, trust()),
+            Some(Verdict::Revoked(RevokedBy::Token))
+        );
     }
 }

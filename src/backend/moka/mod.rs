@@ -40,7 +40,8 @@
 //!   [`FailurePolicy`](crate::FailurePolicy) decides.
 //! - [`CacheMode::Mirror`]: the tier loads every live revocation at start (a page at a time) and
 //!   follows the feed. It holds them in compact form, a 62-bit fingerprint and a 32-bit expiry or
-//!   cutoff per revocation in one flat table (between 16 and 24 bytes each: a million in 24 MiB;
+//!   cutoff per revocation in one flat table (16 to 24 bytes each, up to twice that while
+//!   expired ones wait for a sweep: a million in 18 to 24 MiB;
 //!   see [`mirror_max_entries`](MokaCacheBuilder::mirror_max_entries)). A token none of whose
 //!   keys the table holds is "not revoked" without a query. One whose key it holds is confirmed
 //!   with the ledger (a fingerprint may collide, with odds around 2⁻³⁶ per check), and the
@@ -138,7 +139,8 @@ pub struct CacheMetrics {
     pub max_propagation_ms: u64,
     /// Whether mirror mode is active (loaded, and not fallen back to lookup).
     pub mirroring: bool,
-    /// Live revocations the mirror holds (0 when not mirroring).
+    /// Revocations the mirror holds (0 when not mirroring): the live ones, and expired ones
+    /// until a sweep or a rebuild drops them.
     pub mirror_entries: u64,
     /// Bytes of the mirror's compact table (0 when not mirroring).
     pub mirror_bytes: u64,

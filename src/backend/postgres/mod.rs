@@ -184,15 +184,17 @@ impl PgStore {
         self
     }
 
-    /// The longest lifetime (`exp - iat`) a token this ledger guards can have: what the layer
-    /// enforces with [`max_token_lifetime`](crate::JwtRevocationBuilder::max_token_lifetime),
-    /// or the identity provider's bound. With it,
+    /// The longest lifetime (`exp - iat`) a token this ledger guards can have: what every layer
+    /// in front of it enforces with
+    /// [`max_token_lifetime`](crate::JwtRevocationBuilder::max_token_lifetime) (which bounds
+    /// `exp - iat`), or a bound the identity provider guarantees. With it,
     /// [`purge_expired`](RevocationStore::purge_expired)`(margin)` also deletes subject cutoffs
-    /// older than `max_token_lifetime + margin`: every token such a cutoff covers was issued
-    /// before it and so has expired, and the table of cutoffs stops growing with every user who
-    /// ever logged out everywhere. Without it (the default) cutoffs are kept until deleted by
-    /// hand, since a token without a bounded lifetime may still be presented. A cutoff at
-    /// `'infinity'` (a ban) is never purged.
+    /// older than `max_token_lifetime + margin`: every token with an `iat` that such a cutoff
+    /// covers was issued before it and so has expired, and the table of cutoffs stops growing
+    /// with every user who ever logged out everywhere. Only set it where tokens carry `iat`: a
+    /// token without one is covered by every cutoff of its subject, and a purged cutoff no
+    /// longer covers it. Without it (the default) cutoffs are kept until deleted by hand. A
+    /// cutoff at `'infinity'` (a ban) is never purged.
     #[must_use]
     pub fn with_max_token_lifetime(mut self, max_token_lifetime: Duration) -> Self {
         self.max_token_lifetime = Some(max_token_lifetime);
