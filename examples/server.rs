@@ -26,6 +26,12 @@
 //! - `JWKS_ALLOW_HTTP=1`: allow plain `http://` to a loopback provider (tests only)
 //! - `JWKS_MIN_REFRESH_SECS`: the shortest interval between key-set fetches, in the background
 //!   and on an unknown `kid` (default 30)
+//! - `OIDC_CLIENT_ID` (with `OIDC_ISSUER`): this relying party's client id. The demo then serves
+//!   `POST /backchannel-logout` (OpenID Connect Back-Channel Logout: a `logout_token` form whose
+//!   `aud` is the client id ends that session, or every earlier token of that subject) and
+//!   `POST /ssf/events` (Shared Signals push delivery: CAEP and RISC security event tokens from
+//!   the same issuer), both outside the bearer layer
+//! - `SSF_AUDIENCE`: the `aud` security event tokens must name (default `OIDC_CLIENT_ID`)
 //! - `BASELINE_ROUTE=1`: serve `GET /baseline/me` with a provider too (for load comparisons; it
 //!   checks no revocation, so it is off with a provider unless asked for)
 //!
@@ -37,7 +43,9 @@
 //! source's state); and `GET /baseline/me` (HS256 mode, or with `BASELINE_ROUTE=1`), the same handler as
 //! `/me` behind a decode-only middleware (the same keys, signature and time claims, no
 //! revocation check, no verified-token cache), so
-//! `examples/loadgen.rs` can measure what the revocation check costs end to end. Tokens minted by any other HS256 issuer
+//! `examples/loadgen.rs` can measure what the revocation check costs end to end. With
+//! `OIDC_ISSUER` and `OIDC_CLIENT_ID`: `POST /backchannel-logout` and `POST /ssf/events`, outside
+//! the bearer layer. Tokens minted by any other HS256 issuer
 //! with the same secret work the same as `/login`'s.
 //!
 //! The admin routes need the scope `revocations:admin` (with a provider: checked by a
@@ -55,7 +63,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, post_service};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -64,6 +72,7 @@ use store::{WithStore, with_store_from_env};
 use tower_jwt_revocation::backend::unix_seconds;
 use tower_jwt_revocation::decode::{ASYMMETRIC_ALGORITHMS, KeySource, Verifier};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
+use tower_jwt_revocation::receiver::{BackChannelLogout, SetReceiver};
 use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
     Claims, DefaultClaims, FailurePolicy, Jwks, JwtRevocationLayer, MissingJti, Rejection, RequireScopes,
@@ -96,6 +105,21 @@ pub struct Config {
     /// Serve `GET /baseline/me` (no revocation check) with a provider too; it is always served
     /// in HS256 mode.
     pub baseline_with_provider: bool,
+    /// `POST /backchannel-logout` and `POST /ssf/events`, for `OIDC_ISSUER`.
+    pub receivers: Option<Receivers>,
+}
+
+/// Where the provider's revocation messages come from and whom they address: `OIDC_ISSUER`
+/// (whose keys are `Config::provider`), `OIDC_CLIENT_ID` (the logout tokens' `aud`) and
+/// `SSF_AUDIENCE` (the security event tokens' `aud`, default the client id).
+#[derive(Clone, Debug)]
+pub struct Receivers {
+    /// The issuer, which is also the SET transmitter.
+    pub issuer: String,
+    /// This relying party's client id.
+    pub client_id: String,
+    /// The audience SETs must name.
+    pub ssf_audience: String,
 }
 
 /// The scope the admin routes require.
@@ -126,6 +150,7 @@ impl Config {
             Some("1") => true,
             Some(other) => return Err(format!("BASELINE_ROUTE must be 0 or 1, not {other:?}")),
         };
+        let receivers = receivers_from_vars(var);
         Ok(Self {
             secret,
             admin_subjects,
@@ -134,6 +159,7 @@ impl Config {
             provider,
             audience: var("JWT_AUDIENCE"),
             baseline_with_provider,
+            receivers,
         })
     }
 }
@@ -147,6 +173,25 @@ impl Config {
         } else {
             MAX_TOKEN_LIFETIME
         }
+    }
+}
+
+/// The receivers `OIDC_ISSUER`, `OIDC_CLIENT_ID` and `SSF_AUDIENCE` ask for; `None` without
+/// both of the first two (with a warning when only the issuer is set).
+pub fn receivers_from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Receivers> {
+    match (var("OIDC_ISSUER"), var("OIDC_CLIENT_ID")) {
+        (Some(issuer), Some(client_id)) => Some(Receivers {
+            issuer,
+            ssf_audience: var("SSF_AUDIENCE").unwrap_or_else(|| client_id.clone()),
+            client_id,
+        }),
+        (Some(_), None) => {
+            tracing::warn!(
+                "OIDC_CLIENT_ID is not set: POST /backchannel-logout and POST /ssf/events are not served"
+            );
+            None
+        }
+        (None, _) => None,
     }
 }
 
@@ -314,6 +359,31 @@ where
     router = router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", readyz);
+    // Outside the bearer layer: their tokens are the provider's credentials.
+    if let (Some(jwks), Some(receivers)) = (&state.config.provider, &state.config.receivers) {
+        let lifetime = state.config.max_token_lifetime();
+        let logout = BackChannelLogout::builder(
+            state.store.clone(),
+            &receivers.issuer,
+            jwks.clone(),
+            &receivers.client_id,
+        )
+        .max_token_lifetime(lifetime)
+        .build()
+        .expect("the demo's back-channel logout configuration is valid");
+        let events = SetReceiver::builder(
+            state.store.clone(),
+            &receivers.issuer,
+            jwks.clone(),
+            &receivers.ssf_audience,
+        )
+        .max_token_lifetime(lifetime)
+        .build()
+        .expect("the demo's security event receiver configuration is valid");
+        router = router
+            .route("/backchannel-logout", post_service(logout))
+            .route("/ssf/events", post_service(events));
+    }
     if state.config.provider.is_none() || state.config.baseline_with_provider {
         router = router.merge(baseline);
     }

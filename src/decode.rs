@@ -988,7 +988,7 @@ fn unverified_issuer(token: &str) -> Option<String> {
 
 /// RFC 8725 §3.11 / RFC 7515 §4.1.9: `typ` values are media types, compared case-insensitively,
 /// and `application/` may be left out.
-fn normalize_typ(typ: &str) -> &str {
+pub(crate) fn normalize_typ(typ: &str) -> &str {
     let typ = typ.trim();
     match typ.get(..12) {
         Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],

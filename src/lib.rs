@@ -59,6 +59,8 @@ mod future;
 pub mod jwks;
 mod layer;
 pub mod purge;
+#[cfg(feature = "receivers")]
+pub mod receiver;
 pub mod reject;
 pub mod scope;
 mod service;

@@ -41,6 +41,7 @@ impl WithStore for Handoff {
             provider: None,
             audience: None,
             baseline_with_provider: false,
+            receivers: None,
         };
         let _ = self.0.send(server::app(store, sessions, config));
         std::future::pending::<()>().await;

@@ -28,6 +28,7 @@ fn demo() -> Router {
         provider: None,
         audience: None,
         baseline_with_provider: false,
+        receivers: None,
     };
     let store = MemoryStore::new();
     server::app(
@@ -255,6 +256,7 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         provider: None,
         audience: None,
         baseline_with_provider: false,
+        receivers: None,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -470,6 +472,7 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
                 provider: None,
                 audience: None,
                 baseline_with_provider: false,
+                receivers: None,
             },
         )
     });
@@ -516,8 +519,18 @@ mod provider_mode {
     }
 
     async fn demo_with_baseline(provider: &Provider, audience: Option<&str>, baseline: bool) -> Router {
+        demo_with(provider, audience, baseline, None).await
+    }
+
+    async fn demo_with(
+        provider: &Provider,
+        audience: Option<&str>,
+        baseline: bool,
+        client_id: Option<&str>,
+    ) -> Router {
         let vars = |name: &str| match name {
             "OIDC_ISSUER" => Some(provider.issuer()),
+            "OIDC_CLIENT_ID" => client_id.map(str::to_owned),
             "JWKS_ALLOW_HTTP" => Some("1".to_owned()),
             "JWKS_MIN_REFRESH_SECS" => Some("1".to_owned()),
             _ => None,
@@ -531,6 +544,7 @@ mod provider_mode {
             provider: Some(jwks),
             audience: audience.map(str::to_owned),
             baseline_with_provider: baseline,
+            receivers: server::receivers_from_vars(vars),
         };
         let store = MemoryStore::new();
         server::app(
@@ -696,6 +710,79 @@ mod provider_mode {
         );
     }
 
+    /// With `OIDC_CLIENT_ID`, the provider's logout tokens and security events reach the store
+    /// without a bearer token, and end the access tokens they name; without it the routes do
+    /// not exist.
+    #[tokio::test]
+    async fn the_providers_logouts_and_security_events_end_access_tokens() {
+        let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+        let app = demo_with(&provider, None, false, Some("demo-client")).await;
+        let post = |path: &'static str, media: &'static str, body: String| {
+            let app = app.clone();
+            async move {
+                let request = Request::post(path)
+                    .header(CONTENT_TYPE, media)
+                    .body(Body::from(body))
+                    .unwrap();
+                app.oneshot(request).await.unwrap().status()
+            }
+        };
+        let access = token(&provider, "acc-1", json!({"sid": "s-1"}));
+        let other = token(&provider, "acc-2", json!({"sid": "s-2", "sub": "quinn"}));
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&access), None).await.0,
+            StatusCode::OK
+        );
+
+        let mut logout = provider.claims("logout-1", "pat");
+        logout["aud"] = json!("demo-client");
+        logout["sid"] = json!("s-1");
+        logout["events"] = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+        let signed = |claims: &Value, typ: &str| {
+            let mut header = tower_jwt_revocation::jsonwebtoken::Header::new(Algorithm::RS256);
+            header.kid = Some("a".into());
+            header.typ = Some(typ.into());
+            tower_jwt_revocation::jsonwebtoken::encode(&header, claims, &Key::RsaA.encoding_key()).unwrap()
+        };
+        let logout = signed(&logout, "logout+jwt");
+        let form = format!("logout_token={logout}");
+        assert_eq!(
+            post("/backchannel-logout", "application/x-www-form-urlencoded", form).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&access), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&other), None).await.0,
+            StatusCode::OK
+        );
+
+        let mut set = provider.claims("set-1", "ignored");
+        set.as_object_mut().unwrap().remove("sub");
+        set["aud"] = json!("demo-client");
+        set["sub_id"] = json!({"format": "iss_sub", "iss": provider.issuer(), "sub": "quinn"});
+        set["events"] = json!({
+            "https://schemas.openid.net/secevent/caep/event-type/credential-change": {
+                "credential_type": "password", "change_type": "update"
+            }
+        });
+        let set = signed(&set, "secevent+jwt");
+        assert_eq!(
+            post("/ssf/events", "application/secevent+jwt", set).await,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            call(&app, "GET", "/me", Some(&other), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+
+        let without = demo_with(&provider, None, false, None).await;
+        let (status, _, _) = call(&without, "POST", "/backchannel-logout", None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readyz_is_503_until_the_providers_keys_arrive() {
         let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
@@ -773,6 +860,7 @@ async fn jwt_audience_in_hs256_mode_is_required_and_carried_by_login_tokens() {
         provider: None,
         audience: Some("demo-api".into()),
         baseline_with_provider: false,
+        receivers: None,
     };
     let store = MemoryStore::new();
     let app = server::app(

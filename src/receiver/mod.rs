@@ -1,0 +1,256 @@
+//! Revocations from the identity provider: the standard messages a provider sends when a user
+//! logs out there, an administrator disables an account, or a risk engine ends a session, turned
+//! into revocations every instance enforces (feature `receivers`).
+//!
+//! - [`BackChannelLogout`]: OpenID Connect Back-Channel Logout 1.0, a `logout_token` form
+//!   `POST`ed by the provider.
+//! - [`SetReceiver`]: the Shared Signals Framework's push delivery (RFC 8935) of Security Event
+//!   Tokens (RFC 8417), acting on CAEP `session-revoked` and `credential-change` and RISC
+//!   `sessions-revoked`, `account-disabled` and `account-purged`.
+//!
+//! Both are tower services to mount *outside* the bearer layer (their tokens are their
+//! credentials), both verify with the same key sources as the layer ([`KeySource`]: a `Jwks`
+//! from the provider's discovery, usually), both record each message's `jti` so that a replay
+//! is acknowledged without acting twice, and both answer 503 while the store cannot make the
+//! revocation durable, so the sender retries: never a success for a revocation that was not
+//! recorded. This module owns what they share: reading the body, verifying the token (waiting
+//! for the key source when the token names a key it is fetching), the replay guard, and the
+//! response shapes.
+//!
+//! They do not key sessions or subjects by issuer: with several issuers sharing one ledger, a
+//! `sid` or `sub` of one provider can name another's user.
+//!
+//! [`KeySource`]: crate::decode::KeySource
+
+pub mod backchannel;
+pub mod ssf;
+
+pub use backchannel::BackChannelLogout;
+pub use ssf::SetReceiver;
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::backend::{
+    BoxError, Revocation, RevocationBackend, RevocationStore, RevokedBy, StoreError, TokenFacts, Verdict,
+};
+use crate::decode::{Claims, InvalidToken, Unverified, Verifier, normalize_typ};
+
+/// The largest request body read: these tokens are a few hundred bytes.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// Which check a refused message failed, for the error codes of each protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The request or the token's claims.
+    Request,
+    /// The signature, algorithm or key.
+    Key,
+    /// `iss`.
+    Issuer,
+    /// `aud`.
+    Audience,
+}
+
+/// Why a message was not acted on.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 400: the check that failed and a fixed description (no request data in it).
+    Invalid(Failed, &'static str),
+    /// 503: the store or the key source cannot answer now; the sender retries.
+    Unavailable,
+}
+
+impl Refusal {
+    pub(crate) fn request(description: &'static str) -> Self {
+        Refusal::Invalid(Failed::Request, description)
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        if let StoreError::InvalidInput(what) = error {
+            // The message asks for something no store can record (an empty key): retrying
+            // cannot help.
+            return Refusal::request(what);
+        }
+        tracing::warn!(%error, "a revocation from the identity provider could not be recorded; the sender will retry");
+        Refusal::Unavailable
+    }
+}
+
+impl From<InvalidToken> for Refusal {
+    fn from(invalid: InvalidToken) -> Self {
+        let failed = match invalid {
+            InvalidToken::BadSignature | InvalidToken::Algorithm | InvalidToken::UnknownKey => Failed::Key,
+            InvalidToken::Issuer => Failed::Issuer,
+            InvalidToken::Audience => Failed::Audience,
+            _ => Failed::Request,
+        };
+        Refusal::Invalid(failed, invalid.description())
+    }
+}
+
+/// The body of a `POST` of media type `media`, at most [`MAX_BODY`] bytes. `Ok(None)` for
+/// another method (405).
+pub(crate) async fn read_body<B>(request: Request<B>, media: &str) -> Result<Option<Bytes>, Refusal>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    if request.method() != Method::POST {
+        return Ok(None);
+    }
+    let typed = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|found| found.trim().eq_ignore_ascii_case(media));
+    if !typed {
+        return Err(Refusal::request("unexpected content type"));
+    }
+    Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|body| Some(body.to_bytes()))
+        .map_err(|_| Refusal::request("the body could not be read, or is over 64 KiB"))
+}
+
+/// Verifies `token`'s signature and standard claims, waiting once for the key source when the
+/// token names a key it is fetching; a header `typ`, when present, must be `typ`.
+pub(crate) async fn verify<C: DeserializeOwned>(
+    verifier: &Verifier,
+    token: &str,
+    typ: &str,
+) -> Result<Claims<C>, Refusal> {
+    let refused = |unverified| match unverified {
+        Unverified::Invalid(invalid) => Refusal::from(invalid),
+        Unverified::KeysUnavailable => Refusal::Unavailable,
+        Unverified::Wait(_) => Refusal::from(InvalidToken::UnknownKey),
+    };
+    let claims = match verifier.check::<C>(token, true) {
+        Ok(verified) => verified.claims,
+        Err(Unverified::Wait(wait)) => {
+            wait.await;
+            verifier.check::<C>(token, false).map_err(refused)?.claims
+        }
+        Err(unverified) => return Err(refused(unverified)),
+    };
+    let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::from(InvalidToken::Malformed))?;
+    match header.typ.as_deref() {
+        Some(found) if !normalize_typ(found).eq_ignore_ascii_case(typ) => Err(InvalidToken::Type.into()),
+        _ => Ok(claims),
+    }
+}
+
+/// Whether a message with this `jti` was acted on already (its replay guard is recorded).
+pub(crate) async fn already_done<S>(store: &S, jti: &str) -> Result<bool, StoreError>
+where
+    S: RevocationBackend,
+{
+    let facts = TokenFacts {
+        jti: Some(jti),
+        ..TokenFacts::default()
+    };
+    let verdict = match store.try_check(&facts) {
+        Some(verdict) => verdict,
+        None => store.check(&facts).await,
+    }?;
+    Ok(verdict == Verdict::Revoked(RevokedBy::Token))
+}
+
+/// Records a message's `jti` as revoked until `until`, after its revocations: if this fails the
+/// sender retries and acting again is idempotent; if it were first, a failure after it would
+/// lose the revocation to the replay check.
+pub(crate) async fn record_guard<S>(
+    store: &S,
+    jti: &str,
+    until: SystemTime,
+    reason: &str,
+) -> Result<(), StoreError>
+where
+    S: RevocationStore,
+{
+    store
+        .revoke(&Revocation::token(jti, until).reason(reason))
+        .await
+        .map(drop)
+}
+
+/// A response with `Cache-Control: no-store`, and a JSON body when given.
+pub(crate) fn respond(status: StatusCode, body: Option<serde_json::Value>) -> Response<Full<Bytes>> {
+    let json = body.is_some();
+    let body = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if json {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
+}
+
+/// 405 with `Allow: POST`.
+pub(crate) fn method_not_allowed() -> Response<Full<Bytes>> {
+    let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, None);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// 503 with `Retry-After`.
+pub(crate) fn unavailable() -> Response<Full<Bytes>> {
+    let mut response = respond(StatusCode::SERVICE_UNAVAILABLE, None);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// The tower service of a receiver: `$name<S>` holding `inner: Arc<Inner<S>>` whose
+/// `handle(request)` answers. One definition for both receivers.
+macro_rules! receiver_service {
+    ($name:ident) => {
+        impl<S, B> tower::Service<http::Request<B>> for $name<S>
+        where
+            S: crate::backend::RevocationStore + crate::backend::RevocationBackend,
+            B: http_body::Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<crate::backend::BoxError>,
+        {
+            type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
+            type Error = std::convert::Infallible;
+            type Future = std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+            >;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, request: http::Request<B>) -> Self::Future {
+                let inner = std::sync::Arc::clone(&self.inner);
+                Box::pin(async move { Ok(inner.handle(request).await) })
+            }
+        }
+
+        impl<S> Clone for $name<S> {
+            fn clone(&self) -> Self {
+                Self {
+                    inner: std::sync::Arc::clone(&self.inner),
+                }
+            }
+        }
+    };
+}
+pub(crate) use receiver_service;
