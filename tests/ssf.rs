@@ -209,6 +209,51 @@ async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
         verdict(&store, access("alice", None, now() - 5)).await,
         Verdict::Revoked(RevokedBy::Subject)
     );
+
+    // event_timestamp: fractional seconds are a NumericDate, a negative one is not, and one in
+    // the future is clamped to now (plus the leeway), so it never locks the user out.
+    let at = |jti: &str, sub: &str, at: Value| {
+        set(&set_claims(
+            &provider,
+            jti,
+            CAEP_CREDENTIAL_CHANGE,
+            user(sub),
+            json!({"event_timestamp": at}),
+        ))
+    };
+    assert_eq!(
+        push(&receiver, at("frac", "pia", json!(now() as f64 - 99.5)))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        verdict(&store, access("pia", None, now() - 101)).await,
+        Verdict::Revoked(RevokedBy::Subject)
+    );
+    assert_eq!(
+        verdict(&store, access("pia", None, now() - 50)).await,
+        Verdict::Active
+    );
+    let (status, body) = push(&receiver, at("neg", "rita", json!(-5))).await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    assert_eq!(
+        push(&receiver, at("future", "sam", json!(now() + 864_000)))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        verdict(&store, access("sam", None, now())).await,
+        Verdict::Revoked(RevokedBy::Subject)
+    );
+    assert_eq!(
+        verdict(&store, access("sam", None, now() + 3600)).await,
+        Verdict::Active
+    );
 }
 
 /// Every event type acted on, through one instance, enforced on another; and unknown events

@@ -61,7 +61,7 @@ use super::{
     unavailable,
 };
 use crate::backend::{
-    BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
+    BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add, unix_seconds,
 };
 use crate::config::ConfigError;
 use crate::decode::{ASYMMETRIC_ALGORITHMS, Issuer, KeySource, MissingJti, Verifier};
@@ -186,6 +186,7 @@ impl<S> SetReceiverBuilder<S> {
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 replay_window: self.replay_window,
+                leeway: self.leeway.as_secs(),
                 resolver: self.resolver,
                 ignored: AtomicU64::new(0),
             }),
@@ -212,6 +213,7 @@ struct Inner<S> {
     verifier: Verifier,
     max_token_lifetime: Duration,
     replay_window: Duration,
+    leeway: u64,
     resolver: Option<SubjectResolver>,
     ignored: AtomicU64,
 }
@@ -313,10 +315,13 @@ where
                 .ok_or(Refusal::request("an event needs a subject (sub_id)"))?;
             let at = match payload.get("event_timestamp") {
                 None => iat,
-                Some(at) => at
-                    .as_u64()
-                    .ok_or(Refusal::request("event_timestamp must be a NumericDate"))?,
+                Some(at) => {
+                    numeric_date(at).ok_or(Refusal::request("event_timestamp must be a NumericDate"))?
+                }
             };
+            // A cutoff in the future would lock the user out until then: an event happened by
+            // now (with the clock skew the verifier allows for `iat`).
+            let at = at.min(unix_seconds(SystemTime::now()).saturating_add(self.leeway));
             let sub = self.subject(subject)?;
             let sid = (event == CAEP_SESSION_REVOKED)
                 .then(|| session(subject))
@@ -383,6 +388,18 @@ where
             },
         })
     }
+}
+
+/// A NumericDate (RFC 7519 §2): whole or fractional seconds, not negative; fractions are
+/// dropped (the cutoff rule works in whole seconds).
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            // Saturating float-to-int conversion.
+            .map(|seconds| seconds.floor() as u64)
+    })
 }
 
 /// The session of a subject identifier: a `complex` subject's `session` (`opaque` `id`), or a
