@@ -116,10 +116,10 @@ pub struct Config {
 pub struct Receivers {
     /// The issuer, which is also the SET transmitter.
     pub issuer: String,
-    /// This relying party's client id.
-    pub client_id: String,
-    /// The audience SETs must name.
-    pub ssf_audience: String,
+    /// This relying party's client id: `POST /backchannel-logout` is served with one.
+    pub client_id: Option<String>,
+    /// The audience SETs must name: `POST /ssf/events` is served with one.
+    pub ssf_audience: Option<String>,
 }
 
 /// The scope the admin routes require.
@@ -176,23 +176,25 @@ impl Config {
     }
 }
 
-/// The receivers `OIDC_ISSUER`, `OIDC_CLIENT_ID` and `SSF_AUDIENCE` ask for; `None` without
-/// both of the first two (with a warning when only the issuer is set).
+/// The receivers `OIDC_ISSUER`, `OIDC_CLIENT_ID` and `SSF_AUDIENCE` ask for (with a warning for
+/// each one the issuer alone cannot serve); `None` without an issuer, or without an audience for
+/// either.
 pub fn receivers_from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Receivers> {
-    match (var("OIDC_ISSUER"), var("OIDC_CLIENT_ID")) {
-        (Some(issuer), Some(client_id)) => Some(Receivers {
-            issuer,
-            ssf_audience: var("SSF_AUDIENCE").unwrap_or_else(|| client_id.clone()),
-            client_id,
-        }),
-        (Some(_), None) => {
-            tracing::warn!(
-                "OIDC_CLIENT_ID is not set: POST /backchannel-logout and POST /ssf/events are not served"
-            );
-            None
-        }
-        (None, _) => None,
+    let issuer = var("OIDC_ISSUER")?;
+    let client_id = var("OIDC_CLIENT_ID");
+    let ssf_audience = var("SSF_AUDIENCE").or_else(|| client_id.clone());
+    if client_id.is_none() {
+        tracing::warn!("OIDC_CLIENT_ID is not set: POST /backchannel-logout is not served");
     }
+    if ssf_audience.is_none() {
+        tracing::warn!("neither SSF_AUDIENCE nor OIDC_CLIENT_ID is set: POST /ssf/events is not served");
+        return None;
+    }
+    Some(Receivers {
+        issuer,
+        client_id,
+        ssf_audience,
+    })
 }
 
 /// The key source `OIDC_ISSUER` or `JWKS_URL` names, if either is set.
@@ -362,27 +364,21 @@ where
     // Outside the bearer layer: their tokens are the provider's credentials.
     if let (Some(jwks), Some(receivers)) = (&state.config.provider, &state.config.receivers) {
         let lifetime = state.config.max_token_lifetime();
-        let logout = BackChannelLogout::builder(
-            state.store.clone(),
-            &receivers.issuer,
-            jwks.clone(),
-            &receivers.client_id,
-        )
-        .max_token_lifetime(lifetime)
-        .build()
-        .expect("the demo's back-channel logout configuration is valid");
-        let events = SetReceiver::builder(
-            state.store.clone(),
-            &receivers.issuer,
-            jwks.clone(),
-            &receivers.ssf_audience,
-        )
-        .max_token_lifetime(lifetime)
-        .build()
-        .expect("the demo's security event receiver configuration is valid");
-        router = router
-            .route("/backchannel-logout", post_service(logout))
-            .route("/ssf/events", post_service(events));
+        if let Some(client_id) = &receivers.client_id {
+            let logout =
+                BackChannelLogout::builder(state.store.clone(), &receivers.issuer, jwks.clone(), client_id)
+                    .max_token_lifetime(lifetime)
+                    .build()
+                    .expect("the demo's back-channel logout configuration is valid");
+            router = router.route("/backchannel-logout", post_service(logout));
+        }
+        if let Some(audience) = &receivers.ssf_audience {
+            let events = SetReceiver::builder(state.store.clone(), &receivers.issuer, jwks.clone(), audience)
+                .max_token_lifetime(lifetime)
+                .build()
+                .expect("the demo's security event receiver configuration is valid");
+            router = router.route("/ssf/events", post_service(events));
+        }
     }
     if state.config.provider.is_none() || state.config.baseline_with_provider {
         router = router.merge(baseline);

@@ -175,6 +175,21 @@ async fn each_validation_rule_refuses_its_own_token() {
             ),
         ),
         ("a nonce", logout_token(&with("nonce", json!("n-123")))),
+        ("an empty jti", logout_token(&with("jti", json!("")))),
+        ("a sid with a NUL", logout_token(&with("sid", json!("s\u{0}1")))),
+        (
+            "a sub over 1 KiB",
+            logout_token(
+                &without("sid")
+                    .as_object()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        c.insert("sub".into(), json!("a".repeat(1025)));
+                        Value::Object(c)
+                    })
+                    .unwrap(),
+            ),
+        ),
         ("another typ", typed(&good, Some("JWT"))),
         ("garbage", "not.a.jwt".into()),
     ];
@@ -292,15 +307,14 @@ async fn a_replay_is_answered_without_acting_again(pool: PgPool) {
             .unwrap()
     };
     let before = last_change().await;
-    // The logout token's jti is recorded, so the replay is recognised (not re-applied).
-    let facts = TokenFacts {
-        jti: Some("lo-replayed"),
-        ..TokenFacts::default()
-    };
-    assert_eq!(
-        store.check(&facts).await.unwrap(),
-        Verdict::Revoked(RevokedBy::Token)
-    );
+    // The logout token's jti is recorded (under its own key space: the kind of message and the
+    // issuer), so the replay is recognised.
+    let guards: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jwt_revocations WHERE jti LIKE '%lo-replayed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(guards, 1);
     assert_eq!(send(&endpoint, &token).await.0, StatusCode::OK);
     assert_eq!(last_change().await, before);
 }
@@ -343,5 +357,55 @@ async fn a_store_outage_is_503_and_the_retry_succeeds(pool: PgPool) {
     assert_eq!(
         store.check(&facts).await.unwrap(),
         Verdict::Revoked(RevokedBy::Session)
+    );
+}
+
+/// A replay writes nothing (counted: the ledger's writes are idempotent anyway); a logout
+/// token's `jti` equal to a revoked access token's is not a replay, and its guard revokes no
+/// access token of that `jti`.
+#[tokio::test]
+async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
+    let provider = provider().await;
+    let store = CountingStore::default();
+    let endpoint =
+        BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
+            .build()
+            .unwrap();
+    let once = logout_token(&logout_claims(&provider, "once", Some("uma"), Some("s-uma")));
+    assert_eq!(send(&endpoint, &once).await.0, StatusCode::OK);
+    assert_eq!(store.revokes(), 2, "the session and the guard");
+    assert_eq!(send(&endpoint, &once).await.0, StatusCode::OK);
+    assert_eq!(store.revokes(), 2, "a replay acts on nothing");
+
+    store
+        .revoke(&tower_jwt_revocation::Revocation::token(
+            "shared-jti",
+            in_an_hour(),
+        ))
+        .await
+        .unwrap();
+    let shared = logout_token(&logout_claims(
+        &provider,
+        "shared-jti",
+        Some("vic"),
+        Some("s-vic"),
+    ));
+    assert_eq!(send(&endpoint, &shared).await.0, StatusCode::OK);
+    let session = TokenFacts {
+        session_id: Some("s-vic"),
+        ..TokenFacts::default()
+    };
+    assert_eq!(
+        store.check(&session).await.unwrap(),
+        Verdict::Revoked(RevokedBy::Session)
+    );
+    let guarded = TokenFacts {
+        jti: Some("once"),
+        ..TokenFacts::default()
+    };
+    assert_eq!(
+        store.check(&guarded).await.unwrap(),
+        Verdict::Active,
+        "a guard is no access-token revocation"
     );
 }

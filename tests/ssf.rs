@@ -50,8 +50,8 @@ fn set_claims(provider: &Provider, jti: &str, event: &str, subject: Value, paylo
     })
 }
 
-fn user(sub: &str) -> Value {
-    json!({"format": "iss_sub", "iss": "https://ignored.example", "sub": sub})
+fn user(provider: &Provider, sub: &str) -> Value {
+    json!({"format": "iss_sub", "iss": provider.issuer(), "sub": sub})
 }
 
 fn typed(claims: &Value, typ: Option<&str>) -> String {
@@ -115,7 +115,7 @@ async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
         &provider,
         "good",
         CAEP_CREDENTIAL_CHANGE,
-        user("alice"),
+        user(&provider, "alice"),
         json!({}),
     );
     let with = |name: &str, value: Value| {
@@ -174,7 +174,30 @@ async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
             )),
             "invalid_request",
         ),
-        ("an empty sub", set(&with("sub_id", user(""))), "invalid_request"),
+        (
+            "an empty sub",
+            set(&with("sub_id", user(&provider, ""))),
+            "invalid_request",
+        ),
+        (
+            "another issuer's user",
+            set(&with(
+                "sub_id",
+                json!({"format": "iss_sub", "iss": "https://other.example", "sub": "alice"}),
+            )),
+            "invalid_request",
+        ),
+        (
+            "a sub with a NUL",
+            set(&with("sub_id", user(&provider, "al\u{0}ice"))),
+            "invalid_request",
+        ),
+        (
+            "a sub over 1 KiB",
+            set(&with("sub_id", user(&provider, &"a".repeat(1025)))),
+            "invalid_request",
+        ),
+        ("an empty jti", set(&with("jti", json!(""))), "invalid_request"),
         (
             "a past exp",
             set(&with("exp", json!(now() - 3600))),
@@ -211,13 +234,13 @@ async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
     );
 
     // event_timestamp: fractional seconds are a NumericDate, a negative one is not, and one in
-    // the future is clamped to now (plus the leeway), so it never locks the user out.
+    // the future is clamped to the SET's `iat`, so it never locks the user out.
     let at = |jti: &str, sub: &str, at: Value| {
         set(&set_claims(
             &provider,
             jti,
             CAEP_CREDENTIAL_CHANGE,
-            user(sub),
+            user(&provider, sub),
             json!({"event_timestamp": at}),
         ))
     };
@@ -276,7 +299,7 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
     .unwrap();
     let earlier = now() - 5;
     // session-revoked naming a session: only that session ends.
-    let session = json!({"format": "complex", "user": user("frank"), "session": {"format": "opaque", "id": "s-frank-1"}});
+    let session = json!({"format": "complex", "user": user(&provider, "frank"), "session": {"format": "opaque", "id": "s-frank-1"}});
     let claims = set_claims(
         &provider,
         "e1",
@@ -297,14 +320,14 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
     // session-revoked without a session, and each subject-wide event: every earlier token of
     // that user ends, no one else's, and not a token issued after the event.
     let subject_events = [
-        (CAEP_SESSION_REVOKED, user("henry")),
+        (CAEP_SESSION_REVOKED, user(&provider, "henry")),
         (
             CAEP_CREDENTIAL_CHANGE,
             json!({"format": "email", "email": "grace@example.com"}),
         ),
         (RISC_SESSIONS_REVOKED, json!({"format": "opaque", "id": "ivan"})),
-        (RISC_ACCOUNT_DISABLED, user("judy")),
-        (RISC_ACCOUNT_PURGED, user("karl")),
+        (RISC_ACCOUNT_DISABLED, user(&provider, "judy")),
+        (RISC_ACCOUNT_PURGED, user(&provider, "karl")),
     ];
     let cutoff = now() - 2;
     for (i, (event, subject)) in subject_events.iter().enumerate() {
@@ -344,7 +367,7 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
         &provider,
         "u1",
         "https://example.com/event/other",
-        user("lena"),
+        user(&provider, "lena"),
         json!({}),
     );
     assert_eq!(push(&receiver, set(&unknown)).await.0, StatusCode::ACCEPTED);
@@ -368,7 +391,7 @@ async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgP
         &provider,
         "r1",
         RISC_ACCOUNT_DISABLED,
-        user("mona"),
+        user(&provider, "mona"),
         json!({}),
     ));
     assert_eq!(push(&receiver, first.clone()).await.0, StatusCode::ACCEPTED);
@@ -386,7 +409,7 @@ async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgP
         &provider,
         "r2",
         RISC_ACCOUNT_PURGED,
-        user("nina"),
+        user(&provider, "nina"),
         json!({}),
     ));
     let (mut admin, db) = maintenance(&pool).await;
@@ -405,4 +428,67 @@ async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgP
         verdict(&store, access("nina", None, now() - 5)).await,
         Verdict::Revoked(RevokedBy::Subject)
     );
+}
+
+/// A redelivery writes nothing (counted: the ledger's writes are idempotent anyway, so only a
+/// count tells "acted again" apart); a SET's `jti` equal to a revoked access token's is not a
+/// replay, and its guard revokes no access token of that `jti`.
+#[tokio::test]
+async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
+    let provider = provider().await;
+    let store = CountingStore::default();
+    let receiver = SetReceiver::builder(store.clone(), provider.issuer(), keys(&provider).await, AUDIENCE)
+        .build()
+        .unwrap();
+    let once = set(&set_claims(
+        &provider,
+        "once",
+        RISC_ACCOUNT_DISABLED,
+        user(&provider, "vera"),
+        json!({}),
+    ));
+    assert_eq!(push(&receiver, once.clone()).await.0, StatusCode::ACCEPTED);
+    assert_eq!(store.revokes(), 2, "the cutoff and the guard");
+    assert_eq!(push(&receiver, once).await.0, StatusCode::ACCEPTED);
+    assert_eq!(store.revokes(), 2, "a replay acts on nothing");
+
+    store
+        .revoke(&tower_jwt_revocation::Revocation::token(
+            "shared-jti",
+            in_an_hour(),
+        ))
+        .await
+        .unwrap();
+    let shared = set(&set_claims(
+        &provider,
+        "shared-jti",
+        RISC_ACCOUNT_DISABLED,
+        user(&provider, "walt"),
+        json!({}),
+    ));
+    assert_eq!(push(&receiver, shared).await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        verdict(&store, access("walt", None, now() - 5)).await,
+        Verdict::Revoked(RevokedBy::Subject)
+    );
+    let guarded = TokenFacts {
+        jti: Some("once"),
+        ..TokenFacts::default()
+    };
+    assert_eq!(
+        verdict(&store, guarded).await,
+        Verdict::Active,
+        "a guard is no access-token revocation"
+    );
+    // A SET with nothing to act on leaves no guard.
+    let before = store.revokes();
+    let other = set(&set_claims(
+        &provider,
+        "other",
+        "https://example.com/other",
+        user(&provider, "x"),
+        json!({}),
+    ));
+    assert_eq!(push(&receiver, other).await.0, StatusCode::ACCEPTED);
+    assert_eq!(store.revokes(), before);
 }

@@ -28,8 +28,10 @@
 //! What it does with a valid one: a `sid` revokes that session (kept for
 //! [`max_token_lifetime`](BackChannelLogoutBuilder::max_token_lifetime), the provider's longest
 //! access token); a `sub` without `sid` sets the subject's cutoff at the logout token's `iat`
-//! (every token issued up to then); then the logout token's own `jti` is recorded as revoked,
-//! so a replay is answered 200 without acting again. The revocation comes first: if the store
+//! (every token issued up to then); then the logout token's own `jti` is recorded (as a token
+//! revocation keyed by the kind of message, the issuer and the `jti`, which no access token's
+//! `jti` can equal), so a replay is answered 200 without acting again. A `jti`, `sid` or `sub`
+//! that no store can record (empty, over 1 KiB, control characters) is refused with 400. The revocation comes first: if the store
 //! fails after it, the provider's retry acts again, which is idempotent.
 //!
 //! Answers: 200 with `Cache-Control: no-store` once the revocation is durable (and for a
@@ -50,8 +52,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::{
-    Refusal, already_done, method_not_allowed, read_body, receiver_service, record_guard, respond,
-    unavailable,
+    Guard, Refusal, method_not_allowed, read_body, receiver_service, respond, unavailable, usable_key,
 };
 use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
@@ -127,7 +128,7 @@ impl<S> BackChannelLogoutBuilder<S> {
         validation.algorithms = algorithms.clone();
         validation.leeway = self.leeway.as_secs();
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
-        let issuer = Issuer::new(self.issuer, self.keys)
+        let issuer = Issuer::new(self.issuer.clone(), self.keys)
             .audience([self.client_id])
             .algorithms(&algorithms);
         let required_typ = self.require_typ.then(|| LOGOUT_TOKEN_TYP.to_owned());
@@ -136,6 +137,7 @@ impl<S> BackChannelLogoutBuilder<S> {
         Ok(BackChannelLogout {
             inner: Arc::new(Inner {
                 store: self.store,
+                issuer: self.issuer,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 leeway: self.leeway,
@@ -159,6 +161,8 @@ impl<S> std::fmt::Debug for BackChannelLogout<S> {
 
 struct Inner<S> {
     store: S,
+    /// The issuer, which names the replay guards.
+    issuer: String,
     verifier: Verifier,
     max_token_lifetime: Duration,
     leeway: Duration,
@@ -241,7 +245,14 @@ where
         if sid.is_none() && sub.is_none() {
             return Err(Refusal::request("a logout token needs sub or sid"));
         }
-        if already_done(&self.store, jti).await? {
+        let named = [Some(jti), sid.as_deref(), sub.as_deref()];
+        if !named.into_iter().flatten().all(usable_key) {
+            return Err(Refusal::request(
+                "jti, sid and sub must be 1 to 1024 bytes without control characters",
+            ));
+        }
+        let guard = Guard::new("oidc-backchannel-logout", &self.issuer, jti);
+        if guard.seen(&self.store).await? {
             return Ok(());
         }
         let revocation = match (&sid, &sub) {
@@ -253,15 +264,18 @@ where
             (None, None) => return Err(Refusal::request("a logout token needs sub or sid")),
         };
         self.store.revoke(&revocation.reason(REASON)).await?;
-        // Kept past the logout token's own validity, so a replay within it is recognised.
-        let replay_guard_until = saturating_add(from_unix_seconds(exp), self.leeway);
-        record_guard(
-            &self.store,
-            jti,
-            replay_guard_until,
-            "oidc back-channel logout token (replay guard)",
-        )
-        .await?;
+        // Kept past the logout token's own validity (no longer than the longest a token lives:
+        // an `exp` far away must not keep a guard for ever), so a replay within it is
+        // recognised; one after it is refused as expired.
+        let latest = saturating_add(SystemTime::now(), self.max_token_lifetime);
+        let guard_until = saturating_add(from_unix_seconds(exp).min(latest), self.leeway);
+        guard
+            .record(
+                &self.store,
+                guard_until,
+                "oidc back-channel logout token (replay guard)",
+            )
+            .await?;
         tracing::info!(session = sid.is_some(), "back-channel logout recorded");
         Ok(())
     }

@@ -148,38 +148,60 @@ pub(crate) async fn verify<C: DeserializeOwned>(
     }
 }
 
-/// Whether a message with this `jti` was acted on already (its replay guard is recorded).
-pub(crate) async fn already_done<S>(store: &S, jti: &str) -> Result<bool, StoreError>
-where
-    S: RevocationBackend,
-{
-    let facts = TokenFacts {
-        jti: Some(jti),
-        ..TokenFacts::default()
-    };
-    let verdict = match store.try_check(&facts) {
-        Some(verdict) => verdict,
-        None => store.check(&facts).await,
-    }?;
-    Ok(verdict == Verdict::Revoked(RevokedBy::Token))
+/// The longest key (`jti`, `sid`, `sub`) a message may name, in bytes.
+pub(crate) const MAX_KEY: usize = 1024;
+
+/// Whether `key` can be recorded by every store: not empty, at most [`MAX_KEY`] bytes, no
+/// control characters (Postgres refuses NUL, and its indexes refuse keys of a few KiB). A
+/// message naming another is refused (400): a store error would be answered 503, and the
+/// sender would retry it for ever.
+pub(crate) fn usable_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
 }
 
-/// Records a message's `jti` as revoked until `until`, after its revocations: if this fails the
-/// sender retries and acting again is idempotent; if it were first, a failure after it would
-/// lose the revocation to the replay check.
-pub(crate) async fn record_guard<S>(
-    store: &S,
-    jti: &str,
-    until: SystemTime,
-    reason: &str,
-) -> Result<(), StoreError>
-where
-    S: RevocationStore,
-{
-    store
-        .revoke(&Revocation::token(jti, until).reason(reason))
-        .await
-        .map(drop)
+/// A message's replay guard: a token revocation keyed by the kind of message, its issuer and
+/// its `jti`, joined by U+001F (a control character, so no `jti` a guard is made from, and no
+/// access token's, contains it): a guard never revokes an access token, and an access token's
+/// revocation never passes for a replay.
+pub(crate) struct Guard {
+    key: String,
+}
+
+impl Guard {
+    pub(crate) fn new(kind: &str, issuer: &str, jti: &str) -> Self {
+        Self {
+            key: format!("{kind}\u{1f}{issuer}\u{1f}{jti}"),
+        }
+    }
+
+    /// Whether the message was acted on already.
+    pub(crate) async fn seen<S: RevocationBackend>(&self, store: &S) -> Result<bool, StoreError> {
+        let facts = TokenFacts {
+            jti: Some(&self.key),
+            ..TokenFacts::default()
+        };
+        let verdict = match store.try_check(&facts) {
+            Some(verdict) => verdict,
+            None => store.check(&facts).await,
+        }?;
+        Ok(verdict == Verdict::Revoked(RevokedBy::Token))
+    }
+
+    /// Records the message until `until`, after its revocations: if this fails the sender
+    /// retries and acting again is idempotent (a cutoff only moves forward, a session revoked
+    /// twice is revoked once); were it first, a failure after it would lose the revocation to
+    /// the replay check.
+    pub(crate) async fn record<S: RevocationStore>(
+        &self,
+        store: &S,
+        until: SystemTime,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        store
+            .revoke(&Revocation::token(&self.key, until).reason(reason))
+            .await
+            .map(drop)
+    }
 }
 
 /// A response with `Cache-Control: no-store`, and a JSON body when given.

@@ -30,14 +30,20 @@
 //! | CAEP `credential-change`, RISC `sessions-revoked`, `account-disabled`, `account-purged` | the subject's cutoff |
 //! | anything else | accepted and ignored (counted in [`SetReceiver::ignored_events`]) |
 //!
-//! A cutoff is set at the event's `event_timestamp`, else the SET's `iat`. The subject is the
-//! SET's `sub_id`, else the event's `subject` (RISC puts it there); its format `iss_sub` gives
-//! `sub`, `opaque` gives `id`, a `complex` subject its `user`; other formats (`email`,
+//! A cutoff is set at the event's `event_timestamp` (no later than the SET's `iat`), else the
+//! SET's `iat`. The subject is the SET's `sub_id`, else the event's `subject` (RISC puts it
+//! there); its format `iss_sub` gives `sub` (its `iss` must be the transmitter's: another
+//! issuer's user is someone else), `opaque` gives `id`, a `complex` subject its `user`; other formats (`email`,
 //! `phone_number`, ...) go through the resolver given to
 //! [`resolve_subjects`](SetReceiverBuilder::resolve_subjects), and without one (or when it
 //! answers `None`) the SET is refused as `invalid_request`, since acknowledging it would drop
 //! the revocation. A session revocation is kept for
 //! [`max_token_lifetime`](SetReceiverBuilder::max_token_lifetime).
+//!
+//! A SET's `jti` is recorded after its revocations (as a token revocation keyed by the kind of
+//! message, the issuer and the `jti`, which no access token's `jti` can equal), for
+//! [`replay_window`](SetReceiverBuilder::replay_window), so a redelivery is acknowledged
+//! without acting again; a SET with nothing to act on leaves no record.
 //!
 //! Answers (RFC 8935 §2.2, §2.3): 202 once every revocation is durable (and for a replay, by
 //! `jti`); 400 with `{"err": "invalid_request" | "invalid_key" | "invalid_issuer" |
@@ -57,11 +63,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Failed, Refusal, already_done, method_not_allowed, read_body, receiver_service, record_guard, respond,
-    unavailable,
+    Failed, Guard, Refusal, method_not_allowed, read_body, receiver_service, respond, unavailable, usable_key,
 };
 use crate::backend::{
-    BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add, unix_seconds,
+    BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
 };
 use crate::config::ConfigError;
 use crate::decode::{ASYMMETRIC_ALGORITHMS, Issuer, KeySource, MissingJti, Verifier};
@@ -83,7 +88,8 @@ pub const RISC_ACCOUNT_DISABLED: &str =
 pub const RISC_ACCOUNT_PURGED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-purged";
 
 /// Maps a subject identifier (RFC 9493: the JSON object with its `format`) that the receiver
-/// cannot map itself to the `sub` the application's tokens carry.
+/// cannot map itself to the `sub` the application's tokens carry. It runs on the request's task:
+/// it must not block (keep the mapping it needs in memory).
 pub type SubjectResolver = Arc<dyn Fn(&Map<String, Value>) -> Option<String> + Send + Sync>;
 
 #[derive(Debug, Deserialize)]
@@ -174,7 +180,7 @@ impl<S> SetReceiverBuilder<S> {
         // SETs have no `exp` (RFC 8417 §2.2); one that is there is still checked.
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["iss", "aud"]);
-        let issuer = Issuer::new(self.issuer, self.keys)
+        let issuer = Issuer::new(self.issuer.clone(), self.keys)
             .audience([self.audience])
             .algorithms(&algorithms);
         let required_typ = self.require_typ.then(|| SET_TYP.to_owned());
@@ -183,10 +189,10 @@ impl<S> SetReceiverBuilder<S> {
         Ok(SetReceiver {
             inner: Arc::new(Inner {
                 store: self.store,
+                issuer: self.issuer,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 replay_window: self.replay_window,
-                leeway: self.leeway.as_secs(),
                 resolver: self.resolver,
                 ignored: AtomicU64::new(0),
             }),
@@ -210,10 +216,11 @@ impl<S> std::fmt::Debug for SetReceiver<S> {
 
 struct Inner<S> {
     store: S,
+    /// The transmitter, which names the replay guards and must name `iss_sub` subjects.
+    issuer: String,
     verifier: Verifier,
     max_token_lifetime: Duration,
     replay_window: Duration,
-    leeway: u64,
     resolver: Option<SubjectResolver>,
     ignored: AtomicU64,
 }
@@ -279,8 +286,8 @@ where
             .map_err(|_| Refusal::request("the body is not a JWT"))?;
         let claims = super::verify::<SetClaims>(&self.verifier, token, SET_TYP).await?;
         let (jti, iat) = match (&claims.jti, claims.iat) {
-            (Some(jti), Some(iat)) => (jti.as_str(), iat),
-            _ => return Err(Refusal::request("a SET needs jti and iat")),
+            (Some(jti), Some(iat)) if usable_key(jti) => (jti.as_str(), iat),
+            _ => return Err(Refusal::request("a SET needs jti (1 to 1024 bytes) and iat")),
         };
         let events = claims
             .custom
@@ -288,8 +295,14 @@ where
             .as_ref()
             .filter(|events| !events.is_empty())
             .ok_or(Refusal::request("a SET needs a non-empty events object"))?;
+        // A redelivery is acknowledged before anything else is read: what was acted on stays
+        // acted on, even if the subject would no longer resolve.
+        let guard = Guard::new("security-event", &self.issuer, jti);
+        if guard.seen(&self.store).await? {
+            return Ok(());
+        }
         // Every event is read before anything is done: a SET refused is a SET not acted on.
-        let mut actions = Vec::new();
+        let (mut actions, mut ignored) = (Vec::new(), 0);
         for (event, payload) in events {
             let payload = payload
                 .as_object()
@@ -302,7 +315,7 @@ where
                 RISC_ACCOUNT_PURGED,
             ];
             if !known.contains(&event.as_str()) {
-                self.ignored.fetch_add(1, Ordering::Relaxed);
+                ignored += 1;
                 tracing::debug!(event, "security event type not acted on; ignored");
                 continue;
             }
@@ -319,29 +332,38 @@ where
                     numeric_date(at).ok_or(Refusal::request("event_timestamp must be a NumericDate"))?
                 }
             };
-            // A cutoff in the future would lock the user out until then: an event happened by
-            // now (with the clock skew the verifier allows for `iat`).
-            let at = at.min(unix_seconds(SystemTime::now()).saturating_add(self.leeway));
-            let sub = self.subject(subject)?;
+            // An event happened before its SET was issued: a later timestamp (a cutoff in the
+            // future would lock the user out until then) is the SET's `iat`.
+            let at = at.min(iat);
             let sid = (event == CAEP_SESSION_REVOKED)
                 .then(|| session(subject))
                 .flatten();
-            actions.push(match (sid, sub) {
-                (Some(sid), owner) => Action::Session { sid, owner },
-                (None, Some(sub)) => Action::Subject { sub, at },
-                (None, None) => {
-                    return Err(Refusal::request("the subject names no user the receiver can map"));
-                }
+            actions.push(match sid {
+                // The session is enough: its user is recorded only when it can be mapped.
+                Some(sid) => Action::Session {
+                    sid,
+                    owner: self.subject(subject).ok().flatten(),
+                },
+                None => match self.subject(subject)? {
+                    Some(sub) => Action::Subject { sub, at },
+                    None => return Err(Refusal::request("the subject names no user the receiver can map")),
+                },
             });
         }
-        if already_done(&self.store, jti).await? {
-            return Ok(());
+        let keys = actions.iter().map(|action| match action {
+            Action::Session { sid, .. } => sid,
+            Action::Subject { sub, .. } => sub,
+        });
+        if !keys.into_iter().all(|key| usable_key(key)) {
+            return Err(Refusal::request(
+                "a session or subject must be 1 to 1024 bytes without control characters",
+            ));
         }
         for action in &actions {
             let revocation = match action {
                 Action::Session { sid, owner } => {
                     let until = saturating_add(SystemTime::now(), self.max_token_lifetime);
-                    Revocation::session(sid, until).owner(owner.as_deref())
+                    Revocation::session(sid, until).owner(owner.as_deref().filter(|owner| usable_key(owner)))
                 }
                 Action::Subject { sub, at } => Revocation::subject(sub, from_unix_seconds(*at)),
             };
@@ -349,15 +371,18 @@ where
                 .revoke(&revocation.reason("shared signals security event"))
                 .await?;
         }
-        let guard_until = saturating_add(from_unix_seconds(iat), self.replay_window);
-        record_guard(
-            &self.store,
-            jti,
-            guard_until,
-            "security event token (replay guard)",
-        )
-        .await?;
-        tracing::info!(acted = actions.len(), "security event token recorded");
+        self.ignored.fetch_add(ignored, Ordering::Relaxed);
+        // A SET that asked for nothing leaves no guard: a redelivery is ignored again.
+        if !actions.is_empty() {
+            // Kept `replay_window` from now at the least (an old `iat` must not give a guard
+            // that has expired already).
+            let from = from_unix_seconds(iat).max(SystemTime::now());
+            let guard_until = saturating_add(from, self.replay_window);
+            guard
+                .record(&self.store, guard_until, "security event token (replay guard)")
+                .await?;
+        }
+        tracing::info!(acted = actions.len(), ignored, "security event token received");
         Ok(())
     }
 
@@ -372,7 +397,13 @@ where
                 .map(str::to_owned)
         };
         Ok(match subject.get("format").and_then(Value::as_str) {
-            Some("iss_sub") => Some(text("sub").ok_or(Refusal::request("an iss_sub subject needs sub"))?),
+            Some("iss_sub") => {
+                // Another issuer's user of the same `sub` is someone else.
+                if text("iss").as_deref() != Some(self.issuer.as_str()) {
+                    return Err(Refusal::request("an iss_sub subject of another issuer"));
+                }
+                Some(text("sub").ok_or(Refusal::request("an iss_sub subject needs sub"))?)
+            }
             Some("opaque") => Some(text("id").ok_or(Refusal::request("an opaque subject needs id"))?),
             Some("complex") | None => match subject.get("user").and_then(Value::as_object) {
                 Some(user) => self.subject(user)?,

@@ -219,3 +219,48 @@ impl std::io::Write for Logs {
         Ok(())
     }
 }
+
+/// A `MemoryStore` that counts the revocations written through it (to tell "acted again" from
+/// "acted on nothing" where writes are idempotent anyway).
+#[derive(Clone, Default)]
+pub struct CountingStore {
+    pub store: tower_jwt_revocation::MemoryStore,
+    pub revokes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingStore {
+    pub fn revokes(&self) -> usize {
+        self.revokes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl RevocationBackend for CountingStore {
+    type Future = <tower_jwt_revocation::MemoryStore as RevocationBackend>::Future;
+
+    fn try_check(&self, facts: &TokenFacts<'_>) -> Option<Result<Verdict, StoreError>> {
+        self.store.try_check(facts)
+    }
+
+    fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
+        self.store.check(facts)
+    }
+}
+
+impl tower_jwt_revocation::RevocationStore for CountingStore {
+    async fn revoke(&self, revocation: &tower_jwt_revocation::Revocation<'_>) -> Result<bool, StoreError> {
+        self.revokes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.store.revoke(revocation).await
+    }
+
+    async fn list_by_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<tower_jwt_revocation::RevocationRecord>, StoreError> {
+        self.store.list_by_subject(subject, limit).await
+    }
+
+    async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
+        self.store.purge_expired(margin).await
+    }
+}
