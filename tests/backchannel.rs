@@ -19,7 +19,7 @@ use tower_jwt_revocation::jsonwebtoken::{Algorithm, EncodingKey, Header, encode}
 use tower_jwt_revocation::receiver::BackChannelLogout;
 use tower_jwt_revocation::receiver::backchannel::BACKCHANNEL_LOGOUT_EVENT;
 use tower_jwt_revocation::{
-    CacheMode, FailurePolicy, Jwks, MemoryStore, PgStore, RevocationBackend, RevocationStore, RevokedBy,
+    CacheMode, FailurePolicy, MemoryStore, PgStore, RevocationBackend, RevocationStore, RevokedBy,
     TokenFacts, Verdict,
 };
 
@@ -27,14 +27,6 @@ const CLIENT: &str = "rp-client";
 
 async fn provider() -> Provider {
     Provider::start(vec![Key::P256.jwk(Some("k1"), Some("ES256"))]).await
-}
-
-async fn keys(provider: &Provider) -> Jwks {
-    Jwks::discover(provider.issuer())
-        .allow_http_on_loopback()
-        .build_and_fetch()
-        .await
-        .unwrap()
 }
 
 /// Valid logout-token claims from `provider` for `sub` and `sid` (either may be `None`).
@@ -100,10 +92,14 @@ where
 async fn each_validation_rule_refuses_its_own_token() {
     let provider = provider().await;
     let store = MemoryStore::new();
-    let endpoint =
-        BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let good = logout_claims(&provider, "good", Some("alice"), Some("s-alice"));
     let without = |name: &str| {
         let mut claims = good.clone();
@@ -233,10 +229,15 @@ async fn each_validation_rule_refuses_its_own_token() {
     assert_eq!(send(&endpoint, &logout_token(&good)).await.0, StatusCode::OK);
     let untyped = typed(&logout_claims(&provider, "untyped", Some("bob"), None), None);
     assert_eq!(send(&endpoint, &untyped).await.0, StatusCode::OK);
-    let strict = BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-        .require_typ(true)
-        .build()
-        .unwrap();
+    let strict = BackChannelLogout::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .require_typ(true)
+    .build()
+    .unwrap();
     let untyped = typed(&logout_claims(&provider, "untyped-2", Some("bob"), None), None);
     assert_eq!(send(&strict, &untyped).await.0, StatusCode::BAD_REQUEST);
 }
@@ -253,10 +254,14 @@ async fn a_logout_by_sid_ends_that_session_on_every_instance(pool: PgPool) {
     let other =
         mint(json!({"jti": "t2", "sub": "alice", "sid": "s-other", "iat": now(), "exp": now() + 600}));
     assert_eq!(b.status(&ended).await, StatusCode::OK);
-    let endpoint =
-        BackChannelLogout::builder(a.cache.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        a.cache.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let token = logout_token(&logout_claims(&provider, "lo-1", Some("alice"), Some("s-ended")));
     assert_eq!(send(&endpoint, &token).await.0, StatusCode::OK);
     b.becomes(&ended, StatusCode::UNAUTHORIZED).await;
@@ -276,10 +281,14 @@ async fn a_logout_by_sub_ends_every_earlier_token_of_that_user_only(pool: PgPool
     };
     let earlier = access("e1", "carol", now() - 5);
     let bystander = access("b1", "dave", now() - 5);
-    let endpoint =
-        BackChannelLogout::builder(a.cache.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        a.cache.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let mut claims = logout_claims(&provider, "lo-sub", Some("carol"), None);
     claims["iat"] = json!(now() - 2);
     assert_eq!(send(&endpoint, &logout_token(&claims)).await.0, StatusCode::OK);
@@ -294,10 +303,14 @@ async fn a_logout_by_sub_ends_every_earlier_token_of_that_user_only(pool: PgPool
 async fn a_replay_is_answered_without_acting_again(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone());
-    let endpoint =
-        BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let token = logout_token(&logout_claims(&provider, "lo-replayed", Some("erin"), None));
     assert_eq!(send(&endpoint, &token).await.0, StatusCode::OK);
     let last_change = || async {
@@ -325,10 +338,14 @@ async fn a_replay_is_answered_without_acting_again(pool: PgPool) {
 async fn a_store_outage_is_503_and_the_retry_succeeds(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone()).with_timeout(Duration::from_millis(500));
-    let endpoint =
-        BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let token = logout_token(&logout_claims(
         &provider,
         "lo-retried",
@@ -367,10 +384,14 @@ async fn a_store_outage_is_503_and_the_retry_succeeds(pool: PgPool) {
 async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
     let provider = provider().await;
     let store = CountingStore::default();
-    let endpoint =
-        BackChannelLogout::builder(store.clone(), provider.issuer(), keys(&provider).await, CLIENT)
-            .build()
-            .unwrap();
+    let endpoint = BackChannelLogout::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        CLIENT,
+    )
+    .build()
+    .unwrap();
     let once = logout_token(&logout_claims(&provider, "once", Some("uma"), Some("s-uma")));
     assert_eq!(send(&endpoint, &once).await.0, StatusCode::OK);
     assert_eq!(store.revokes(), 2, "the session and the guard");

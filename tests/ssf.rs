@@ -23,7 +23,7 @@ use tower_jwt_revocation::receiver::ssf::{
     RISC_SESSIONS_REVOKED,
 };
 use tower_jwt_revocation::{
-    CacheMode, FailurePolicy, Jwks, MemoryStore, PgStore, RevocationBackend, RevocationStore, RevokedBy,
+    CacheMode, FailurePolicy, MemoryStore, PgStore, RevocationBackend, RevocationStore, RevokedBy,
     TokenFacts, Verdict,
 };
 
@@ -31,14 +31,6 @@ const AUDIENCE: &str = "https://rp.example";
 
 async fn provider() -> Provider {
     Provider::start(vec![Key::P256.jwk(Some("k1"), Some("ES256"))]).await
-}
-
-async fn keys(provider: &Provider) -> Jwks {
-    Jwks::discover(provider.issuer())
-        .allow_http_on_loopback()
-        .build_and_fetch()
-        .await
-        .unwrap()
 }
 
 /// A SET from `provider` with one event about `subject`.
@@ -108,9 +100,14 @@ fn access<'a>(sub: &'a str, sid: Option<&'a str>, iat: u64) -> TokenFacts<'a> {
 async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
     let provider = provider().await;
     let store = MemoryStore::new();
-    let receiver = SetReceiver::builder(store.clone(), provider.issuer(), keys(&provider).await, AUDIENCE)
-        .build()
-        .unwrap();
+    let receiver = SetReceiver::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        AUDIENCE,
+    )
+    .build()
+    .unwrap();
     let good = set_claims(
         &provider,
         "good",
@@ -289,7 +286,7 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
     let receiver = SetReceiver::builder(
         a.cache.clone(),
         provider.issuer(),
-        keys(&provider).await,
+        provider.discovered_keys().await,
         AUDIENCE,
     )
     .resolve_subjects(|subject| {
@@ -384,9 +381,14 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
 async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone()).with_timeout(Duration::from_millis(500));
-    let receiver = SetReceiver::builder(store.clone(), provider.issuer(), keys(&provider).await, AUDIENCE)
-        .build()
-        .unwrap();
+    let receiver = SetReceiver::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        AUDIENCE,
+    )
+    .build()
+    .unwrap();
     let first = set(&set_claims(
         &provider,
         "r1",
@@ -437,9 +439,14 @@ async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgP
 async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
     let provider = provider().await;
     let store = CountingStore::default();
-    let receiver = SetReceiver::builder(store.clone(), provider.issuer(), keys(&provider).await, AUDIENCE)
-        .build()
-        .unwrap();
+    let receiver = SetReceiver::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        AUDIENCE,
+    )
+    .build()
+    .unwrap();
     let once = set(&set_claims(
         &provider,
         "once",

@@ -48,17 +48,17 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::{
-    Guard, Refusal, method_not_allowed, read_body, receiver_service, respond, unavailable, usable_key,
+    Guard, Refusal, Sender, method_not_allowed, read_body, receiver_service, respond, unavailable, usable_key,
 };
 use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
 };
 use crate::config::ConfigError;
-use crate::decode::{ASYMMETRIC_ALGORITHMS, Issuer, KeySource, MissingJti, Verifier};
+use crate::decode::{KeySource, Verifier};
 
 /// The `events` member that makes a JWT a logout token (§2.4).
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -80,11 +80,7 @@ struct LogoutClaims {
 #[derive(Debug)]
 pub struct BackChannelLogoutBuilder<S> {
     store: S,
-    issuer: String,
-    keys: KeySource,
-    client_id: String,
-    algorithms: Option<Vec<Algorithm>>,
-    leeway: Duration,
+    sender: Sender,
     max_token_lifetime: Duration,
     require_typ: bool,
 }
@@ -94,13 +90,13 @@ impl<S> BackChannelLogoutBuilder<S> {
     /// (for a `Jwks` that allows symmetric keys, HMAC too). Name an HMAC algorithm here to
     /// accept logout tokens signed with a shared secret.
     pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Self {
-        self.algorithms = Some(algorithms.to_vec());
+        self.sender.algorithms = Some(algorithms.to_vec());
         self
     }
 
     /// The clock skew allowed for `exp`, `iat` and `nbf`. Default 60 s.
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
+        self.sender.leeway = leeway;
         self
     }
 
@@ -120,27 +116,16 @@ impl<S> BackChannelLogoutBuilder<S> {
 
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
     pub fn build(self) -> Result<BackChannelLogout<S>, ConfigError> {
-        let algorithms = self
-            .algorithms
-            .or_else(|| self.keys.default_algorithms())
-            .unwrap_or_else(|| ASYMMETRIC_ALGORITHMS.to_vec());
-        let mut validation = Validation::new(*algorithms.first().ok_or(ConfigError::NoAlgorithms)?);
-        validation.algorithms = algorithms.clone();
-        validation.leeway = self.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
-        let issuer = Issuer::new(self.issuer.clone(), self.keys)
-            .audience([self.client_id])
-            .algorithms(&algorithms);
-        let required_typ = self.require_typ.then(|| LOGOUT_TOKEN_TYP.to_owned());
-        let verifier =
-            Verifier::for_issuers(vec![issuer], &validation, required_typ, MissingJti::Reject, None)?;
+        let leeway = self.sender.leeway;
+        let typ = self.require_typ.then_some(LOGOUT_TOKEN_TYP);
+        let (issuer, verifier) = self.sender.verifier(&["exp", "iss", "aud"], typ)?;
         Ok(BackChannelLogout {
             inner: Arc::new(Inner {
                 store: self.store,
-                issuer: self.issuer,
+                issuer,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
-                leeway: self.leeway,
+                leeway,
             }),
         })
     }
@@ -179,11 +164,7 @@ impl<S> BackChannelLogout<S> {
     ) -> BackChannelLogoutBuilder<S> {
         BackChannelLogoutBuilder {
             store,
-            issuer: issuer.into(),
-            keys: keys.into(),
-            client_id: client_id.into(),
-            algorithms: None,
-            leeway: Duration::from_secs(60),
+            sender: Sender::new(issuer.into(), keys.into(), client_id.into()),
             max_token_lifetime: Duration::from_secs(24 * 3600),
             require_typ: false,
         }

@@ -28,7 +28,7 @@ pub mod ssf;
 pub use backchannel::BackChannelLogout;
 pub use ssf::SetReceiver;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -38,10 +38,64 @@ use serde::de::DeserializeOwned;
 use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, RevokedBy, StoreError, TokenFacts, Verdict,
 };
-use crate::decode::{Claims, InvalidToken, Unverified, Verifier, normalize_typ};
+use jsonwebtoken::{Algorithm, Validation};
+
+use crate::config::ConfigError;
+use crate::decode::{
+    ASYMMETRIC_ALGORITHMS, Claims, InvalidToken, Issuer, KeySource, MissingJti, Unverified, Verifier,
+    normalize_typ,
+};
 
 /// The largest request body read: these tokens are a few hundred bytes.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// Whose tokens a receiver accepts, and how they are checked: the configuration both receivers
+/// share.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    pub(crate) issuer: String,
+    pub(crate) keys: KeySource,
+    pub(crate) audience: String,
+    /// `None`: the key source's default, else every asymmetric algorithm.
+    pub(crate) algorithms: Option<Vec<Algorithm>>,
+    pub(crate) leeway: Duration,
+}
+
+impl Sender {
+    pub(crate) fn new(issuer: String, keys: KeySource, audience: String) -> Self {
+        Self {
+            issuer,
+            keys,
+            audience,
+            algorithms: None,
+            leeway: Duration::from_secs(60),
+        }
+    }
+
+    /// The issuer, and the verifier of its tokens: its keys and algorithms, `iss` and `aud`
+    /// required, the spec claims `required` (as `jsonwebtoken` names them) and a `jti`; `typ`
+    /// when given.
+    pub(crate) fn verifier(
+        self,
+        required: &[&str],
+        typ: Option<&str>,
+    ) -> Result<(String, Verifier), ConfigError> {
+        let algorithms = self
+            .algorithms
+            .or_else(|| self.keys.default_algorithms())
+            .unwrap_or_else(|| ASYMMETRIC_ALGORITHMS.to_vec());
+        let mut validation = Validation::new(*algorithms.first().ok_or(ConfigError::NoAlgorithms)?);
+        validation.algorithms = algorithms.clone();
+        validation.leeway = self.leeway.as_secs();
+        validation.set_required_spec_claims(required);
+        let issuer = Issuer::new(self.issuer.clone(), self.keys)
+            .audience([self.audience])
+            .algorithms(&algorithms);
+        let typ = typ.map(str::to_owned);
+        let verifier = Verifier::for_issuers(vec![issuer], &validation, typ, MissingJti::Reject, None)?;
+        Ok((self.issuer, verifier))
+    }
+}
 
 /// Which check a refused message failed, for the error codes of each protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -58,18 +58,19 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Failed, Guard, Refusal, method_not_allowed, read_body, receiver_service, respond, unavailable, usable_key,
+    Failed, Guard, Refusal, Sender, method_not_allowed, read_body, receiver_service, respond, unavailable,
+    usable_key,
 };
 use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
 };
 use crate::config::ConfigError;
-use crate::decode::{ASYMMETRIC_ALGORITHMS, Issuer, KeySource, MissingJti, Verifier};
+use crate::decode::{KeySource, Verifier};
 
 /// The `typ` of a Security Event Token (RFC 8417 §2.3).
 pub const SET_TYP: &str = "secevent+jwt";
@@ -104,11 +105,7 @@ struct SetClaims {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SetReceiverBuilder<S> {
     store: S,
-    issuer: String,
-    keys: KeySource,
-    audience: String,
-    algorithms: Option<Vec<Algorithm>>,
-    leeway: Duration,
+    sender: Sender,
     max_token_lifetime: Duration,
     replay_window: Duration,
     require_typ: bool,
@@ -118,8 +115,7 @@ pub struct SetReceiverBuilder<S> {
 impl<S> std::fmt::Debug for SetReceiverBuilder<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SetReceiverBuilder")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
+            .field("sender", &self.sender)
             .finish_non_exhaustive()
     }
 }
@@ -127,13 +123,13 @@ impl<S> std::fmt::Debug for SetReceiverBuilder<S> {
 impl<S> SetReceiverBuilder<S> {
     /// The algorithms a SET may be signed with. Default: every asymmetric algorithm.
     pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Self {
-        self.algorithms = Some(algorithms.to_vec());
+        self.sender.algorithms = Some(algorithms.to_vec());
         self
     }
 
     /// The clock skew allowed for `iat` (and an `exp`, if a SET has one). Default 60 s.
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
+        self.sender.leeway = leeway;
         self
     }
 
@@ -170,26 +166,13 @@ impl<S> SetReceiverBuilder<S> {
 
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
     pub fn build(self) -> Result<SetReceiver<S>, ConfigError> {
-        let algorithms = self
-            .algorithms
-            .or_else(|| self.keys.default_algorithms())
-            .unwrap_or_else(|| ASYMMETRIC_ALGORITHMS.to_vec());
-        let mut validation = Validation::new(*algorithms.first().ok_or(ConfigError::NoAlgorithms)?);
-        validation.algorithms = algorithms.clone();
-        validation.leeway = self.leeway.as_secs();
-        // SETs have no `exp` (RFC 8417 §2.2); one that is there is still checked.
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["iss", "aud"]);
-        let issuer = Issuer::new(self.issuer.clone(), self.keys)
-            .audience([self.audience])
-            .algorithms(&algorithms);
-        let required_typ = self.require_typ.then(|| SET_TYP.to_owned());
-        let verifier =
-            Verifier::for_issuers(vec![issuer], &validation, required_typ, MissingJti::Reject, None)?;
+        let typ = self.require_typ.then_some(SET_TYP);
+        // SETs have no `exp` (RFC 8417 §2.2): not required, though one that is there is checked.
+        let (issuer, verifier) = self.sender.verifier(&["iss", "aud"], typ)?;
         Ok(SetReceiver {
             inner: Arc::new(Inner {
                 store: self.store,
-                issuer: self.issuer,
+                issuer,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 replay_window: self.replay_window,
@@ -236,11 +219,7 @@ impl<S> SetReceiver<S> {
     ) -> SetReceiverBuilder<S> {
         SetReceiverBuilder {
             store,
-            issuer: issuer.into(),
-            keys: keys.into(),
-            audience: audience.into(),
-            algorithms: None,
-            leeway: Duration::from_secs(60),
+            sender: Sender::new(issuer.into(), keys.into(), audience.into()),
             max_token_lifetime: Duration::from_secs(24 * 3600),
             replay_window: Duration::from_secs(7 * 24 * 3600),
             require_typ: true,

@@ -221,6 +221,15 @@ impl Provider {
         self.shared.discovery_fetches.load(Ordering::SeqCst)
     }
 
+    /// Its keys, found through its discovery document, fetched before this returns.
+    pub async fn discovered_keys(&self) -> Jwks {
+        Jwks::discover(self.issuer())
+            .allow_http_on_loopback()
+            .build_and_fetch()
+            .await
+            .unwrap()
+    }
+
     /// Standard claims of a fresh token from this provider.
     pub fn claims(&self, jti: &str, sub: &str) -> Value {
         let now = std::time::SystemTime::now()
