@@ -57,6 +57,26 @@ async fn a_layer_is_ready_once_its_cache_has_proved_sync(pool: PgPool) {
     assert!(!cut_off.backend().is_in_sync());
 }
 
+/// Readiness is a start-up gate: once a cache has proved sync, a later outage of the ledger
+/// every instance shares leaves it ready (the failure policy and `max_staleness` handle the
+/// outage), rather than taking every instance out of rotation at once.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_ready_cache_stays_ready_through_a_ledger_outage(pool: PgPool) {
+    use common::cluster::{allow_connections, maintenance, terminate};
+    let cache = MokaCache::builder(store(&pool)).start().unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    assert!(cache.is_ready());
+    let (mut admin, db) = maintenance(&pool).await;
+    allow_connections(&mut admin, &db, false).await;
+    terminate(&mut admin, &db, None).await;
+    wait_until_within("the feed notices the outage", Duration::from_secs(5), || async {
+        !cache.is_in_sync()
+    })
+    .await;
+    assert!(cache.is_ready(), "an outage after start is not un-readiness");
+    allow_connections(&mut admin, &db, true).await;
+}
+
 async fn revoke_by_sql(pool: &PgPool, jti: &str) {
     sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
         .bind(jti)

@@ -351,6 +351,33 @@ async fn urls_must_be_https_unless_loopback_is_explicitly_allowed() {
     ));
 }
 
+/// With several issuers the layer is ready only when every issuer's keys are: an instance that
+/// cannot verify one provider's tokens would answer them 503.
+#[tokio::test]
+async fn a_layer_with_two_issuers_is_ready_only_when_both_have_keys() {
+    let one = Provider::start(vec![Key::RsaA.jwk(Some("k"), None)]).await;
+    let two = Provider::start(vec![Key::RsaB.jwk(Some("k"), None)]).await;
+    two.stop().await;
+    let unfetched = Jwks::discover(two.issuer())
+        .allow_http_on_loopback()
+        .min_refresh_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let layer = JwtRevocationLayer::builder(MemoryStore::new())
+        .issuer(Issuer::new(one.issuer(), fetched(&one).await).audience(["api-one"]))
+        .issuer(Issuer::new(two.issuer(), unfetched).audience(["api-two"]))
+        .build()
+        .unwrap();
+    assert!(!layer.is_ready(), "the second issuer has no keys yet");
+    two.restart().await;
+    wait_until_within(
+        "the second issuer's keys arrive",
+        Duration::from_secs(10),
+        || async { layer.is_ready() },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn two_issuers_with_their_own_keys_and_audiences() {
     let one = Provider::start(vec![Key::RsaA.jwk(Some("k"), None)]).await;
