@@ -29,6 +29,13 @@ async fn provider() -> Provider {
     Provider::start(vec![Key::P256.jwk(Some("k1"), Some("ES256"))]).await
 }
 
+/// The BackChannelLogout for `provider`'s tokens addressed to `CLIENT`, acting on `store`.
+async fn endpoint_for<S>(provider: &Provider, store: S) -> BackChannelLogout<S> {
+    BackChannelLogout::builder(store, provider.issuer(), provider.discovered_keys().await, CLIENT)
+        .build()
+        .unwrap()
+}
+
 /// Valid logout-token claims from `provider` for `sub` and `sid` (either may be `None`).
 fn logout_claims(provider: &Provider, jti: &str, sub: Option<&str>, sid: Option<&str>) -> Value {
     let mut claims = json!({
@@ -92,14 +99,7 @@ where
 async fn each_validation_rule_refuses_its_own_token() {
     let provider = provider().await;
     let store = MemoryStore::new();
-    let endpoint = BackChannelLogout::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, store.clone()).await;
     let good = logout_claims(&provider, "good", Some("alice"), Some("s-alice"));
     let without = |name: &str| {
         let mut claims = good.clone();
@@ -254,14 +254,7 @@ async fn a_logout_by_sid_ends_that_session_on_every_instance(pool: PgPool) {
     let other =
         mint(json!({"jti": "t2", "sub": "alice", "sid": "s-other", "iat": now(), "exp": now() + 600}));
     assert_eq!(b.status(&ended).await, StatusCode::OK);
-    let endpoint = BackChannelLogout::builder(
-        a.cache.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, a.cache.clone()).await;
     let token = logout_token(&logout_claims(&provider, "lo-1", Some("alice"), Some("s-ended")));
     assert_eq!(send(&endpoint, &token).await.0, StatusCode::OK);
     b.becomes(&ended, StatusCode::UNAUTHORIZED).await;
@@ -281,14 +274,7 @@ async fn a_logout_by_sub_ends_every_earlier_token_of_that_user_only(pool: PgPool
     };
     let earlier = access("e1", "carol", now() - 5);
     let bystander = access("b1", "dave", now() - 5);
-    let endpoint = BackChannelLogout::builder(
-        a.cache.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, a.cache.clone()).await;
     let mut claims = logout_claims(&provider, "lo-sub", Some("carol"), None);
     claims["iat"] = json!(now() - 2);
     assert_eq!(send(&endpoint, &logout_token(&claims)).await.0, StatusCode::OK);
@@ -303,14 +289,7 @@ async fn a_logout_by_sub_ends_every_earlier_token_of_that_user_only(pool: PgPool
 async fn a_replay_is_answered_without_acting_again(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone());
-    let endpoint = BackChannelLogout::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, store.clone()).await;
     let token = logout_token(&logout_claims(&provider, "lo-replayed", Some("erin"), None));
     assert_eq!(send(&endpoint, &token).await.0, StatusCode::OK);
     let last_change = || async {
@@ -338,14 +317,7 @@ async fn a_replay_is_answered_without_acting_again(pool: PgPool) {
 async fn a_store_outage_is_503_and_the_retry_succeeds(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone()).with_timeout(Duration::from_millis(500));
-    let endpoint = BackChannelLogout::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, store.clone()).await;
     let token = logout_token(&logout_claims(
         &provider,
         "lo-retried",
@@ -384,14 +356,7 @@ async fn a_store_outage_is_503_and_the_retry_succeeds(pool: PgPool) {
 async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
     let provider = provider().await;
     let store = CountingStore::default();
-    let endpoint = BackChannelLogout::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        CLIENT,
-    )
-    .build()
-    .unwrap();
+    let endpoint = endpoint_for(&provider, store.clone()).await;
     let once = logout_token(&logout_claims(&provider, "once", Some("uma"), Some("s-uma")));
     assert_eq!(send(&endpoint, &once).await.0, StatusCode::OK);
     assert_eq!(store.revokes(), 2, "the session and the guard");

@@ -33,6 +33,18 @@ async fn provider() -> Provider {
     Provider::start(vec![Key::P256.jwk(Some("k1"), Some("ES256"))]).await
 }
 
+/// The SetReceiver for `provider`'s tokens addressed to `AUDIENCE`, acting on `store`.
+async fn receiver_for<S>(provider: &Provider, store: S) -> SetReceiver<S> {
+    SetReceiver::builder(
+        store,
+        provider.issuer(),
+        provider.discovered_keys().await,
+        AUDIENCE,
+    )
+    .build()
+    .unwrap()
+}
+
 /// A SET from `provider` with one event about `subject`.
 fn set_claims(provider: &Provider, jti: &str, event: &str, subject: Value, payload: Value) -> Value {
     json!({
@@ -100,14 +112,7 @@ fn access<'a>(sub: &'a str, sid: Option<&'a str>, iat: u64) -> TokenFacts<'a> {
 async fn each_validation_rule_refuses_its_own_set_with_its_error_code() {
     let provider = provider().await;
     let store = MemoryStore::new();
-    let receiver = SetReceiver::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        AUDIENCE,
-    )
-    .build()
-    .unwrap();
+    let receiver = receiver_for(&provider, store.clone()).await;
     let good = set_claims(
         &provider,
         "good",
@@ -381,14 +386,7 @@ async fn each_event_type_revokes_on_every_instance(pool: PgPool) {
 async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgPool) {
     let provider = provider().await;
     let store = PgStore::new(pool.clone()).with_timeout(Duration::from_millis(500));
-    let receiver = SetReceiver::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        AUDIENCE,
-    )
-    .build()
-    .unwrap();
+    let receiver = receiver_for(&provider, store.clone()).await;
     let first = set(&set_claims(
         &provider,
         "r1",
@@ -439,14 +437,7 @@ async fn a_replay_changes_nothing_and_an_outage_is_503_until_the_retry(pool: PgP
 async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
     let provider = provider().await;
     let store = CountingStore::default();
-    let receiver = SetReceiver::builder(
-        store.clone(),
-        provider.issuer(),
-        provider.discovered_keys().await,
-        AUDIENCE,
-    )
-    .build()
-    .unwrap();
+    let receiver = receiver_for(&provider, store.clone()).await;
     let once = set(&set_claims(
         &provider,
         "once",
