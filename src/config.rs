@@ -69,4 +69,8 @@ pub enum ConfigError {
     /// [`token_cache::MAX_CAPACITY`](crate::token_cache::MAX_CAPACITY).
     #[error("the verified-token cache capacity {0} exceeds the maximum of {max}", max = crate::token_cache::MAX_CAPACITY)]
     TokenCacheCapacity(usize),
+    /// Revocations keyed by issuer were asked for, but no issuer is configured: a layer with
+    /// keys and no `issuer(...)` does not know which issuer its tokens come from.
+    #[error("revocations can be keyed by issuer only when the layer's issuers are configured")]
+    KeyedWithoutIssuer,
 }

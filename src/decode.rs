@@ -68,6 +68,9 @@ pub struct Claims<C = DefaultClaims> {
     /// The id derived under [`MissingJti::HashSigningInput`] for a token without `jti`.
     #[serde(skip)]
     derived_id: Option<String>,
+    /// The issuer revocations of this token are keyed by (see [`Claims::revocation_issuer`]).
+    #[serde(skip)]
+    revocation_issuer: Option<std::sync::Arc<str>>,
 }
 
 impl<C> Claims<C> {
@@ -104,23 +107,41 @@ impl<C> Claims<C> {
     /// longest lifetime your issuer gives access tokens plus the validation leeway. It only
     /// outlives tokens minted *before* the session ended: end the session in your session store
     /// too, so no refresh mints more (the crate's `Sessions::revoke` files this revocation
-    /// itself). `None` for a token without `sid`.
+    /// itself). `None` for a token without `sid`. Keyed by the token's issuer when the layer keys
+    /// revocations by issuer ([`revocation_issuer`](Self::revocation_issuer)).
     pub fn session_revocation(&self, longest_token_lifetime: Duration) -> Option<Revocation<'_>> {
         let sid = self.sid.as_deref()?;
         let own = self.exp.map_or_else(far_future, from_unix_seconds);
         let until = saturating_add(SystemTime::now(), longest_token_lifetime).max(own);
-        Some(Revocation::session(sid, until).owner(self.sub.as_deref()))
+        Some(
+            Revocation::session(sid, until)
+                .owner(self.sub.as_deref())
+                .issuer(self.revocation_issuer()),
+        )
     }
 
     /// A cutoff for this token's subject at this moment ("log out everywhere"): every token of
     /// the subject issued up to now is revoked, this one included even when its issuer's clock
     /// runs ahead (the cutoff is at least its `iat`). `None` for a token without `sub`.
+    ///
+    /// Like [`session_revocation`](Self::session_revocation), it is keyed by the token's issuer
+    /// when the layer keys revocations by issuer ([`revocation_issuer`](Self::revocation_issuer)):
+    /// it then ends this issuer's user of that `sub`, not another issuer's.
     pub fn subject_revocation(&self) -> Option<Revocation<'_>> {
         let own = self.iat.map_or(std::time::UNIX_EPOCH, from_unix_seconds);
-        Some(Revocation::subject(
-            self.sub.as_deref()?,
-            SystemTime::now().max(own),
-        ))
+        Some(
+            Revocation::subject(self.sub.as_deref()?, SystemTime::now().max(own))
+                .issuer(self.revocation_issuer()),
+        )
+    }
+
+    /// The issuer this token's session and subject revocations are keyed by: its `iss` when the
+    /// layer keys revocations by issuer (by default, when it accepts tokens from more than one
+    /// issuer: see
+    /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)),
+    /// `None` otherwise. Set by the layer, never read from the token's claims.
+    pub fn revocation_issuer(&self) -> Option<&str> {
+        self.revocation_issuer.as_deref()
     }
 
     /// Every scope the token grants: those of `scope` and of `scp`.
@@ -142,6 +163,7 @@ impl<C> Claims<C> {
             subject: self.sub.as_deref(),
             issued_at: self.iat,
             expires_at: self.exp,
+            issuer: self.revocation_issuer(),
         }
     }
 }
@@ -548,6 +570,10 @@ pub(crate) type KeyWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()>
 #[derive(Clone)]
 pub struct Verifier {
     issuers: Issuers,
+    /// Each issuer's `iss`, by index (empty for a verifier of keys without issuers).
+    names: Vec<std::sync::Arc<str>>,
+    /// Whether claims carry their issuer for keying revocations ([`Claims::revocation_issuer`]).
+    keyed: bool,
     required_typ: Option<String>,
     missing_jti: MissingJti,
     max_lifetime: Option<u64>,
@@ -667,8 +693,14 @@ impl Verifier {
             return Err(ConfigError::NoAlgorithms);
         }
         let validation = &required_when_configured(validation);
+        // A validation that accepts exactly one `iss` names the issuer of every token.
+        let names = match &validation.iss {
+            Some(accepted) if accepted.len() == 1 => accepted.iter().map(|iss| iss.as_str().into()).collect(),
+            _ => Vec::new(),
+        };
         Self::with_issuers(
             Issuers::One(keys.into_keys(validation)?),
+            names,
             required_typ,
             missing_jti,
             max_lifetime,
@@ -722,24 +754,31 @@ impl Verifier {
                 return Err(ConfigError::DuplicateIssuer(issuer.iss));
             }
         }
+        let mut names = Vec::with_capacity(by_iss.len());
         let issuers = match by_iss.len() {
             0 => return Err(ConfigError::NoKey),
-            1 => Issuers::One(by_iss.into_values().next().ok_or(ConfigError::NoKey)?),
+            1 => {
+                let (iss, keys) = by_iss.into_iter().next().ok_or(ConfigError::NoKey)?;
+                names.push(iss.into());
+                Issuers::One(keys)
+            }
             _ => {
                 let mut index = HashMap::with_capacity(by_iss.len());
                 let mut all = Vec::with_capacity(by_iss.len());
                 for (iss, keys) in by_iss {
+                    names.push(iss.as_str().into());
                     index.insert(iss, all.len());
                     all.push(keys);
                 }
                 Issuers::ByIss(index, all)
             }
         };
-        Self::with_issuers(issuers, required_typ, missing_jti, max_lifetime)
+        Self::with_issuers(issuers, names, required_typ, missing_jti, max_lifetime)
     }
 
     fn with_issuers(
         issuers: Issuers,
+        names: Vec<std::sync::Arc<str>>,
         required_typ: Option<String>,
         missing_jti: MissingJti,
         max_lifetime: Option<Duration>,
@@ -752,6 +791,8 @@ impl Verifier {
         }
         Ok(Self {
             issuers,
+            keyed: names.len() > 1,
+            names,
             required_typ,
             missing_jti,
             max_lifetime: max_lifetime.map(|d| d.as_secs()),
@@ -767,6 +808,23 @@ impl Verifier {
     pub fn with_iat_leeway(mut self, leeway: Duration) -> Self {
         self.iat_leeway = Some(leeway.as_secs());
         self
+    }
+
+    /// Whether the claims this verifier returns carry their issuer for keying session and subject
+    /// revocations by issuer ([`Claims::revocation_issuer`], [`TokenFacts::issuer`]). By default
+    /// they do when it verifies tokens of more than one issuer: their `sub` and `sid` are unique
+    /// only per issuer. With one issuer, turn it on when other services sharing the ledger key
+    /// revocations for it; turning it off with several makes every revocation apply to the
+    /// `sid` or `sub` of every issuer.
+    ///
+    /// Fails with [`ConfigError::KeyedWithoutIssuer`] for a verifier without issuers
+    /// ([`new`](Self::new)): it does not know which issuer a token comes from.
+    pub fn key_revocations_by_issuer(mut self, keyed: bool) -> Result<Self, ConfigError> {
+        if keyed && self.names.is_empty() {
+            return Err(ConfigError::KeyedWithoutIssuer);
+        }
+        self.keyed = keyed;
+        Ok(self)
     }
 
     /// Verifies `token` and returns its claims. A token naming a key a `Jwks`
@@ -827,12 +885,15 @@ impl Verifier {
         let (issuer, keys) = self.issuer_of(token)?;
         // Read before verifying: a stamp never names keys newer than those that verified.
         let stamp = keys.epoch().map(|epoch| KeyStamp { issuer, epoch });
+        let revocation_issuer = self.names.get(issuer).filter(|_| self.keyed);
         let verify = |keyed: &KeyedValidation| {
-            self.verify_with::<C>(token, keyed)
-                .map(|(claims, window)| Verified {
+            self.verify_with::<C>(token, keyed).map(|(mut claims, window)| {
+                claims.revocation_issuer = revocation_issuer.cloned();
+                Verified {
                     claims,
                     cacheable: window.zip(stamp),
-                })
+                }
+            })
         };
         match keys.with_key(token, verify) {
             Ok(verified) => verified.map_err(Unverified::Invalid),

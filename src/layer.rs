@@ -147,6 +147,8 @@ struct Config {
     /// Verified-token cache slots; 0: no cache.
     token_cache_capacity: usize,
     token_cache_max_token_len: usize,
+    /// `None`: key revocations by issuer when there are several issuers.
+    key_by_issuer: Option<bool>,
 }
 
 impl<S> JwtRevocationBuilder<S> {
@@ -161,6 +163,7 @@ impl<S> JwtRevocationBuilder<S> {
             config: Config {
                 keys: None,
                 issuers: Vec::new(),
+                key_by_issuer: None,
                 validation,
                 validation_set: false,
                 scopes: Vec::new(),
@@ -219,6 +222,25 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// [`key_set`](Self::key_set) and `jwks`.
     pub fn issuer(mut self, issuer: Issuer) -> Self {
         self.config.issuers.push(issuer);
+        self
+    }
+
+    /// Whether session and subject revocations are keyed by the token's issuer: the claims then
+    /// carry it ([`Claims::revocation_issuer`](crate::Claims::revocation_issuer)), their
+    /// revocation helpers file revocations under it, and the backend applies a revocation to a
+    /// token when it was filed under its issuer or without one (see
+    /// [`TokenFacts::issuer`](crate::TokenFacts::issuer)).
+    ///
+    /// The default keys them when the layer accepts more than one [`issuer`](Self::issuer):
+    /// `sub` and `sid` are unique only per issuer, and a logout from one provider must not end
+    /// another provider's user of the same `sub`. With one issuer (configured with `issuer`, a
+    /// discovered `jwks`, or a validation naming exactly one `iss`), turn it on when other
+    /// services sharing the ledger key revocations for that issuer. A layer that does not key
+    /// still enforces keyed revocations, for every issuer's `sid` or `sub` (revoking too much,
+    /// never too little). [`build`](Self::build) fails with
+    /// [`ConfigError::KeyedWithoutIssuer`] when it is on and the issuer is unknown.
+    pub fn key_revocations_by_issuer(mut self, keyed: bool) -> Self {
+        self.config.key_by_issuer = Some(keyed);
         self
     }
 
@@ -489,6 +511,9 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         };
         if let Some(leeway) = config.iat_leeway {
             verifier = verifier.with_iat_leeway(leeway);
+        }
+        if let Some(keyed) = config.key_by_issuer {
+            verifier = verifier.key_revocations_by_issuer(keyed)?;
         }
         Ok(JwtRevocationLayer {
             shared: Arc::new(Shared {

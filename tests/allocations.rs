@@ -157,6 +157,7 @@ async fn a_warm_check_allocates_no_more_than_decoding_alone(pool: PgPool) {
             subject: Some("ivy"),
             issued_at: Some(now()),
             expires_at: Some(now() + 600),
+            issuer: None,
         };
         tower_jwt_revocation::RevocationBackend::check(&cache, &facts)
             .await

@@ -75,6 +75,7 @@ async fn extreme_times_written_by_hand_read_back_without_panicking(pool: PgPool)
                 subject: Some(sub),
                 issued_at: Some(now()),
                 expires_at: Some(now() + 600),
+                issuer: None,
             };
             store.check(&facts).await.unwrap()
         }

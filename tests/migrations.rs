@@ -145,3 +145,117 @@ async fn a_cached_sequence_is_reported(pool: PgPool) {
         logs.text()
     );
 }
+
+/// A rolling deploy across the migration that keys revocations by issuer: every statement the
+/// build before it runs (copied here as it shipped) still works on the new schema, with rows
+/// written by both builds, and the new build's keyed rows reach the earlier build's feed and
+/// snapshot as revocations of that `sid` or `sub` for every issuer (too much, never too little).
+#[sqlx::test(migrations = false)]
+async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
+    use std::time::{Duration, SystemTime};
+    use tower_jwt_revocation::{Revocation, RevocationStore};
+
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    for revocation in [
+        Revocation::session("s-1", in_an_hour)
+            .owner("alice")
+            .issuer("https://a.example"),
+        Revocation::subject("alice", SystemTime::now()).issuer("https://a.example"),
+    ] {
+        assert!(store.revoke(&revocation).await.unwrap());
+    }
+    // The earlier build's writes, each twice (its conflict targets must still exist).
+    const OLD_SESSION: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
+         VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
+    const OLD_SUBJECT: &str = "INSERT INTO jwt_subject_revocations (subject, not_before, reason, revoked_by) \
+         VALUES ($1, to_timestamp($2::float8), $3, $4) \
+         ON CONFLICT (subject) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
+             reason = excluded.reason, revoked_by = excluded.revoked_by \
+         WHERE excluded.not_before > jwt_subject_revocations.not_before";
+    for _ in 0..2 {
+        sqlx::query(OLD_SESSION)
+            .bind("s-1")
+            .bind("alice")
+            .bind(2_000_000_000.0_f64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_SUBJECT)
+            .bind("alice")
+            .bind(1_000.0_f64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // Its check: one row per key, whatever the keyed tables hold.
+    const OLD_CHECK: &str = "SELECT \
+        EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
+        EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
+        (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+    let (token, session, cutoff): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)
+        .bind("t")
+        .bind("s-1")
+        .bind("alice")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((token, session, cutoff), (false, true, Some(1_000.0)));
+    // Its feed and snapshot read the log by column name, kinds it knows, every row.
+    const OLD_LOG: &str = "SELECT kind, key, subject, \
+        extract(epoch FROM expires_at)::float8 AS expires_at, \
+        extract(epoch FROM not_before)::float8 AS not_before, \
+        extract(epoch FROM revoked_at)::float8 AS revoked_at, \
+        reason, revoked_by, seq FROM jwt_revocation_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+    let rows: Vec<(String, String)> = sqlx::query_as::<
+        _,
+        (
+            String,
+            String,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+            i64,
+        ),
+    >(OLD_LOG)
+    .bind(0_i64)
+    .bind(100_i64)
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| (row.0, row.1))
+    .collect();
+    let expected = [
+        ("session", "s-1"),
+        ("subject", "alice"),
+        ("session", "s-1"),
+        ("subject", "alice"),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (kind, key) in expected {
+        assert!(rows.contains(&(kind.to_owned(), key.to_owned())), "{rows:?}");
+    }
+    // And the new build tells them apart.
+    let records = store.list_by_subject("alice", 10).await.unwrap();
+    let mut issuers: Vec<_> = records.iter().map(|r| (r.kind, r.issuer.clone())).collect();
+    issuers.sort_by_key(|(kind, issuer)| (format!("{kind:?}"), issuer.clone()));
+    use tower_jwt_revocation::RevocationKind::{Session, Subject};
+    assert_eq!(
+        issuers,
+        [
+            (Session, None),
+            (Session, Some("https://a.example".to_owned())),
+            (Subject, None),
+            (Subject, Some("https://a.example".to_owned())),
+        ]
+    );
+}

@@ -52,6 +52,7 @@ fn token<'a>(jti: &'a str, sid: &'a str, sub: &'a str) -> TokenFacts<'a> {
         subject: Some(sub),
         issued_at: Some(now()),
         expires_at: Some(now() + 600),
+        issuer: None,
     }
 }
 

@@ -105,6 +105,7 @@ fn access<'a>(sub: &'a str, sid: Option<&'a str>, iat: u64) -> TokenFacts<'a> {
         subject: Some(sub),
         issued_at: Some(iat),
         expires_at: Some(now() + 600),
+        issuer: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the revocation ledger of a single process.
 //!
-//! It owns three maps (tokens by `jti`, sessions by `sid`, cutoffs by subject) behind one
-//! `RwLock`, and answers every check synchronously. It is the right backend for a single
+//! It owns three maps (tokens by `jti`, sessions by `sid`, cutoffs by subject), and two more for
+//! sessions and cutoffs keyed by issuer (by `sid` or subject, then issuer), behind one `RwLock`, and answers every check synchronously. It is the right backend for a single
 //! instance, for tests of an application, and for the demo server. It is not durable: its
 //! revocations die with the process, and other processes never see them; use the Postgres store
 //! (through the cache tier) for that.
@@ -51,6 +51,10 @@ struct Ledger {
     tokens: HashMap<String, Entry>,
     sessions: HashMap<String, Entry>,
     subjects: HashMap<String, Cutoff>,
+    /// Sessions keyed by issuer: by `sid`, then issuer.
+    keyed_sessions: HashMap<String, HashMap<String, Entry>>,
+    /// Cutoffs keyed by issuer: by subject, then issuer.
+    keyed_subjects: HashMap<String, HashMap<String, Cutoff>>,
     retention: Option<Duration>,
     /// Subject cutoffs older than this (plus the sweep's margin) are swept.
     max_token_lifetime: Option<Duration>,
@@ -105,8 +109,7 @@ impl MemoryStore {
 
     /// How many token and session revocations are held (subject cutoffs not counted).
     pub fn len(&self) -> usize {
-        let ledger = self.read();
-        ledger.tokens.len() + ledger.sessions.len()
+        self.read().len()
     }
 
     /// Whether no token or session revocation is held.
@@ -118,13 +121,14 @@ impl MemoryStore {
     pub fn verdict(&self, facts: &TokenFacts<'_>) -> Verdict {
         let ledger = self.read();
         let token = facts.jti.is_some_and(|jti| ledger.tokens.contains_key(jti));
-        let session = facts
-            .session_id
-            .is_some_and(|sid| ledger.sessions.contains_key(sid));
-        let cutoff = facts
-            .subject
-            .and_then(|sub| ledger.subjects.get(sub))
-            .map(|c| c.not_before);
+        let session = facts.session_id.is_some_and(|sid| {
+            ledger.sessions.contains_key(sid)
+                || keyed_max(&ledger.keyed_sessions, sid, facts.issuer, |_| 0).is_some()
+        });
+        let cutoff = facts.subject.and_then(|sub| {
+            let keyed = keyed_max(&ledger.keyed_subjects, sub, facts.issuer, |c| c.not_before);
+            ledger.subjects.get(sub).map(|c| c.not_before).max(keyed)
+        });
         Verdict::from_lookups(token, session, cutoff, facts.issued_at)
     }
 
@@ -141,23 +145,26 @@ impl MemoryStore {
     fn insert(
         &self,
         kind: RevocationKind,
+        issuer: Option<&str>,
         key: &str,
         entry: impl FnOnce() -> Entry,
     ) -> Result<bool, StoreError> {
-        if key.is_empty() {
-            return Err(StoreError::InvalidInput("empty revocation key"));
-        }
         let mut ledger = self.write();
-        let map = match kind {
-            RevocationKind::Session => &mut ledger.sessions,
-            _ => &mut ledger.tokens,
+        let map = match (kind, issuer) {
+            (RevocationKind::Session, Some(issuer)) => ledger
+                .keyed_sessions
+                .entry(key.to_owned())
+                .or_default()
+                .entry(issuer.to_owned()),
+            (RevocationKind::Session, None) => ledger.sessions.entry(key.to_owned()),
+            _ => ledger.tokens.entry(key.to_owned()),
         };
-        if map.contains_key(key) {
+        if let std::collections::hash_map::Entry::Vacant(vacant) = map {
+            vacant.insert(entry());
+        } else {
             return Ok(false);
         }
-        map.insert(key.to_owned(), entry());
-        let len = ledger.tokens.len() + ledger.sessions.len();
-        if len >= 2 * ledger.swept_len.max(512) {
+        if ledger.len() >= 2 * ledger.swept_len.max(512) {
             let margin = ledger.retention.unwrap_or(DEFAULT_RETENTION);
             ledger.sweep(SystemTime::now(), margin);
         }
@@ -166,22 +173,57 @@ impl MemoryStore {
 }
 
 impl Ledger {
+    /// Token and session revocations held.
+    fn len(&self) -> usize {
+        self.tokens.len()
+            + self.sessions.len()
+            + self.keyed_sessions.values().map(HashMap::len).sum::<usize>()
+    }
+
+    fn cutoffs(&self) -> usize {
+        self.subjects.len() + self.keyed_subjects.values().map(HashMap::len).sum::<usize>()
+    }
+
     fn sweep(&mut self, now: SystemTime, margin: Duration) -> u64 {
-        let before = self.tokens.len() + self.sessions.len();
+        let before = self.len();
         let live = |e: &mut Entry| super::saturating_add(e.expires_at, margin) >= now;
         self.tokens.retain(|_, e| live(e));
         self.sessions.retain(|_, e| live(e));
-        self.swept_len = self.tokens.len() + self.sessions.len();
+        self.keyed_sessions.retain(|_, by_issuer| {
+            by_issuer.retain(|_, e| live(e));
+            !by_issuer.is_empty()
+        });
+        self.swept_len = self.len();
         let mut swept = (before - self.swept_len) as u64;
         if let Some(lifetime) = self.max_token_lifetime {
-            let (subjects, age) = (self.subjects.len(), lifetime.saturating_add(margin).as_secs());
+            let (cutoffs, age) = (self.cutoffs(), lifetime.saturating_add(margin).as_secs());
             let now = unix_seconds(now);
             // `u64::MAX` (a ban for good) never passes.
-            self.subjects
-                .retain(|_, cutoff| cutoff.not_before.saturating_add(age) >= now);
-            swept += (subjects - self.subjects.len()) as u64;
+            let live = |cutoff: &mut Cutoff| cutoff.not_before.saturating_add(age) >= now;
+            self.subjects.retain(|_, cutoff| live(cutoff));
+            self.keyed_subjects.retain(|_, by_issuer| {
+                by_issuer.retain(|_, cutoff| live(cutoff));
+                !by_issuer.is_empty()
+            });
+            swept += (cutoffs - self.cutoffs()) as u64;
         }
         swept
+    }
+}
+
+/// The latest of `value` over what `map` holds for `key` under `issuer`, or under any issuer
+/// when `None` (see [`TokenFacts::issuer`]).
+fn keyed_max<V>(
+    map: &HashMap<String, HashMap<String, V>>,
+    key: &str,
+    issuer: Option<&str>,
+    value: impl Fn(&V) -> u64,
+) -> Option<u64> {
+    // Most ledgers key nothing by issuer: no hashing then.
+    let by_issuer = if map.is_empty() { None } else { map.get(key) }?;
+    match issuer {
+        Some(issuer) => by_issuer.get(issuer).map(value),
+        None => by_issuer.values().map(value).max(),
     }
 }
 
@@ -209,21 +251,27 @@ impl RevocationBackend for MemoryStore {
 
 impl RevocationStore for MemoryStore {
     async fn revoke(&self, revocation: &Revocation<'_>) -> Result<bool, StoreError> {
+        revocation.validate()?;
         let entry = |expires_at| entry(revocation, expires_at);
+        let issuer = revocation.keyed_issuer();
         match revocation.target {
             RevocationTarget::Token { jti, expires_at } => {
-                self.insert(RevocationKind::Token, jti, || entry(expires_at))
+                self.insert(RevocationKind::Token, None, jti, || entry(expires_at))
             }
             RevocationTarget::Session { sid, expires_at } => {
-                self.insert(RevocationKind::Session, sid, || entry(expires_at))
+                self.insert(RevocationKind::Session, issuer, sid, || entry(expires_at))
             }
             RevocationTarget::Subject { subject, not_before } => {
-                if subject.is_empty() {
-                    return Err(StoreError::InvalidInput("empty subject"));
-                }
                 let not_before = unix_seconds(not_before);
                 let mut ledger = self.write();
-                let cutoff = ledger.subjects.entry(subject.to_owned());
+                let cutoff = match issuer {
+                    Some(issuer) => ledger
+                        .keyed_subjects
+                        .entry(subject.to_owned())
+                        .or_default()
+                        .entry(issuer.to_owned()),
+                    None => ledger.subjects.entry(subject.to_owned()),
+                };
                 let moved = match &cutoff {
                     std::collections::hash_map::Entry::Occupied(current) => {
                         not_before > current.get().not_before
@@ -250,9 +298,10 @@ impl RevocationStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
         let ledger = self.read();
-        let record = |kind, key: &String, e: &Entry| RevocationRecord {
+        let record = |kind, key: &String, issuer: Option<&String>, e: &Entry| RevocationRecord {
             kind,
             key: key.clone(),
+            issuer: issuer.cloned(),
             subject: e.subject.clone(),
             expires_at: Some(e.expires_at),
             not_before: None,
@@ -265,19 +314,32 @@ impl RevocationStore for MemoryStore {
             .tokens
             .iter()
             .filter(|(_, e)| of_subject(e))
-            .map(|(k, e)| record(RevocationKind::Token, k, e))
+            .map(|(k, e)| record(RevocationKind::Token, k, None, e))
             .chain(
                 ledger
                     .sessions
                     .iter()
                     .filter(|(_, e)| of_subject(e))
-                    .map(|(k, e)| record(RevocationKind::Session, k, e)),
+                    .map(|(k, e)| record(RevocationKind::Session, k, None, e)),
             )
+            .chain(ledger.keyed_sessions.iter().flat_map(|(k, by_issuer)| {
+                by_issuer
+                    .iter()
+                    .filter(|(_, e)| of_subject(e))
+                    .map(move |(issuer, e)| record(RevocationKind::Session, k, Some(issuer), e))
+            }))
             .collect();
-        if let Some(c) = ledger.subjects.get(subject) {
+        let unkeyed = ledger.subjects.get(subject).map(|c| (None, c));
+        let keyed = ledger
+            .keyed_subjects
+            .get(subject)
+            .into_iter()
+            .flat_map(|by_issuer| by_issuer.iter().map(|(issuer, c)| (Some(issuer.clone()), c)));
+        for (issuer, c) in unkeyed.into_iter().chain(keyed) {
             records.push(RevocationRecord {
                 kind: RevocationKind::Subject,
                 key: subject.to_owned(),
+                issuer,
                 subject: Some(subject.to_owned()),
                 expires_at: None,
                 not_before: Some(from_unix_seconds(c.not_before)),
@@ -308,6 +370,7 @@ mod tests {
             subject: Some(sub),
             issued_at: Some(iat),
             expires_at: Some(iat + 600),
+            issuer: None,
         }
     }
 

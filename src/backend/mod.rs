@@ -52,6 +52,15 @@ pub struct TokenFacts<'a> {
     pub issued_at: Option<u64>,
     /// When the token expires (`exp`).
     pub expires_at: Option<u64>,
+    /// The issuer its session and subject revocations are keyed by: its `iss` when the layer
+    /// [keys revocations by issuer](crate::JwtRevocationBuilder::key_revocations_by_issuer)
+    /// (by default, when it accepts more than one issuer), `None` otherwise.
+    ///
+    /// With an issuer, a session or subject revocation applies to the token when it was filed
+    /// without an issuer or under this one. Without, it applies when filed under any issuer, or
+    /// none: a revocation is never ignored because the layer checking it does not key by issuer.
+    /// `jti`s are never keyed: RFC 7519 §4.1.7 requires them unique across issuers.
+    pub issuer: Option<&'a str>,
 }
 
 /// A backend's answer for one token.
@@ -218,6 +227,10 @@ pub struct RevocationRecord {
     pub kind: RevocationKind,
     /// The `jti`, `sid` or subject the revocation is keyed by.
     pub key: String,
+    /// For sessions and subject cutoffs: the issuer whose `sid` or `sub` the key is, when the
+    /// revocation is keyed by issuer (see [`TokenFacts::issuer`]); `None` applies to every
+    /// issuer.
+    pub issuer: Option<String>,
     /// The subject the revoked token or session belonged to, when known.
     pub subject: Option<String>,
     /// For tokens and sessions: how long the revocation must be kept (the token's own expiry).
@@ -270,14 +283,23 @@ pub trait RevocationStore: Send + Sync + 'static {
 
 /// What a ledger holds for one token's keys, answered per key, so a cache can remember each key
 /// on its own (a session's revocation applies to every token carrying its `sid`).
+///
+/// Revocations filed without an issuer and those keyed by issuer are answered apart, so a
+/// cache can tell what applies to every issuer from what applies to one (see
+/// [`TokenFacts::issuer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lookup {
     /// The `jti` is revoked.
     pub token_revoked: bool,
-    /// The `sid` is revoked.
+    /// The `sid` is revoked for every issuer.
     pub session_revoked: bool,
-    /// The subject's cutoff (Unix seconds), if it has one.
+    /// The subject's cutoff for every issuer (Unix seconds), if it has one.
     pub subject_cutoff: Option<u64>,
+    /// The `sid` is revoked under the token's issuer; for facts without an issuer, under any.
+    pub issuer_session_revoked: bool,
+    /// The subject's cutoff under the token's issuer; for facts without an issuer, the latest
+    /// under any.
+    pub issuer_subject_cutoff: Option<u64>,
 }
 
 impl Lookup {
@@ -285,11 +307,39 @@ impl Lookup {
     pub fn verdict(&self, issued_at: Option<u64>) -> Verdict {
         Verdict::from_lookups(
             self.token_revoked,
-            self.session_revoked,
-            self.subject_cutoff,
+            self.session_revoked || self.issuer_session_revoked,
+            self.subject_cutoff.max(self.issuer_subject_cutoff),
             issued_at,
         )
     }
+}
+
+/// The key a session or subject revocation keyed by `issuer` is held under in memory:
+/// `issuer`, a NUL, then `key`. One string, so maps keyed by `String` are asked without
+/// allocating; never equal for two different pairs, since an issuer never holds a NUL
+/// ([`Revocation::issuer`] refuses one, and Postgres text cannot hold one).
+pub(crate) fn with_issuer_key<R>(issuer: &str, key: &str, f: impl FnOnce(&str) -> R) -> R {
+    const STACK: usize = 256;
+    let len = issuer.len() + 1 + key.len();
+    if len <= STACK {
+        let mut buffer = [0u8; STACK];
+        buffer[..issuer.len()].copy_from_slice(issuer.as_bytes());
+        buffer[issuer.len() + 1..len].copy_from_slice(key.as_bytes());
+        // Two strings joined by an ASCII byte are UTF-8; the fallback is never taken.
+        if let Ok(joined) = std::str::from_utf8(&buffer[..len]) {
+            return f(joined);
+        }
+    }
+    f(&issuer_key(issuer, key))
+}
+
+/// [`with_issuer_key`]'s key, owned.
+pub(crate) fn issuer_key(issuer: &str, key: &str) -> String {
+    let mut joined = String::with_capacity(issuer.len() + 1 + key.len());
+    joined.push_str(issuer);
+    joined.push('\0');
+    joined.push_str(key);
+    joined
 }
 
 /// Every live revocation of a ledger at one moment, and the `seq` of that moment: what a
@@ -313,6 +363,8 @@ pub struct LiveRevocation {
     pub kind: RevocationKind,
     /// The `jti`, `sid` or subject the revocation is keyed by.
     pub key: String,
+    /// The issuer it is keyed by, if any (see [`RevocationRecord::issuer`]).
+    pub issuer: Option<String>,
     /// For tokens and sessions: until when the revocation must be kept.
     pub expires_at: Option<SystemTime>,
     /// For subject cutoffs: tokens issued at or before this moment are revoked.
@@ -324,6 +376,7 @@ impl From<RevocationRecord> for LiveRevocation {
         Self {
             kind: record.kind,
             key: record.key,
+            issuer: record.issuer,
             expires_at: record.expires_at,
             not_before: record.not_before,
         }

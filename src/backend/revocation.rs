@@ -76,6 +76,11 @@ pub struct Revocation<'a> {
     pub reason: Option<&'a str>,
     /// Who revoked (an admin's id, a service's name).
     pub revoked_by: Option<&'a str>,
+    /// For a session or a subject cutoff: the issuer whose `sid` or `sub` it is, when
+    /// revocations are keyed by issuer (see [`TokenFacts::issuer`](super::TokenFacts::issuer));
+    /// `None` revokes that `sid` or `sub` of every issuer. Ignored for a token: a `jti` is
+    /// unique across issuers.
+    pub issuer: Option<&'a str>,
 }
 
 impl<'a> Revocation<'a> {
@@ -105,7 +110,45 @@ impl<'a> Revocation<'a> {
             owner: None,
             reason: None,
             revoked_by: None,
+            issuer: None,
         }
+    }
+
+    /// Keys a session or subject revocation by `issuer` (the exact `iss` of the tokens it is
+    /// for), so that it ends that issuer's session or user only; `None` leaves it unkeyed (every
+    /// issuer). Ignored for a token revocation. The claims' own helpers
+    /// ([`Claims::session_revocation`](crate::Claims::session_revocation),
+    /// [`Claims::subject_revocation`](crate::Claims::subject_revocation)) set it when the layer
+    /// keys revocations by issuer.
+    #[must_use]
+    pub fn issuer(mut self, issuer: impl Into<Option<&'a str>>) -> Self {
+        self.issuer = issuer.into();
+        self
+    }
+
+    /// The issuer this revocation is keyed by: `None` for a token, or when it applies to every
+    /// issuer.
+    pub fn keyed_issuer(&self) -> Option<&'a str> {
+        match self.target {
+            RevocationTarget::Token { .. } => None,
+            _ => self.issuer,
+        }
+    }
+
+    /// Refuses what no store can file: an empty key, or an issuer that is empty or holds a NUL.
+    pub(crate) fn validate(&self) -> Result<(), super::StoreError> {
+        if self.key().is_empty() {
+            return Err(super::StoreError::InvalidInput("empty revocation key"));
+        }
+        if self
+            .keyed_issuer()
+            .is_some_and(|issuer| issuer.is_empty() || issuer.contains('\0'))
+        {
+            return Err(super::StoreError::InvalidInput(
+                "an issuer must be non-empty and hold no NUL",
+            ));
+        }
+        Ok(())
     }
 
     /// Whose token or session it is (the token's `sub`); `None` leaves it unset.

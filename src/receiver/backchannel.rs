@@ -114,15 +114,29 @@ impl<S> BackChannelLogoutBuilder<S> {
         self
     }
 
+    /// Files its revocations under this issuer ([`Revocation::issuer`](crate::Revocation::issuer)),
+    /// so that they end this provider's sessions and users only, never another provider's user
+    /// of the same `sub` or `sid`. Turn it on when the layer enforcing them keys revocations by
+    /// issuer (by default it does when it accepts more than one issuer: see
+    /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
+    /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
+    /// by issuer still enforces keyed revocations (for every issuer).
+    pub fn key_by_issuer(mut self, keyed: bool) -> Self {
+        self.sender.keyed = keyed;
+        self
+    }
+
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
     pub fn build(self) -> Result<BackChannelLogout<S>, ConfigError> {
         let leeway = self.sender.leeway;
         let typ = self.require_typ.then_some(LOGOUT_TOKEN_TYP);
+        let keyed = self.sender.keyed;
         let (issuer, verifier) = self.sender.verifier(&["exp", "iss", "aud"], typ)?;
         Ok(BackChannelLogout {
             inner: Arc::new(Inner {
                 store: self.store,
                 issuer,
+                keyed,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 leeway,
@@ -148,6 +162,8 @@ struct Inner<S> {
     store: S,
     /// The issuer, which names the replay guards.
     issuer: String,
+    /// Revocations are filed under `issuer`.
+    keyed: bool,
     verifier: Verifier,
     max_token_lifetime: Duration,
     leeway: Duration,
@@ -244,6 +260,7 @@ where
             (None, Some(sub)) => Revocation::subject(sub, from_unix_seconds(iat)),
             (None, None) => return Err(Refusal::request("a logout token needs sub or sid")),
         };
+        let revocation = revocation.issuer(self.keyed.then_some(self.issuer.as_str()));
         self.store.revoke(&revocation.reason(REASON)).await?;
         // Kept past the logout token's own validity (no longer than the longest a token lives:
         // an `exp` far away must not keep a guard for ever), so a replay within it is

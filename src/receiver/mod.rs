@@ -17,8 +17,9 @@
 //! for the key source when the token names a key it is fetching), the replay guard, and the
 //! response shapes.
 //!
-//! They do not key sessions or subjects by issuer: with several issuers sharing one ledger, a
-//! `sid` or `sub` of one provider can name another's user.
+//! By default their revocations apply to the `sid` or `sub` of every issuer; with several
+//! issuers behind one layer, `key_by_issuer(true)` files them under the provider's issuer so
+//! that one provider's logout never ends another provider's user of the same `sub`.
 //!
 //! [`KeySource`]: crate::decode::KeySource
 
@@ -59,6 +60,8 @@ pub(crate) struct Sender {
     /// `None`: the key source's default, else every asymmetric algorithm.
     pub(crate) algorithms: Option<Vec<Algorithm>>,
     pub(crate) leeway: Duration,
+    /// Revocations are keyed by `issuer`.
+    pub(crate) keyed: bool,
 }
 
 impl Sender {
@@ -69,6 +72,7 @@ impl Sender {
             audience,
             algorithms: None,
             leeway: Duration::from_secs(60),
+            keyed: false,
         }
     }
 

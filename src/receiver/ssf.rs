@@ -164,15 +164,29 @@ impl<S> SetReceiverBuilder<S> {
         self
     }
 
+    /// Files its revocations under this issuer ([`Revocation::issuer`](crate::Revocation::issuer)),
+    /// so that they end this provider's sessions and users only, never another provider's user
+    /// of the same `sub` or `sid`. Turn it on when the layer enforcing them keys revocations by
+    /// issuer (by default it does when it accepts more than one issuer: see
+    /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
+    /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
+    /// by issuer still enforces keyed revocations (for every issuer).
+    pub fn key_by_issuer(mut self, keyed: bool) -> Self {
+        self.sender.keyed = keyed;
+        self
+    }
+
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
     pub fn build(self) -> Result<SetReceiver<S>, ConfigError> {
         let typ = self.require_typ.then_some(SET_TYP);
         // SETs have no `exp` (RFC 8417 §2.2): not required, though one that is there is checked.
+        let keyed = self.sender.keyed;
         let (issuer, verifier) = self.sender.verifier(&["iss", "aud"], typ)?;
         Ok(SetReceiver {
             inner: Arc::new(Inner {
                 store: self.store,
                 issuer,
+                keyed,
                 verifier,
                 max_token_lifetime: self.max_token_lifetime,
                 replay_window: self.replay_window,
@@ -201,6 +215,8 @@ struct Inner<S> {
     store: S,
     /// The transmitter, which names the replay guards and must name `iss_sub` subjects.
     issuer: String,
+    /// Revocations are filed under `issuer`.
+    keyed: bool,
     verifier: Verifier,
     max_token_lifetime: Duration,
     replay_window: Duration,
@@ -346,6 +362,7 @@ where
                 }
                 Action::Subject { sub, at } => Revocation::subject(sub, from_unix_seconds(*at)),
             };
+            let revocation = revocation.issuer(self.keyed.then_some(self.issuer.as_str()));
             self.store
                 .revoke(&revocation.reason("shared signals security event"))
                 .await?;

@@ -118,6 +118,7 @@ impl Ledger for Faulty {
             facts.session_id.map(str::to_owned),
             facts.subject.map(str::to_owned),
         );
+        let issuer = facts.issuer.map(str::to_owned);
         let (issued_at, expires_at) = (facts.issued_at, facts.expires_at);
         Box::pin(async move {
             opened(open).await;
@@ -127,6 +128,7 @@ impl Ledger for Faulty {
                 subject: sub.as_deref(),
                 issued_at,
                 expires_at,
+                issuer: issuer.as_deref(),
             };
             store.lookup(&facts).await
         })

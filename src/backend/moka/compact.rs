@@ -502,6 +502,7 @@ mod tests {
             subject: Some(sub),
             issued_at: Some(iat),
             expires_at: None,
+            issuer: None,
         }
     }
 

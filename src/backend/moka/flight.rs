@@ -21,6 +21,7 @@ pub(super) struct TokenKeys {
     jti: Option<String>,
     sid: Option<String>,
     sub: Option<String>,
+    issuer: Option<String>,
 }
 
 impl TokenKeys {
@@ -29,6 +30,7 @@ impl TokenKeys {
             jti: facts.jti.map(str::to_owned),
             sid: facts.session_id.map(str::to_owned),
             sub: facts.subject.map(str::to_owned),
+            issuer: facts.issuer.map(str::to_owned),
         }
     }
 
@@ -39,6 +41,7 @@ impl TokenKeys {
             subject: self.sub.as_deref(),
             issued_at,
             expires_at,
+            issuer: self.issuer.as_deref(),
         }
     }
 }

@@ -8,6 +8,16 @@
 //! stores its negatives only if the epoch did not move while it ran.
 //! In mirror mode the live set itself is held in compact form (`compact`), not in these maps:
 //! they then keep only what lookups found (a fingerprint confirmed revoked, say).
+//!
+//! Sessions and cutoffs keyed by issuer (see [`TokenFacts::issuer`]) have maps of their own,
+//! keyed by issuer and key joined ([`with_issuer_key`]). A token with an issuer is answered
+//! from the unkeyed positives, the keyed ones under its issuer, and negatives of its own view
+//! ("no revocation of this `sid` without an issuer or under this one"). A token without an issuer
+//! must see revocations under any issuer: its negatives say "none without an issuer and none
+//! under any", a keyed revocation clears them, and one that holds for it is looked up each time
+//! (a layer that does not key by issuer reading a ledger that does: rare, and never wrong).
+//! The mirror files a keyed revocation under its key alone: a hit is confirmed with the ledger,
+//! which tells the issuers apart.
 //! This module does not decide whether the feed is in sync (see `sync`), and does not talk to the
 //! ledger.
 
@@ -22,7 +32,7 @@ use moka::sync::Cache;
 use super::compact::{self, Compact, Kind, Probe};
 use crate::backend::{
     LiveRevocation, Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict,
-    from_unix_seconds, subject_cutoff_covers, unix_seconds,
+    from_unix_seconds, issuer_key, subject_cutoff_covers, unix_seconds, with_issuer_key,
 };
 use crate::telemetry::{self, Count};
 
@@ -93,17 +103,30 @@ struct Negatives {
     /// proves only that the subject's cutoff is *at least* that; whether a later one exists is
     /// as stale as this marker.
     subjects: Map<String, ()>,
+    /// For tokens with an issuer, by issuer and `sid`: neither the `sid` nor the `sid` under
+    /// that issuer is revoked. (`sessions` then says: nor under any issuer.)
+    issuer_sessions: Map<String, ()>,
+    /// For tokens with an issuer, by issuer and subject: the subject's entries in `cutoffs`
+    /// and in `issuer_cutoffs` under that issuer are current. (`subjects` then also says: no
+    /// cutoff under any issuer.)
+    issuer_subjects: Map<String, ()>,
 }
 
 impl Negatives {
     fn entry_count(&self) -> u64 {
-        self.tokens.entry_count() + self.sessions.entry_count() + self.subjects.entry_count()
+        self.tokens.entry_count()
+            + self.sessions.entry_count()
+            + self.subjects.entry_count()
+            + self.issuer_sessions.entry_count()
+            + self.issuer_subjects.entry_count()
     }
 
     fn invalidate_all(&self) {
         self.tokens.invalidate_all();
         self.sessions.invalidate_all();
         self.subjects.invalidate_all();
+        self.issuer_sessions.invalidate_all();
+        self.issuer_subjects.invalidate_all();
     }
 }
 
@@ -121,6 +144,10 @@ pub(super) struct Memory {
     /// Subject cutoffs, Unix seconds. A cutoff that covers a token is a positive answer; one that
     /// does not answers "not revoked" only with a current marker in `negatives.subjects`.
     cutoffs: Map<String, u64>,
+    /// Sessions revoked under one issuer, by issuer and `sid`.
+    issuer_sessions: Map<String, Revoked>,
+    /// Cutoffs under one issuer, by issuer and subject.
+    issuer_cutoffs: Map<String, u64>,
     negatives: Negatives,
     /// The mirror's live set, when mirroring.
     compact: Compact,
@@ -148,30 +175,36 @@ impl Memory {
             tokens: negative(),
             sessions: negative(),
             subjects: negative(),
+            issuer_sessions: negative(),
+            issuer_subjects: negative(),
         };
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
             evicted: Count::new(telemetry::CACHE_EVICTIONS, &[]),
         });
-        let revoked = |negative: &Map<String, ()>| {
-            let listener = evicted_for_size(Arc::clone(&shared), negative.clone());
+        // An unkeyed positive lost stands for every issuer: the keyed views' negatives of its key
+        // may predate it (an unkeyed revocation clears no keyed negative), so all of them go.
+        let revoked = |negative: &Map<String, ()>, views: Option<&Map<String, ()>>| {
+            let listener = evicted_for_size(Arc::clone(&shared), negative.clone(), views.cloned());
             Cache::builder()
                 .max_capacity(max_capacity)
                 .expire_after(RevokedExpiry)
                 .eviction_listener(move |key, _, cause| listener(&key, cause))
                 .build_with_hasher(foldhash::fast::RandomState::default())
         };
-        let revoked_tokens = revoked(&negatives.tokens);
-        let revoked_sessions = revoked(&negatives.sessions);
-        let listener = evicted_for_size(Arc::clone(&shared), negatives.subjects.clone());
-        let cutoffs = Cache::builder()
-            .max_capacity(max_capacity)
-            .eviction_listener(move |key, _, cause| listener(&key, cause))
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let cutoffs = |marker: &Map<String, ()>, views: Option<&Map<String, ()>>| {
+            let listener = evicted_for_size(Arc::clone(&shared), marker.clone(), views.cloned());
+            Cache::builder()
+                .max_capacity(max_capacity)
+                .eviction_listener(move |key, _, cause| listener(&key, cause))
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        };
         Self {
-            revoked_tokens,
-            revoked_sessions,
-            cutoffs,
+            revoked_tokens: revoked(&negatives.tokens, None),
+            revoked_sessions: revoked(&negatives.sessions, Some(&negatives.issuer_sessions)),
+            cutoffs: cutoffs(&negatives.subjects, Some(&negatives.issuer_subjects)),
+            issuer_sessions: revoked(&negatives.issuer_sessions, None),
+            issuer_cutoffs: cutoffs(&negatives.issuer_subjects, None),
             negatives,
             compact: Compact::new(mirror_max_entries),
             shared,
@@ -191,17 +224,26 @@ impl Memory {
         if facts.jti.is_some_and(|jti| self.revoked_tokens.contains_key(jti)) {
             return Some(Verdict::Revoked(RevokedBy::Token));
         }
-        if facts
-            .session_id
-            .is_some_and(|sid| self.revoked_sessions.contains_key(sid))
-        {
+        if facts.session_id.is_some_and(|sid| {
+            self.revoked_sessions.contains_key(sid)
+                || facts.issuer.is_some_and(|issuer| {
+                    with_issuer_key(issuer, sid, |key| self.issuer_sessions.contains_key(key))
+                })
+        }) {
             return Some(Verdict::Revoked(RevokedBy::Session));
         }
-        let cutoff = facts
-            .subject
-            .filter(|sub| self.cutoffs.contains_key(*sub))
-            .and_then(|sub| self.cutoffs.get(sub));
-        if cutoff.is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at)) {
+        let covers = |cutoffs: &Map<String, u64>, key: &str| {
+            cutoffs.contains_key(key)
+                && cutoffs
+                    .get(key)
+                    .is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at))
+        };
+        if facts.subject.is_some_and(|sub| {
+            covers(&self.cutoffs, sub)
+                || facts.issuer.is_some_and(|issuer| {
+                    with_issuer_key(issuer, sub, |key| covers(&self.issuer_cutoffs, key))
+                })
+        }) {
             return Some(Verdict::Revoked(RevokedBy::Subject));
         }
         // A key the mirror holds is a revocation it was told of (or a collision): like a
@@ -216,27 +258,31 @@ impl Memory {
         if !trust.negatives {
             return None;
         }
-        let clear = facts
-            .jti
-            .is_none_or(|jti| self.negatives.tokens.contains_key(jti))
+        let negative = |plain: &Map<String, ()>, keyed: &Map<String, ()>, key: &str| match facts.issuer {
+            Some(issuer) => with_issuer_key(issuer, key, |key| keyed.contains_key(key)),
+            None => plain.contains_key(key),
+        };
+        let negatives = &self.negatives;
+        let clear = facts.jti.is_none_or(|jti| negatives.tokens.contains_key(jti))
             && facts
                 .session_id
-                .is_none_or(|sid| self.negatives.sessions.contains_key(sid))
+                .is_none_or(|sid| negative(&negatives.sessions, &negatives.issuer_sessions, sid))
             && facts
                 .subject
-                .is_none_or(|sub| self.negatives.subjects.contains_key(sub));
+                .is_none_or(|sub| negative(&negatives.subjects, &negatives.issuer_subjects, sub));
         clear.then_some(Verdict::Active)
     }
 
     /// Applies one ledger record (from the feed, a snapshot, or a write through this tier): the
     /// positive first, then the negative of the same key goes.
     pub(super) fn apply(&self, record: &RevocationRecord) {
+        let issuer = record.issuer.as_deref();
         match record.kind {
             RevocationKind::Token => self.revoked_token(&record.key, record.expires_at),
-            RevocationKind::Session => self.revoked_session(&record.key, record.expires_at),
+            RevocationKind::Session => self.revoked_session(issuer, &record.key, record.expires_at),
             RevocationKind::Subject => {
                 if let Some(not_before) = record.not_before {
-                    self.cutoff(&record.key, unix_seconds(not_before));
+                    self.cutoff(issuer, &record.key, unix_seconds(not_before));
                 }
             }
         }
@@ -251,13 +297,30 @@ impl Memory {
         self.negatives.tokens.invalidate(jti);
     }
 
-    /// A revoked `sid` whose last token expires at `expires_at` (`None`: never), as
-    /// [`revoked_token`](Self::revoked_token).
-    pub(super) fn revoked_session(&self, sid: &str, expires_at: Option<SystemTime>) {
-        if self.file_in_mirror(Kind::Session, sid, self.mirror_until(expires_at)) {
-            put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+    /// A revoked `sid` (under `issuer`, or of every issuer) whose last token expires at
+    /// `expires_at` (`None`: never), as [`revoked_token`](Self::revoked_token).
+    pub(super) fn revoked_session(&self, issuer: Option<&str>, sid: &str, expires_at: Option<SystemTime>) {
+        let positive = self.file_in_mirror(Kind::Session, sid, self.mirror_until(expires_at));
+        let Some(issuer) = issuer else {
+            if positive {
+                put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+            }
+            self.negatives.sessions.invalidate(sid);
+            return;
+        };
+        let key = issuer_key(issuer, sid);
+        if positive {
+            put_revoked(&self.issuer_sessions, &key, self.keep_until(expires_at));
         }
-        self.negatives.sessions.invalidate(sid);
+        self.negatives.issuer_sessions.invalidate(&key);
+        self.keyed_revocation_of(&self.negatives.sessions, sid);
+    }
+
+    /// After a revocation keyed by issuer of `key`: the negative saying that no issuer has one
+    /// goes, and no lookup in flight stores it again (its answer may predate this one).
+    fn keyed_revocation_of(&self, negatives: &Map<String, ()>, key: &str) {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        negatives.invalidate(key);
     }
 
     /// Files a revocation in the mirror (and in the mirror being loaded). Returns whether the
@@ -277,25 +340,27 @@ impl Memory {
         self.forget_negatives();
     }
 
-    /// Moves a subject's cutoff forward (never back). A current marker for the subject stays
-    /// current: the feed delivers every later cutoff, and cutoffs only move forward.
-    pub(super) fn cutoff(&self, subject: &str, cutoff: u64) {
-        if self.file_in_mirror(Kind::Subject, subject, compact::seconds(cutoff)) {
-            self.cutoff_positive(subject, cutoff);
+    /// Moves a subject's cutoff (under `issuer`, or for every issuer) forward (never back). A
+    /// current marker for the subject stays current: the feed delivers every later cutoff, and
+    /// cutoffs only move forward.
+    pub(super) fn cutoff(&self, issuer: Option<&str>, subject: &str, cutoff: u64) {
+        let positive = self.file_in_mirror(Kind::Subject, subject, compact::seconds(cutoff));
+        let Some(issuer) = issuer else {
+            if positive {
+                put_cutoff(&self.cutoffs, subject, cutoff);
+            } else {
+                // The positives do not know it: a marker saying they are current would lie.
+                self.negatives.subjects.invalidate(subject);
+            }
+            return;
+        };
+        let key = issuer_key(issuer, subject);
+        if positive {
+            put_cutoff(&self.issuer_cutoffs, &key, cutoff);
         } else {
-            // The positives do not know it: a marker saying they are current would lie.
-            self.negatives.subjects.invalidate(subject);
+            self.negatives.issuer_subjects.invalidate(&key);
         }
-    }
-
-    /// [`cutoff`](Self::cutoff) in the positives only.
-    fn cutoff_positive(&self, subject: &str, cutoff: u64) {
-        self.cutoffs
-            .entry_by_ref(subject)
-            .and_compute_with(|existing| match existing {
-                Some(current) if *current.value() >= cutoff => Op::Nop,
-                _ => Op::Put(cutoff),
-            });
+        self.keyed_revocation_of(&self.negatives.subjects, subject);
     }
 
     /// Remembers what a lookup found for `facts`: each revoked key, kept until the token's
@@ -303,6 +368,10 @@ impl Memory {
     /// not revoked, but only if the epoch is still `started`, the epoch read before the lookup
     /// was sent. A negative that raced an epoch change is removed again, so at worst it was
     /// visible for the instant between the two reads.
+    ///
+    /// For facts with an issuer, what was found under that issuer is kept under it, and the
+    /// negatives are those of its view. For facts without, a revocation found under some issuer
+    /// is not kept (the lookup does not say which), and no negative says that key is clear.
     pub(super) fn remember(&self, facts: &TokenFacts<'_>, lookup: &Lookup, started: u64, negatives: bool) {
         let until = || self.keep_until(facts.expires_at.map(from_unix_seconds));
         if let (true, Some(jti)) = (lookup.token_revoked, facts.jti) {
@@ -312,33 +381,52 @@ impl Memory {
             put_revoked(&self.revoked_sessions, sid, until());
         }
         if let (Some(cutoff), Some(sub)) = (lookup.subject_cutoff, facts.subject) {
-            self.cutoff_positive(sub, cutoff);
+            put_cutoff(&self.cutoffs, sub, cutoff);
+        }
+        if let Some(issuer) = facts.issuer {
+            if let (true, Some(sid)) = (lookup.issuer_session_revoked, facts.session_id) {
+                put_revoked(&self.issuer_sessions, &issuer_key(issuer, sid), until());
+            }
+            if let (Some(cutoff), Some(sub)) = (lookup.issuer_subject_cutoff, facts.subject) {
+                put_cutoff(&self.issuer_cutoffs, &issuer_key(issuer, sub), cutoff);
+            }
         }
         if !negatives || self.epoch() != started {
             return;
         }
         let clear_jti = facts.jti.filter(|_| !lookup.token_revoked);
-        let clear_sid = facts.session_id.filter(|_| !lookup.session_revoked);
-        // The subject's cutoff (or its absence) was just stored above: mark it current.
-        let clear_sub = facts.subject;
-        if let Some(jti) = clear_jti {
-            self.negatives.tokens.insert(jti.to_owned(), ());
-        }
-        if let Some(sid) = clear_sid {
-            self.negatives.sessions.insert(sid.to_owned(), ());
-        }
-        if let Some(sub) = clear_sub {
-            self.negatives.subjects.insert(sub.to_owned(), ());
+        let clear_sid = facts
+            .session_id
+            .filter(|_| !lookup.session_revoked && !lookup.issuer_session_revoked);
+        // The subject's cutoffs (or their absence) were just stored above: mark them current;
+        // without an issuer, only when no issuer has one.
+        let clear_sub = facts
+            .subject
+            .filter(|_| facts.issuer.is_some() || lookup.issuer_subject_cutoff.is_none());
+        let keys = [
+            (&self.negatives.tokens, clear_jti, None),
+            (
+                &self.negatives.sessions,
+                clear_sid,
+                Some(&self.negatives.issuer_sessions),
+            ),
+            (
+                &self.negatives.subjects,
+                clear_sub,
+                Some(&self.negatives.issuer_subjects),
+            ),
+        ]
+        .map(|(plain, key, keyed)| match (key, facts.issuer, keyed) {
+            (Some(key), Some(issuer), Some(keyed)) => Some((keyed, issuer_key(issuer, key))),
+            (Some(key), _, _) => Some((plain, key.to_owned())),
+            (None, _, _) => None,
+        });
+        for (map, key) in keys.iter().flatten() {
+            map.insert(key.clone(), ());
         }
         if self.epoch() != started {
-            if let Some(jti) = clear_jti {
-                self.negatives.tokens.invalidate(jti);
-            }
-            if let Some(sid) = clear_sid {
-                self.negatives.sessions.invalidate(sid);
-            }
-            if let Some(sub) = clear_sub {
-                self.negatives.subjects.invalidate(sub);
+            for (map, key) in keys.iter().flatten() {
+                map.invalidate(key);
             }
         }
     }
@@ -392,6 +480,8 @@ impl Memory {
         self.revoked_tokens.entry_count()
             + self.revoked_sessions.entry_count()
             + self.cutoffs.entry_count()
+            + self.issuer_sessions.entry_count()
+            + self.issuer_cutoffs.entry_count()
             + self.negatives.entry_count()
     }
 
@@ -428,11 +518,25 @@ fn put_revoked(map: &Map<String, Revoked>, key: &str, until: Option<Instant>) {
     });
 }
 
+/// Moves a cutoff forward (never back).
+fn put_cutoff(map: &Map<String, u64>, key: &str, cutoff: u64) {
+    map.entry_by_ref(key).and_compute_with(|existing| match existing {
+        Some(current) if *current.value() >= cutoff => Op::Nop,
+        _ => Op::Put(cutoff),
+    });
+}
+
 /// The eviction listener of a positives map: an entry lost to capacity pressure (evicted, or
 /// refused admission) costs the negative of its own key, which may predate the revocation, and
-/// moves the epoch so no lookup in flight stores it again. (A mirror's live set is not in these
-/// maps: losing a positive never makes it incomplete.)
-fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(&String, RemovalCause) {
+/// moves the epoch so no lookup in flight stores it again; for an unkeyed positive, every
+/// negative of the keyed views (`views`) goes too, since it may be one of them that predates
+/// the revocation. (A mirror's live set is not in these maps: losing a positive never makes it
+/// incomplete.)
+fn evicted_for_size(
+    shared: Arc<Shared>,
+    negatives: Map<String, ()>,
+    views: Option<Map<String, ()>>,
+) -> impl Fn(&String, RemovalCause) {
     move |key, cause| {
         if cause != RemovalCause::Size {
             return;
@@ -440,6 +544,9 @@ fn evicted_for_size(shared: Arc<Shared>, negatives: Map<String, ()>) -> impl Fn(
         shared.evicted.bump();
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         negatives.invalidate(key);
+        if let Some(views) = &views {
+            views.invalidate_all();
+        }
     }
 }
 
@@ -470,12 +577,13 @@ mod tests {
             subject: Some("s"),
             issued_at: Some(now - 10),
             expires_at: Some(now + 600),
+            issuer: None,
         };
         memory.remember(&facts, &Lookup::default(), memory.epoch(), true);
         assert_eq!(memory.answer(&facts, trust()), Some(Verdict::Active));
         memory.compact().build().finish().unwrap();
         assert!(memory.mirroring());
-        memory.cutoff("s", now);
+        memory.cutoff(None, "s", now);
         // Past mirror_max_entries (3): the table goes off.
         for jti in ["a", "b", "c", "d"] {
             memory.revoked_token(jti, Some(far_future()));
@@ -491,5 +599,98 @@ mod tests {
             memory.answer(&d, trust()),
             Some(Verdict::Revoked(RevokedBy::Token))
         );
+    }
+
+    /// A keyed revocation answers for its issuer's view only; an unkeyed one for every view;
+    /// and a view without an issuer, which must see keyed revocations of every issuer, is never
+    /// answered "not revoked" from memory after one, not even by a lookup that was in flight
+    /// when it arrived.
+    #[test]
+    fn keyed_revocations_answer_their_issuers_view_and_clear_the_unkeyed_one() {
+        let memory = Memory::new(1000, Duration::from_secs(30), Duration::from_secs(300), 1000);
+        let now = unix_seconds(SystemTime::now());
+        let plain = TokenFacts {
+            jti: Some("t"),
+            session_id: Some("s"),
+            subject: Some("u"),
+            issued_at: Some(now - 10),
+            expires_at: Some(now + 600),
+            issuer: None,
+        };
+        let of_a = TokenFacts {
+            issuer: Some("A"),
+            ..plain
+        };
+        let of_b = TokenFacts {
+            issuer: Some("B"),
+            ..plain
+        };
+        for facts in [&plain, &of_a, &of_b] {
+            memory.remember(facts, &Lookup::default(), memory.epoch(), true);
+            assert_eq!(memory.answer(facts, trust()), Some(Verdict::Active));
+        }
+        let in_flight = memory.epoch();
+        memory.revoked_session(Some("A"), "s", Some(far_future()));
+        assert_eq!(
+            memory.answer(&of_a, trust()),
+            Some(Verdict::Revoked(RevokedBy::Session))
+        );
+        assert_eq!(memory.answer(&of_b, trust()), Some(Verdict::Active));
+        assert_eq!(memory.answer(&plain, trust()), None, "must ask the ledger");
+        memory.remember(&plain, &Lookup::default(), in_flight, true);
+        assert_eq!(
+            memory.answer(&plain, trust()),
+            None,
+            "a stale negative was stored"
+        );
+
+        let in_flight = memory.epoch();
+        memory.cutoff(Some("B"), "u", now);
+        assert_eq!(
+            memory.answer(&of_b, trust()),
+            Some(Verdict::Revoked(RevokedBy::Subject))
+        );
+        let without_sid = |facts: TokenFacts<'static>| TokenFacts {
+            session_id: None,
+            ..facts
+        };
+        assert_eq!(memory.answer(&without_sid(of_a), trust()), Some(Verdict::Active));
+        memory.remember(&without_sid(plain), &Lookup::default(), in_flight, true);
+        assert_eq!(memory.answer(&without_sid(plain), trust()), None);
+
+        // Unkeyed: every view.
+        memory.revoked_session(None, "s2", Some(far_future()));
+        for facts in [plain, of_a, of_b] {
+            let other = TokenFacts {
+                session_id: Some("s2"),
+                ..facts
+            };
+            assert_eq!(
+                memory.answer(&other, trust()),
+                Some(Verdict::Revoked(RevokedBy::Session))
+            );
+        }
+        // A lookup for A's view keeps what it found under A, under A only.
+        let c = TokenFacts {
+            jti: Some("t3"),
+            session_id: Some("s3"),
+            subject: Some("u3"),
+            issuer: Some("A"),
+            ..plain
+        };
+        let found = Lookup {
+            issuer_session_revoked: true,
+            ..Lookup::default()
+        };
+        memory.remember(&c, &found, memory.epoch(), true);
+        assert_eq!(
+            memory.answer(&c, trust()),
+            Some(Verdict::Revoked(RevokedBy::Session))
+        );
+        let c_of_b = TokenFacts {
+            issuer: Some("B"),
+            ..c
+        };
+        assert_eq!(memory.answer(&c_of_b, trust()), None);
     }
 }

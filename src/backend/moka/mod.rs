@@ -486,9 +486,11 @@ impl<B: Ledger> RevocationStore for MokaCache<B> {
         let memory = &self.tier.memory;
         match revocation.target {
             RevocationTarget::Token { jti, expires_at } => memory.revoked_token(jti, Some(expires_at)),
-            RevocationTarget::Session { sid, expires_at } => memory.revoked_session(sid, Some(expires_at)),
+            RevocationTarget::Session { sid, expires_at } => {
+                memory.revoked_session(revocation.keyed_issuer(), sid, Some(expires_at));
+            }
             RevocationTarget::Subject { subject, not_before } => {
-                memory.cutoff(subject, unix_seconds(not_before))
+                memory.cutoff(revocation.keyed_issuer(), subject, unix_seconds(not_before))
             }
         }
         Ok(changed)

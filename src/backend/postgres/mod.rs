@@ -308,12 +308,18 @@ pub(crate) fn bounded_sql(error: sqlx::Error) -> StoreError {
     classify(error)
 }
 
-/// The answer to one check: three lookups in one round trip. The cutoff is read as a float so
-/// that `'infinity'` (a subject banned for good) arrives as `Infinity`, not as a cast error.
+/// The answer to one check: every lookup in one round trip, those keyed by issuer under the
+/// token's issuer `$4`, or under any issuer when it is `NULL` (see
+/// [`TokenFacts::issuer`](crate::TokenFacts::issuer)). Cutoffs are read as floats so that
+/// `'infinity'` (a subject banned for good) arrives as `Infinity`, not as a cast error.
 const CHECK_SQL: &str = "SELECT \
     EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
     EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
-    (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+    (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff, \
+    EXISTS (SELECT 1 FROM jwt_issuer_session_revocations \
+        WHERE session_id = $2 AND ($4::text IS NULL OR issuer = $4)) AS issuer_session, \
+    (SELECT extract(epoch FROM max(not_before))::float8 FROM jwt_issuer_subject_revocations \
+        WHERE subject = $3 AND ($4::text IS NULL OR issuer = $4)) AS issuer_cutoff";
 
 impl RevocationBackend for PgStore {
     type Future = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
@@ -339,18 +345,26 @@ impl Ledger for PgStore {
         let jti = facts.jti.map(str::to_owned);
         let sid = facts.session_id.map(str::to_owned);
         let sub = facts.subject.map(str::to_owned);
+        let issuer = facts.issuer.map(str::to_owned);
         Box::pin(async move {
             let statement = Statement::new(CHECK_SQL)
                 .text(jti.as_deref())
                 .text(sid.as_deref())
-                .text(sub.as_deref());
+                .text(sub.as_deref())
+                .text(issuer.as_deref());
             let row = bounded(timeout, statement.fetch_one_on(protocol, &pool)).await?;
             let get_err = |e: sqlx::Error| StoreError::Query(Box::new(e));
-            let cutoff: Option<f64> = row.try_get("cutoff").map_err(get_err)?;
+            let cutoff = |column| {
+                row.try_get::<Option<f64>, _>(column)
+                    .map(|cutoff| cutoff.map(epoch_to_unix_seconds))
+                    .map_err(get_err)
+            };
             Ok(Lookup {
                 token_revoked: row.try_get("token").map_err(get_err)?,
                 session_revoked: row.try_get("session").map_err(get_err)?,
-                subject_cutoff: cutoff.map(epoch_to_unix_seconds),
+                subject_cutoff: cutoff("cutoff")?,
+                issuer_session_revoked: row.try_get("issuer_session").map_err(get_err)?,
+                issuer_subject_cutoff: cutoff("issuer_cutoff")?,
             })
         })
     }
@@ -430,19 +444,30 @@ impl RevocationStore for PgStore {
              VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (jti) DO NOTHING";
         const SESSION: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
              VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
+        // Keyed by issuer ($6): the same statements on the tables of one issuer's keys.
+        const ISSUER_SUBJECT: &str = "INSERT INTO jwt_issuer_subject_revocations \
+             (subject, not_before, reason, revoked_by, issuer) \
+             VALUES ($1, to_timestamp($2::float8), $3, $4, $5) \
+             ON CONFLICT (subject, issuer) DO UPDATE SET not_before = excluded.not_before, revoked_at = now(), \
+                 reason = excluded.reason, revoked_by = excluded.revoked_by \
+             WHERE excluded.not_before > jwt_issuer_subject_revocations.not_before";
+        const ISSUER_SESSION: &str = "INSERT INTO jwt_issuer_session_revocations \
+             (session_id, subject, expires_at, reason, revoked_by, issuer) \
+             VALUES ($1, $2, to_timestamp($3), $4, $5, $6) ON CONFLICT (session_id, issuer) DO NOTHING";
+        revocation.validate()?;
         let key = revocation.key();
-        if key.is_empty() {
-            return Err(StoreError::InvalidInput("empty revocation key"));
-        }
+        let issuer = revocation.keyed_issuer();
         let statement = match revocation.target {
-            RevocationTarget::Subject { not_before, .. } => Statement::new(SUBJECT)
-                .text(key)
-                .float(epoch_seconds(not_before).floor()),
+            RevocationTarget::Subject { not_before, .. } => {
+                Statement::new(if issuer.is_some() { ISSUER_SUBJECT } else { SUBJECT })
+                    .text(key)
+                    .float(epoch_seconds(not_before).floor())
+            }
             RevocationTarget::Token { expires_at, .. } | RevocationTarget::Session { expires_at, .. } => {
-                let sql = if revocation.kind() == RevocationKind::Token {
-                    TOKEN
-                } else {
-                    SESSION
+                let sql = match (revocation.kind(), issuer) {
+                    (RevocationKind::Token, _) => TOKEN,
+                    (_, None) => SESSION,
+                    (_, Some(_)) => ISSUER_SESSION,
                 };
                 Statement::new(sql)
                     .text(key)
@@ -452,6 +477,10 @@ impl RevocationStore for PgStore {
         }
         .text(revocation.reason)
         .text(revocation.revoked_by);
+        let statement = match issuer {
+            Some(issuer) => statement.text(issuer),
+            None => statement,
+        };
         let changed = self
             .bounded(statement.execute_on(self.protocol, &self.pool))
             .await?;
@@ -479,20 +508,31 @@ impl RevocationStore for PgStore {
     /// purger holds, so a large purge takes no long locks and several instances may purge at once.
     /// Subject cutoffs too, with [`with_max_token_lifetime`](Self::with_max_token_lifetime).
     async fn purge_expired(&self, margin: Duration) -> Result<u64, StoreError> {
-        const CUTOFFS: &str = "DELETE FROM jwt_subject_revocations WHERE subject IN ( \
+        const CUTOFFS: [&str; 2] = [
+            "DELETE FROM jwt_subject_revocations WHERE subject IN ( \
                  SELECT subject FROM jwt_subject_revocations WHERE not_before < now() - make_interval(secs => $1) \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)";
-        const BATCHES: [&str; 2] = [
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "DELETE FROM jwt_issuer_subject_revocations WHERE (subject, issuer) IN ( \
+                 SELECT subject, issuer FROM jwt_issuer_subject_revocations \
+                 WHERE not_before < now() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        ];
+        const BATCHES: [&str; 3] = [
             "DELETE FROM jwt_revocations WHERE jti IN ( \
                  SELECT jti FROM jwt_revocations WHERE expires_at < now() - make_interval(secs => $1) \
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
             "DELETE FROM jwt_session_revocations WHERE session_id IN ( \
                  SELECT session_id FROM jwt_session_revocations WHERE expires_at < now() - make_interval(secs => $1) \
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "DELETE FROM jwt_issuer_session_revocations WHERE (session_id, issuer) IN ( \
+                 SELECT session_id, issuer FROM jwt_issuer_session_revocations \
+                 WHERE expires_at < now() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         ];
         let cutoffs = self
             .max_token_lifetime
-            .map(|lifetime| (CUTOFFS, lifetime.saturating_add(margin)));
+            .into_iter()
+            .flat_map(|lifetime| CUTOFFS.map(|sql| (sql, lifetime.saturating_add(margin))));
         let batches = BATCHES.into_iter().map(|sql| (sql, margin)).chain(cutoffs);
         let mut deleted = 0;
         for (sql, age) in batches {

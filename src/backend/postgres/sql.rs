@@ -395,7 +395,7 @@ macro_rules! log_select {
     extract(epoch FROM expires_at)::float8 AS expires_at, \
     extract(epoch FROM not_before)::float8 AS not_before, \
     extract(epoch FROM revoked_at)::float8 AS revoked_at, \
-    reason, revoked_by, seq FROM jwt_revocation_log"
+    reason, revoked_by, seq, issuer FROM jwt_revocation_log"
     };
 }
 pub(crate) use log_select;
@@ -406,7 +406,7 @@ pub(crate) const EVENTS_SINCE: &str = concat!(log_select!(), " WHERE seq > $1 OR
 /// A cursor over the live set as a mirror reads it: the key columns only, in no particular order
 /// (an `ORDER BY` would sort millions of rows before the first page).
 pub(crate) const LIVE_CURSOR: &str = "DECLARE jwt_revocation_snapshot NO SCROLL CURSOR FOR \
-    SELECT kind, key, extract(epoch FROM expires_at)::float8, extract(epoch FROM not_before)::float8 \
+    SELECT kind, key, extract(epoch FROM expires_at)::float8, extract(epoch FROM not_before)::float8, issuer \
     FROM jwt_revocation_log";
 
 /// One page of [`LIVE_CURSOR`].
@@ -440,6 +440,7 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<RevocationRecord, StoreErro
     Ok(RevocationRecord {
         kind: kind_from_str(&kind)?,
         key: row.try_get("key").map_err(get_error)?,
+        issuer: row.try_get("issuer").map_err(get_error)?,
         subject: row.try_get("subject").map_err(get_error)?,
         expires_at: time("expires_at")?,
         not_before: time("not_before")?,
@@ -459,6 +460,7 @@ pub(crate) fn live_from_row(row: &PgRow) -> Result<LiveRevocation, StoreError> {
     Ok(LiveRevocation {
         kind: kind_from_str(row.try_get(0).map_err(get_error)?)?,
         key: row.try_get(1).map_err(get_error)?,
+        issuer: row.try_get(4).map_err(get_error)?,
         expires_at: time(2)?,
         not_before: time(3)?,
     })
