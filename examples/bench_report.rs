@@ -392,10 +392,18 @@ fn main() {
     peer(&mut out);
     let _ = writeln!(
         out,
-        "\nThe backends' synchronous fast path alone (`try_check` group):\n"
+        "\nThe backends' synchronous fast path alone (`try_check` group; `_keyed`: the same token \
+         from a layer that keys revocations by issuer):\n"
     );
     let _ = writeln!(out, "| backend | median |\n|---|---|");
-    for name in ["memory", "cache_lookup", "cache_mirror"] {
+    for name in [
+        "memory",
+        "memory_keyed",
+        "cache_lookup",
+        "cache_lookup_keyed",
+        "cache_mirror",
+        "cache_mirror_keyed",
+    ] {
         let cell = median_ns("try_check", name)
             .map(human)
             .unwrap_or_else(|| "skipped".into());

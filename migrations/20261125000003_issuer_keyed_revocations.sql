@@ -9,9 +9,9 @@
 -- New tables rather than an issuer column on the old ones: instances of an earlier version keep
 -- running during a rolling deploy, and they write `ON CONFLICT (session_id)` and read one cutoff
 -- row per subject. A primary key of (issuer, session_id), or several cutoff rows per subject,
--- would break them. They do not read these tables; the log view below shows the new rows to them
--- as revocations of the `sid` or `sub` for every issuer (their caches revoke too much, never too
--- little, until they are replaced).
+-- would break them. They do not read these tables, so they do not enforce keyed rows (their check
+-- query misses them, and their mirror confirms a hit with that query): finish a rolling deploy
+-- before any instance files keyed revocations (only layers with several issuers, or told to, do).
 
 CREATE TABLE jwt_issuer_session_revocations (
     issuer      text        NOT NULL,

@@ -73,4 +73,8 @@ pub enum ConfigError {
     /// keys and no `issuer(...)` does not know which issuer its tokens come from.
     #[error("revocations can be keyed by issuer only when the layer's issuers are configured")]
     KeyedWithoutIssuer,
+    /// Revocations are keyed by issuer, and an issuer's `iss` is empty or holds a NUL: no store
+    /// can file a revocation under it.
+    #[error("issuer {0:?} cannot key revocations: it is empty or holds a NUL")]
+    UnkeyableIssuer(String),
 }

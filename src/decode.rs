@@ -789,7 +789,7 @@ impl Verifier {
         {
             return Err(ConfigError::EmptyTyp);
         }
-        Ok(Self {
+        Self {
             issuers,
             keyed: names.len() > 1,
             names,
@@ -797,7 +797,8 @@ impl Verifier {
             missing_jti,
             max_lifetime: max_lifetime.map(|d| d.as_secs()),
             iat_leeway: None,
-        })
+        }
+        .check_keyable()
     }
 
     /// How far in the future a token's `iat` may lie before the token is refused
@@ -824,7 +825,20 @@ impl Verifier {
             return Err(ConfigError::KeyedWithoutIssuer);
         }
         self.keyed = keyed;
-        Ok(self)
+        self.check_keyable()
+    }
+
+    /// Refuses keying by an issuer no store can file a revocation under.
+    fn check_keyable(self) -> Result<Self, ConfigError> {
+        let unkeyable = self
+            .names
+            .iter()
+            .find(|name| name.is_empty() || name.contains('\0'))
+            .filter(|_| self.keyed);
+        match unkeyable {
+            Some(name) => Err(ConfigError::UnkeyableIssuer(name.to_string())),
+            None => Ok(self),
+        }
     }
 
     /// Verifies `token` and returns its claims. A token naming a key a `Jwks`

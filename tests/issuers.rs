@@ -471,6 +471,12 @@ async fn which_layers_key_by_issuer() {
         .key_revocations_by_issuer(true)
         .build();
     assert!(matches!(unknown, Err(ConfigError::KeyedWithoutIssuer)));
+    // No store can file a revocation under an empty issuer.
+    let empty = two()
+        .await
+        .issuer(Issuer::new("", DecodingKey::from_secret(b"secret")))
+        .build();
+    assert!(matches!(empty, Err(ConfigError::UnkeyableIssuer(name)) if name.is_empty()));
 }
 
 /// What no store can key by: an empty issuer, or one holding a NUL.

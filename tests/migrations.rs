@@ -206,6 +206,17 @@ async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!((token, session, cutoff), (false, true, Some(1_000.0)));
+    // What it cannot do: see a key revoked under an issuer only (README, "Rolling deploy").
+    let keyed_only = Revocation::session("s-2", in_an_hour).issuer("https://a.example");
+    assert!(store.revoke(&keyed_only).await.unwrap());
+    let (_, session, _): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)
+        .bind("t")
+        .bind("s-2")
+        .bind("nobody")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!session);
     // Its feed and snapshot read the log by column name, kinds it knows, every row.
     const OLD_LOG: &str = "SELECT kind, key, subject, \
         extract(epoch FROM expires_at)::float8 AS expires_at, \
@@ -239,6 +250,7 @@ async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
         ("subject", "alice"),
         ("session", "s-1"),
         ("subject", "alice"),
+        ("session", "s-2"),
     ];
     assert_eq!(rows.len(), expected.len(), "{rows:?}");
     for (kind, key) in expected {

@@ -80,9 +80,39 @@ async fn the_store_and_sessions_work_through_a_transaction_pooler(pool: PgPool) 
         .revoke(&Revocation::subject("nia", SystemTime::now()))
         .await
         .unwrap();
-    assert_eq!(store.list_by_subject("nia", 200).await.unwrap().len(), 81);
-    assert_eq!(store.events_since(0, 1_000).await.unwrap().len(), 81);
-    assert_eq!(store.snapshot().await.unwrap().records.len(), 81);
+    // Keyed by an issuer that needs quoting, and checked under it, under another, and under
+    // none: the keyed statements inlined with `$n` used twice.
+    let issuer = "https://id.example/'quoted'\\";
+    let keyed = [
+        Revocation::session("nia-session", in_an_hour())
+            .owner("nia")
+            .issuer(issuer),
+        Revocation::subject("nia", SystemTime::now()).issuer(issuer),
+    ];
+    for revocation in &keyed {
+        assert!(store.revoke(revocation).await.unwrap());
+    }
+    let of = |issuer| TokenFacts {
+        jti: Some("fresh"),
+        session_id: Some("nia-session"),
+        issuer,
+        ..TokenFacts::default()
+    };
+    assert_eq!(
+        store.check(&of(Some(issuer))).await.unwrap(),
+        Verdict::Revoked(RevokedBy::Session)
+    );
+    assert_eq!(
+        store.check(&of(Some("https://other.example"))).await.unwrap(),
+        Verdict::Active
+    );
+    assert_eq!(
+        store.check(&of(None)).await.unwrap(),
+        Verdict::Revoked(RevokedBy::Session)
+    );
+    assert_eq!(store.list_by_subject("nia", 200).await.unwrap().len(), 83);
+    assert_eq!(store.events_since(0, 1_000).await.unwrap().len(), 83);
+    assert_eq!(store.snapshot().await.unwrap().records.len(), 83);
     assert!(store.max_seq().await.unwrap() > 0);
     assert_eq!(store.purge_expired(Duration::from_secs(60)).await.unwrap(), 0);
 

@@ -55,6 +55,9 @@ struct Ledger {
     keyed_sessions: HashMap<String, HashMap<String, Entry>>,
     /// Cutoffs keyed by issuer: by subject, then issuer.
     keyed_subjects: HashMap<String, HashMap<String, Cutoff>>,
+    /// Entries in `keyed_sessions` and in `keyed_subjects`, counted as they change.
+    keyed_session_count: usize,
+    keyed_cutoff_count: usize,
     retention: Option<Duration>,
     /// Subject cutoffs older than this (plus the sweep's margin) are swept.
     max_token_lifetime: Option<Duration>,
@@ -164,6 +167,9 @@ impl MemoryStore {
         } else {
             return Ok(false);
         }
+        if issuer.is_some() {
+            ledger.keyed_session_count += 1;
+        }
         if ledger.len() >= 2 * ledger.swept_len.max(512) {
             let margin = ledger.retention.unwrap_or(DEFAULT_RETENTION);
             ledger.sweep(SystemTime::now(), margin);
@@ -175,13 +181,11 @@ impl MemoryStore {
 impl Ledger {
     /// Token and session revocations held.
     fn len(&self) -> usize {
-        self.tokens.len()
-            + self.sessions.len()
-            + self.keyed_sessions.values().map(HashMap::len).sum::<usize>()
+        self.tokens.len() + self.sessions.len() + self.keyed_session_count
     }
 
     fn cutoffs(&self) -> usize {
-        self.subjects.len() + self.keyed_subjects.values().map(HashMap::len).sum::<usize>()
+        self.subjects.len() + self.keyed_cutoff_count
     }
 
     fn sweep(&mut self, now: SystemTime, margin: Duration) -> u64 {
@@ -193,6 +197,7 @@ impl Ledger {
             by_issuer.retain(|_, e| live(e));
             !by_issuer.is_empty()
         });
+        self.keyed_session_count = self.keyed_sessions.values().map(HashMap::len).sum();
         self.swept_len = self.len();
         let mut swept = (before - self.swept_len) as u64;
         if let Some(lifetime) = self.max_token_lifetime {
@@ -205,6 +210,7 @@ impl Ledger {
                 by_issuer.retain(|_, cutoff| live(cutoff));
                 !by_issuer.is_empty()
             });
+            self.keyed_cutoff_count = self.keyed_subjects.values().map(HashMap::len).sum();
             swept += (cutoffs - self.cutoffs()) as u64;
         }
         swept
@@ -272,11 +278,11 @@ impl RevocationStore for MemoryStore {
                         .entry(issuer.to_owned()),
                     None => ledger.subjects.entry(subject.to_owned()),
                 };
-                let moved = match &cutoff {
+                let (moved, new) = match &cutoff {
                     std::collections::hash_map::Entry::Occupied(current) => {
-                        not_before > current.get().not_before
+                        (not_before > current.get().not_before, false)
                     }
-                    std::collections::hash_map::Entry::Vacant(_) => true,
+                    std::collections::hash_map::Entry::Vacant(_) => (true, true),
                 };
                 // The cutoff only ever moves forward; an earlier one is already covered by it.
                 if moved {
@@ -286,6 +292,9 @@ impl RevocationStore for MemoryStore {
                         reason: revocation.reason.map(str::to_owned),
                         revoked_by: revocation.revoked_by.map(str::to_owned),
                     });
+                }
+                if new && issuer.is_some() {
+                    ledger.keyed_cutoff_count += 1;
                 }
                 Ok(moved)
             }

@@ -121,6 +121,11 @@ impl<S> BackChannelLogoutBuilder<S> {
     /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
     /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
     /// by issuer still enforces keyed revocations (for every issuer).
+    ///
+    /// The issuer given to `builder` must then be exactly the `iss` of the provider's access
+    /// tokens as the layer knows it: a revocation filed under another string (a trailing
+    /// slash; Entra ID v1 access tokens against v2 logout tokens) is never applied by a layer
+    /// that keys. Where they differ, leave this off.
     pub fn key_by_issuer(mut self, keyed: bool) -> Self {
         self.sender.keyed = keyed;
         self

@@ -14,15 +14,16 @@
 //! from the unkeyed positives, the keyed ones under its issuer, and negatives of its own view
 //! ("no revocation of this `sid` without an issuer or under this one"). A token without an issuer
 //! must see revocations under any issuer: its negatives say "none without an issuer and none
-//! under any", a keyed revocation clears them, and one that holds for it is looked up each time
-//! (a layer that does not key by issuer reading a ledger that does: rare, and never wrong).
+//! under any", a keyed revocation clears them, and it reads positives kept by key alone ("revoked
+//! under some issuer", the latest cutoff under any), once one has ever been stored (a layer that
+//! does not key by issuer reading a ledger that does: rare, and then too much, never too little).
 //! The mirror files a keyed revocation under its key alone: a hit is confirmed with the ledger,
 //! which tells the issuers apart.
 //! This module does not decide whether the feed is in sync (see `sync`), and does not talk to the
 //! ledger.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::notification::RemovalCause;
@@ -97,18 +98,17 @@ pub(super) struct Trust {
 struct Negatives {
     /// `jti`s a lookup found not revoked.
     tokens: Map<String, ()>,
-    /// `sid`s a lookup found not revoked.
+    /// `sid`s a lookup found not revoked, neither for every issuer nor under any one.
     sessions: Map<String, ()>,
-    /// Subjects whose entry in `cutoffs` (or its absence) a lookup found current. A cutoff alone
-    /// proves only that the subject's cutoff is *at least* that; whether a later one exists is
-    /// as stale as this marker.
+    /// Subjects whose entries in `cutoffs` and `any_cutoffs` (or their absence) a lookup found
+    /// current. A cutoff alone proves only that the subject's cutoff is *at least* that; whether
+    /// a later one exists is as stale as this marker.
     subjects: Map<String, ()>,
     /// For tokens with an issuer, by issuer and `sid`: neither the `sid` nor the `sid` under
     /// that issuer is revoked. (`sessions` then says: nor under any issuer.)
     issuer_sessions: Map<String, ()>,
     /// For tokens with an issuer, by issuer and subject: the subject's entries in `cutoffs`
-    /// and in `issuer_cutoffs` under that issuer are current. (`subjects` then also says: no
-    /// cutoff under any issuer.)
+    /// and in `issuer_cutoffs` under that issuer are current.
     issuer_subjects: Map<String, ()>,
 }
 
@@ -148,6 +148,13 @@ pub(super) struct Memory {
     issuer_sessions: Map<String, Revoked>,
     /// Cutoffs under one issuer, by issuer and subject.
     issuer_cutoffs: Map<String, u64>,
+    /// For tokens without an issuer: sessions revoked under some issuer, by `sid`.
+    any_sessions: Map<String, Revoked>,
+    /// For tokens without an issuer: the latest cutoff under any issuer, by subject.
+    any_cutoffs: Map<String, u64>,
+    /// Whether `any_sessions` or `any_cutoffs` was ever written: until then tokens without an
+    /// issuer skip them (most deployments never key by issuer).
+    keyed_seen: AtomicBool,
     negatives: Negatives,
     /// The mirror's live set, when mirroring.
     compact: Compact,
@@ -205,6 +212,9 @@ impl Memory {
             cutoffs: cutoffs(&negatives.subjects, Some(&negatives.issuer_subjects)),
             issuer_sessions: revoked(&negatives.issuer_sessions, None),
             issuer_cutoffs: cutoffs(&negatives.issuer_subjects, None),
+            any_sessions: revoked(&negatives.sessions, None),
+            any_cutoffs: cutoffs(&negatives.subjects, None),
+            keyed_seen: AtomicBool::new(false),
             negatives,
             compact: Compact::new(mirror_max_entries),
             shared,
@@ -224,11 +234,17 @@ impl Memory {
         if facts.jti.is_some_and(|jti| self.revoked_tokens.contains_key(jti)) {
             return Some(Verdict::Revoked(RevokedBy::Token));
         }
+        // For a token without an issuer, what some issuer revoked; read once anything was kept
+        // there (the flag is set before the entry is stored).
+        let any = facts.issuer.is_none() && self.keyed_seen.load(Ordering::SeqCst);
         if facts.session_id.is_some_and(|sid| {
             self.revoked_sessions.contains_key(sid)
-                || facts.issuer.is_some_and(|issuer| {
-                    with_issuer_key(issuer, sid, |key| self.issuer_sessions.contains_key(key))
-                })
+                || match facts.issuer {
+                    Some(issuer) => {
+                        with_issuer_key(issuer, sid, |key| self.issuer_sessions.contains_key(key))
+                    }
+                    None => any && self.any_sessions.contains_key(sid),
+                }
         }) {
             return Some(Verdict::Revoked(RevokedBy::Session));
         }
@@ -240,9 +256,10 @@ impl Memory {
         };
         if facts.subject.is_some_and(|sub| {
             covers(&self.cutoffs, sub)
-                || facts.issuer.is_some_and(|issuer| {
-                    with_issuer_key(issuer, sub, |key| covers(&self.issuer_cutoffs, key))
-                })
+                || match facts.issuer {
+                    Some(issuer) => with_issuer_key(issuer, sub, |key| covers(&self.issuer_cutoffs, key)),
+                    None => any && covers(&self.any_cutoffs, sub),
+                }
         }) {
             return Some(Verdict::Revoked(RevokedBy::Subject));
         }
@@ -298,29 +315,26 @@ impl Memory {
     }
 
     /// A revoked `sid` (under `issuer`, or of every issuer) whose last token expires at
-    /// `expires_at` (`None`: never), as [`revoked_token`](Self::revoked_token).
+    /// `expires_at` (`None`: never), as [`revoked_token`](Self::revoked_token). One under an
+    /// issuer is also kept by `sid` alone, for tokens without an issuer.
     pub(super) fn revoked_session(&self, issuer: Option<&str>, sid: &str, expires_at: Option<SystemTime>) {
-        let positive = self.file_in_mirror(Kind::Session, sid, self.mirror_until(expires_at));
-        let Some(issuer) = issuer else {
-            if positive {
-                put_revoked(&self.revoked_sessions, sid, self.keep_until(expires_at));
+        if self.file_in_mirror(Kind::Session, sid, self.mirror_until(expires_at)) {
+            let until = self.keep_until(expires_at);
+            match issuer {
+                None => put_revoked(&self.revoked_sessions, sid, until),
+                Some(issuer) => {
+                    put_revoked(&self.issuer_sessions, &issuer_key(issuer, sid), until);
+                    self.keyed_seen.store(true, Ordering::SeqCst);
+                    put_revoked(&self.any_sessions, sid, until);
+                }
             }
-            self.negatives.sessions.invalidate(sid);
-            return;
-        };
-        let key = issuer_key(issuer, sid);
-        if positive {
-            put_revoked(&self.issuer_sessions, &key, self.keep_until(expires_at));
         }
-        self.negatives.issuer_sessions.invalidate(&key);
-        self.keyed_revocation_of(&self.negatives.sessions, sid);
-    }
-
-    /// After a revocation keyed by issuer of `key`: the negative saying that no issuer has one
-    /// goes, and no lookup in flight stores it again (its answer may predate this one).
-    fn keyed_revocation_of(&self, negatives: &Map<String, ()>, key: &str) {
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-        negatives.invalidate(key);
+        self.negatives.sessions.invalidate(sid);
+        if let Some(issuer) = issuer {
+            self.negatives
+                .issuer_sessions
+                .invalidate(&issuer_key(issuer, sid));
+        }
     }
 
     /// Files a revocation in the mirror (and in the mirror being loaded). Returns whether the
@@ -340,27 +354,28 @@ impl Memory {
         self.forget_negatives();
     }
 
-    /// Moves a subject's cutoff (under `issuer`, or for every issuer) forward (never back). A
-    /// current marker for the subject stays current: the feed delivers every later cutoff, and
-    /// cutoffs only move forward.
+    /// Moves a subject's cutoff (under `issuer`, or for every issuer) forward (never back); one
+    /// under an issuer also moves the subject's latest cutoff under any issuer. A current marker
+    /// for the subject stays current: the feed delivers every later cutoff, and cutoffs only move
+    /// forward.
     pub(super) fn cutoff(&self, issuer: Option<&str>, subject: &str, cutoff: u64) {
         let positive = self.file_in_mirror(Kind::Subject, subject, compact::seconds(cutoff));
-        let Some(issuer) = issuer else {
-            if positive {
-                put_cutoff(&self.cutoffs, subject, cutoff);
-            } else {
-                // The positives do not know it: a marker saying they are current would lie.
-                self.negatives.subjects.invalidate(subject);
+        match (positive, issuer) {
+            (true, None) => put_cutoff(&self.cutoffs, subject, cutoff),
+            (true, Some(issuer)) => {
+                put_cutoff(&self.issuer_cutoffs, &issuer_key(issuer, subject), cutoff);
+                self.keyed_seen.store(true, Ordering::SeqCst);
+                put_cutoff(&self.any_cutoffs, subject, cutoff);
             }
-            return;
-        };
-        let key = issuer_key(issuer, subject);
-        if positive {
-            put_cutoff(&self.issuer_cutoffs, &key, cutoff);
-        } else {
-            self.negatives.issuer_subjects.invalidate(&key);
+            // The positives do not know it: a marker saying they are current would lie.
+            (false, None) => self.negatives.subjects.invalidate(subject),
+            (false, Some(issuer)) => {
+                self.negatives.subjects.invalidate(subject);
+                self.negatives
+                    .issuer_subjects
+                    .invalidate(&issuer_key(issuer, subject));
+            }
         }
-        self.keyed_revocation_of(&self.negatives.subjects, subject);
     }
 
     /// Remembers what a lookup found for `facts`: each revoked key, kept until the token's
@@ -370,8 +385,8 @@ impl Memory {
     /// visible for the instant between the two reads.
     ///
     /// For facts with an issuer, what was found under that issuer is kept under it, and the
-    /// negatives are those of its view. For facts without, a revocation found under some issuer
-    /// is not kept (the lookup does not say which), and no negative says that key is clear.
+    /// negatives are those of its view. For facts without, what was found under some issuer is
+    /// kept by key alone, for tokens without an issuer.
     pub(super) fn remember(&self, facts: &TokenFacts<'_>, lookup: &Lookup, started: u64, negatives: bool) {
         let until = || self.keep_until(facts.expires_at.map(from_unix_seconds));
         if let (true, Some(jti)) = (lookup.token_revoked, facts.jti) {
@@ -383,12 +398,22 @@ impl Memory {
         if let (Some(cutoff), Some(sub)) = (lookup.subject_cutoff, facts.subject) {
             put_cutoff(&self.cutoffs, sub, cutoff);
         }
-        if let Some(issuer) = facts.issuer {
-            if let (true, Some(sid)) = (lookup.issuer_session_revoked, facts.session_id) {
-                put_revoked(&self.issuer_sessions, &issuer_key(issuer, sid), until());
+        if let (true, Some(sid)) = (lookup.issuer_session_revoked, facts.session_id) {
+            match facts.issuer {
+                Some(issuer) => put_revoked(&self.issuer_sessions, &issuer_key(issuer, sid), until()),
+                None => {
+                    self.keyed_seen.store(true, Ordering::SeqCst);
+                    put_revoked(&self.any_sessions, sid, until());
+                }
             }
-            if let (Some(cutoff), Some(sub)) = (lookup.issuer_subject_cutoff, facts.subject) {
-                put_cutoff(&self.issuer_cutoffs, &issuer_key(issuer, sub), cutoff);
+        }
+        if let (Some(cutoff), Some(sub)) = (lookup.issuer_subject_cutoff, facts.subject) {
+            match facts.issuer {
+                Some(issuer) => put_cutoff(&self.issuer_cutoffs, &issuer_key(issuer, sub), cutoff),
+                None => {
+                    self.keyed_seen.store(true, Ordering::SeqCst);
+                    put_cutoff(&self.any_cutoffs, sub, cutoff);
+                }
             }
         }
         if !negatives || self.epoch() != started {
@@ -398,11 +423,8 @@ impl Memory {
         let clear_sid = facts
             .session_id
             .filter(|_| !lookup.session_revoked && !lookup.issuer_session_revoked);
-        // The subject's cutoffs (or their absence) were just stored above: mark them current;
-        // without an issuer, only when no issuer has one.
-        let clear_sub = facts
-            .subject
-            .filter(|_| facts.issuer.is_some() || lookup.issuer_subject_cutoff.is_none());
+        // The subject's cutoffs (or their absence) were just stored above: mark them current.
+        let clear_sub = facts.subject;
         let keys = [
             (&self.negatives.tokens, clear_jti, None),
             (
@@ -482,6 +504,8 @@ impl Memory {
             + self.cutoffs.entry_count()
             + self.issuer_sessions.entry_count()
             + self.issuer_cutoffs.entry_count()
+            + self.any_sessions.entry_count()
+            + self.any_cutoffs.entry_count()
             + self.negatives.entry_count()
     }
 
@@ -601,12 +625,11 @@ mod tests {
         );
     }
 
-    /// A keyed revocation answers for its issuer's view only; an unkeyed one for every view;
-    /// and a view without an issuer, which must see keyed revocations of every issuer, is never
-    /// answered "not revoked" from memory after one, not even by a lookup that was in flight
-    /// when it arrived.
+    /// A keyed revocation answers for its issuer's view only, an unkeyed one for every view, and
+    /// a view without an issuer (a layer that does not key) sees keyed revocations of every
+    /// issuer from memory: from events, and from what its lookups found.
     #[test]
-    fn keyed_revocations_answer_their_issuers_view_and_clear_the_unkeyed_one() {
+    fn keyed_revocations_answer_their_issuers_view_and_every_unkeyed_one() {
         let memory = Memory::new(1000, Duration::from_secs(30), Duration::from_secs(300), 1000);
         let now = unix_seconds(SystemTime::now());
         let plain = TokenFacts {
@@ -617,46 +640,27 @@ mod tests {
             expires_at: Some(now + 600),
             issuer: None,
         };
-        let of_a = TokenFacts {
-            issuer: Some("A"),
-            ..plain
-        };
-        let of_b = TokenFacts {
-            issuer: Some("B"),
-            ..plain
-        };
+        let view = |issuer, facts: TokenFacts<'static>| TokenFacts { issuer, ..facts };
+        let (of_a, of_b) = (view(Some("A"), plain), view(Some("B"), plain));
         for facts in [&plain, &of_a, &of_b] {
             memory.remember(facts, &Lookup::default(), memory.epoch(), true);
             assert_eq!(memory.answer(facts, trust()), Some(Verdict::Active));
         }
-        let in_flight = memory.epoch();
         memory.revoked_session(Some("A"), "s", Some(far_future()));
-        assert_eq!(
-            memory.answer(&of_a, trust()),
-            Some(Verdict::Revoked(RevokedBy::Session))
-        );
+        let session = Some(Verdict::Revoked(RevokedBy::Session));
+        assert_eq!(memory.answer(&of_a, trust()), session);
         assert_eq!(memory.answer(&of_b, trust()), Some(Verdict::Active));
-        assert_eq!(memory.answer(&plain, trust()), None, "must ask the ledger");
-        memory.remember(&plain, &Lookup::default(), in_flight, true);
-        assert_eq!(
-            memory.answer(&plain, trust()),
-            None,
-            "a stale negative was stored"
-        );
+        assert_eq!(memory.answer(&plain, trust()), session);
 
-        let in_flight = memory.epoch();
         memory.cutoff(Some("B"), "u", now);
-        assert_eq!(
-            memory.answer(&of_b, trust()),
-            Some(Verdict::Revoked(RevokedBy::Subject))
-        );
         let without_sid = |facts: TokenFacts<'static>| TokenFacts {
             session_id: None,
             ..facts
         };
+        let subject = Some(Verdict::Revoked(RevokedBy::Subject));
+        assert_eq!(memory.answer(&without_sid(of_b), trust()), subject);
         assert_eq!(memory.answer(&without_sid(of_a), trust()), Some(Verdict::Active));
-        memory.remember(&without_sid(plain), &Lookup::default(), in_flight, true);
-        assert_eq!(memory.answer(&without_sid(plain), trust()), None);
+        assert_eq!(memory.answer(&without_sid(plain), trust()), subject);
 
         // Unkeyed: every view.
         memory.revoked_session(None, "s2", Some(far_future()));
@@ -665,32 +669,35 @@ mod tests {
                 session_id: Some("s2"),
                 ..facts
             };
-            assert_eq!(
-                memory.answer(&other, trust()),
-                Some(Verdict::Revoked(RevokedBy::Session))
-            );
+            assert_eq!(memory.answer(&other, trust()), session);
         }
-        // A lookup for A's view keeps what it found under A, under A only.
+        // What lookups found under an issuer: kept under that issuer for its view, by key alone
+        // for a view without one (answered from memory, even while negatives are not trusted).
         let c = TokenFacts {
             jti: Some("t3"),
             session_id: Some("s3"),
             subject: Some("u3"),
-            issuer: Some("A"),
-            ..plain
+            ..of_a
         };
         let found = Lookup {
             issuer_session_revoked: true,
             ..Lookup::default()
         };
         memory.remember(&c, &found, memory.epoch(), true);
-        assert_eq!(
-            memory.answer(&c, trust()),
-            Some(Verdict::Revoked(RevokedBy::Session))
+        assert_eq!(memory.answer(&c, trust()), session);
+        assert_eq!(memory.answer(&view(Some("B"), c), trust()), None);
+        let d = view(
+            None,
+            TokenFacts {
+                session_id: Some("s4"),
+                ..c
+            },
         );
-        let c_of_b = TokenFacts {
-            issuer: Some("B"),
-            ..c
+        memory.remember(&d, &found, memory.epoch(), true);
+        let outage = Trust {
+            negatives: false,
+            ..trust()
         };
-        assert_eq!(memory.answer(&c_of_b, trust()), None);
+        assert_eq!(memory.answer(&d, outage), session);
     }
 }

@@ -444,7 +444,7 @@ impl RevocationStore for PgStore {
              VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (jti) DO NOTHING";
         const SESSION: &str = "INSERT INTO jwt_session_revocations (session_id, subject, expires_at, reason, revoked_by) \
              VALUES ($1, $2, to_timestamp($3), $4, $5) ON CONFLICT (session_id) DO NOTHING";
-        // Keyed by issuer ($6): the same statements on the tables of one issuer's keys.
+        // Keyed by issuer (the last value): the same statements on the keyed tables.
         const ISSUER_SUBJECT: &str = "INSERT INTO jwt_issuer_subject_revocations \
              (subject, not_before, reason, revoked_by, issuer) \
              VALUES ($1, to_timestamp($2::float8), $3, $4, $5) \
