@@ -477,6 +477,15 @@ async fn which_layers_key_by_issuer() {
         .issuer(Issuer::new("", DecodingKey::from_secret(b"secret")))
         .build();
     assert!(matches!(empty, Err(ConfigError::UnkeyableIssuer(name)) if name.is_empty()));
+    // Nor a receiver filing under one (every message would be refused, never retried).
+    let receiver = BackChannelLogout::builder(MemoryStore::new(), "", a.discovered_keys().await, CLIENT)
+        .key_by_issuer(true)
+        .build();
+    assert!(matches!(receiver, Err(ConfigError::UnkeyableIssuer(_))));
+    let receiver = SetReceiver::builder(MemoryStore::new(), "a\0b", a.discovered_keys().await, CLIENT)
+        .key_by_issuer(true)
+        .build();
+    assert!(matches!(receiver, Err(ConfigError::UnkeyableIssuer(_))));
 }
 
 /// What no store can key by: an empty issuer, or one holding a NUL.

@@ -314,34 +314,6 @@ impl Lookup {
     }
 }
 
-/// The key a session or subject revocation keyed by `issuer` is held under in memory:
-/// `issuer`, a NUL, then `key`. One string, so maps keyed by `String` are asked without
-/// allocating; never equal for two different pairs, since an issuer never holds a NUL
-/// ([`Revocation::issuer`] refuses one, and Postgres text cannot hold one).
-pub(crate) fn with_issuer_key<R>(issuer: &str, key: &str, f: impl FnOnce(&str) -> R) -> R {
-    const STACK: usize = 256;
-    let len = issuer.len() + 1 + key.len();
-    if len <= STACK {
-        let mut buffer = [0u8; STACK];
-        buffer[..issuer.len()].copy_from_slice(issuer.as_bytes());
-        buffer[issuer.len() + 1..len].copy_from_slice(key.as_bytes());
-        // Two strings joined by an ASCII byte are UTF-8; the fallback is never taken.
-        if let Ok(joined) = std::str::from_utf8(&buffer[..len]) {
-            return f(joined);
-        }
-    }
-    f(&issuer_key(issuer, key))
-}
-
-/// [`with_issuer_key`]'s key, owned.
-pub(crate) fn issuer_key(issuer: &str, key: &str) -> String {
-    let mut joined = String::with_capacity(issuer.len() + 1 + key.len());
-    joined.push_str(issuer);
-    joined.push('\0');
-    joined.push_str(key);
-    joined
-}
-
 /// Every live revocation of a ledger at one moment, and the `seq` of that moment: what a
 /// mirroring cache loads before following the change feed from `seq` on.
 #[derive(Debug, Clone, Default)]

@@ -84,6 +84,10 @@ impl Sender {
         required: &[&str],
         typ: Option<&str>,
     ) -> Result<(String, Verifier), ConfigError> {
+        // Filed under the issuer: no store can file under an empty one or one with a NUL.
+        if self.keyed && (self.issuer.is_empty() || self.issuer.contains('\0')) {
+            return Err(ConfigError::UnkeyableIssuer(self.issuer));
+        }
         let algorithms = self
             .algorithms
             .or_else(|| self.keys.default_algorithms())

@@ -204,8 +204,14 @@ async fn load_mirror<B: Ledger>(tier: &Tier<B>) -> Result<i64, StoreError> {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let was_mirroring = memory.mirroring();
     let finished = build.finish();
-    if finished.is_err() && was_mirroring {
-        memory.mirror_fell_back();
+    match (&finished, was_mirroring) {
+        (Err(_), true) => memory.mirror_fell_back(),
+        // Promoted: negatives stored in lookup mode are not read while mirroring, and would
+        // outlive revocations the mirror alone holds (one filed only in the table clears the
+        // negatives of its own key, not those of every issuer's view), to be read again the
+        // moment the mirror falls back. None survives the promotion.
+        (Ok(()), false) => memory.forget_negatives(),
+        _ => {}
     }
     match finished {
         Ok(()) => tracing::info!(

@@ -33,7 +33,7 @@ use moka::sync::Cache;
 use super::compact::{self, Compact, Kind, Probe};
 use crate::backend::{
     LiveRevocation, Lookup, RevocationKind, RevocationRecord, RevokedBy, TokenFacts, Verdict,
-    from_unix_seconds, issuer_key, subject_cutoff_covers, unix_seconds, with_issuer_key,
+    from_unix_seconds, subject_cutoff_covers, unix_seconds,
 };
 use crate::telemetry::{self, Count};
 
@@ -254,13 +254,17 @@ impl Memory {
                     .get(key)
                     .is_some_and(|cutoff| subject_cutoff_covers(cutoff, facts.issued_at))
         };
-        if facts.subject.is_some_and(|sub| {
-            covers(&self.cutoffs, sub)
-                || match facts.issuer {
-                    Some(issuer) => with_issuer_key(issuer, sub, |key| covers(&self.issuer_cutoffs, key)),
-                    None => any && covers(&self.any_cutoffs, sub),
-                }
-        }) {
+        let subject_covered = || {
+            facts.subject.is_some_and(|sub| {
+                let any = facts.issuer.is_none() && self.keyed_seen.load(Ordering::SeqCst);
+                covers(&self.cutoffs, sub)
+                    || match facts.issuer {
+                        Some(issuer) => with_issuer_key(issuer, sub, |key| covers(&self.issuer_cutoffs, key)),
+                        None => any && covers(&self.any_cutoffs, sub),
+                    }
+            })
+        };
+        if subject_covered() {
             return Some(Verdict::Revoked(RevokedBy::Subject));
         }
         // A key the mirror holds is a revocation it was told of (or a collision): like a
@@ -287,6 +291,12 @@ impl Memory {
             && facts
                 .subject
                 .is_none_or(|sub| negative(&negatives.subjects, &negatives.issuer_subjects, sub));
+        // A lookup stores a subject's cutoffs before its marker: one that stored both since the
+        // cutoffs were read above shows its cutoff now. (Other negatives are stored only for keys
+        // found not revoked, so they cannot race their own positive like this.)
+        if clear && subject_covered() {
+            return Some(Verdict::Revoked(RevokedBy::Subject));
+        }
         clear.then_some(Verdict::Active)
     }
 
@@ -540,6 +550,34 @@ fn put_revoked(map: &Map<String, Revoked>, key: &str, until: Option<Instant>) {
         Some(current) if current.value().outlasts(until) => Op::Nop,
         _ => Op::Put(Revoked { until }),
     });
+}
+
+/// The key a session or subject revocation keyed by `issuer` is held under in memory:
+/// `issuer`, a NUL, then `key`. One string, so maps keyed by `String` are asked without
+/// allocating; never equal for two different pairs, since an issuer never holds a NUL
+/// ([`Revocation::issuer`](crate::Revocation::issuer) refuses one, and Postgres text cannot hold one).
+fn with_issuer_key<R>(issuer: &str, key: &str, f: impl FnOnce(&str) -> R) -> R {
+    const STACK: usize = 256;
+    let len = issuer.len() + 1 + key.len();
+    if len <= STACK {
+        let mut buffer = [0u8; STACK];
+        buffer[..issuer.len()].copy_from_slice(issuer.as_bytes());
+        buffer[issuer.len() + 1..len].copy_from_slice(key.as_bytes());
+        // Two strings joined by an ASCII byte are UTF-8; the fallback is never taken.
+        if let Ok(joined) = std::str::from_utf8(&buffer[..len]) {
+            return f(joined);
+        }
+    }
+    f(&issuer_key(issuer, key))
+}
+
+/// [`with_issuer_key`]'s key, owned.
+fn issuer_key(issuer: &str, key: &str) -> String {
+    let mut joined = String::with_capacity(issuer.len() + 1 + key.len());
+    joined.push_str(issuer);
+    joined.push('\0');
+    joined.push_str(key);
+    joined
 }
 
 /// Moves a cutoff forward (never back).
