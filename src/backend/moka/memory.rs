@@ -231,6 +231,22 @@ impl Memory {
     /// revoked), and before negatives, so a positive that arrived while a lookup was storing a
     /// negative for the same key always wins. Reads no clock unless the mirror holds a key.
     pub(super) fn answer(&self, facts: &TokenFacts<'_>, trust: Trust) -> Option<Verdict> {
+        let negatives = &self.negatives;
+        let negative = |plain: &Map<String, ()>, keyed: &Map<String, ()>, key: &str| match facts.issuer {
+            Some(issuer) => with_issuer_key(issuer, key, |key| keyed.contains_key(key)),
+            None => plain.contains_key(key),
+        };
+        let subject_marker = || {
+            facts
+                .subject
+                .is_none_or(|sub| negative(&negatives.subjects, &negatives.issuer_subjects, sub))
+        };
+        // A lookup stores a subject's cutoffs before its marker: read the marker *before* the
+        // cutoffs, and a marker seen has its cutoffs visible below (read after, a lookup storing
+        // both in between would pass a covered token). Only where the marker may be used: not
+        // while the mirror answers. (Other negatives are stored only for keys found not revoked,
+        // so they cannot race their own positive like this.)
+        let early_marker = (trust.negatives && !self.compact.active()).then(subject_marker);
         if facts.jti.is_some_and(|jti| self.revoked_tokens.contains_key(jti)) {
             return Some(Verdict::Revoked(RevokedBy::Token));
         }
@@ -279,24 +295,22 @@ impl Memory {
         if !trust.negatives {
             return None;
         }
-        let negative = |plain: &Map<String, ()>, keyed: &Map<String, ()>, key: &str| match facts.issuer {
-            Some(issuer) => with_issuer_key(issuer, key, |key| keyed.contains_key(key)),
-            None => plain.contains_key(key),
+        let subject_clear = match early_marker {
+            Some(marker) => marker,
+            // The mirror went off since: the marker read now, then the cutoffs again.
+            None => {
+                let marker = subject_marker();
+                if marker && subject_covered() {
+                    return Some(Verdict::Revoked(RevokedBy::Subject));
+                }
+                marker
+            }
         };
-        let negatives = &self.negatives;
-        let clear = facts.jti.is_none_or(|jti| negatives.tokens.contains_key(jti))
+        let clear = subject_clear
+            && facts.jti.is_none_or(|jti| negatives.tokens.contains_key(jti))
             && facts
                 .session_id
-                .is_none_or(|sid| negative(&negatives.sessions, &negatives.issuer_sessions, sid))
-            && facts
-                .subject
-                .is_none_or(|sub| negative(&negatives.subjects, &negatives.issuer_subjects, sub));
-        // A lookup stores a subject's cutoffs before its marker: one that stored both since the
-        // cutoffs were read above shows its cutoff now. (Other negatives are stored only for keys
-        // found not revoked, so they cannot race their own positive like this.)
-        if clear && subject_covered() {
-            return Some(Verdict::Revoked(RevokedBy::Subject));
-        }
+                .is_none_or(|sid| negative(&negatives.sessions, &negatives.issuer_sessions, sid));
         clear.then_some(Verdict::Active)
     }
 
