@@ -298,6 +298,28 @@ pub(crate) fn unavailable() -> Response<Full<Bytes>> {
     response
 }
 
+/// The builders' `key_by_issuer` setter: both receivers file their revocations the same way.
+macro_rules! key_by_issuer_setter {
+    () => {
+        /// Files its revocations under this issuer ([`Revocation::issuer`](crate::Revocation::issuer)),
+        /// so that they end this provider's sessions and users only, never another provider's user
+        /// of the same `sub` or `sid`. Turn it on when the layer enforcing them keys revocations by
+        /// issuer (by default it does when it accepts more than one issuer: see
+        /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
+        /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
+        /// by issuer still enforces keyed revocations (for every issuer).
+        ///
+        /// The issuer given to `builder` must then be exactly the `iss` of the provider's access
+        /// tokens as the layer knows it: a revocation filed under another string (a trailing
+        /// slash; Entra ID v1 access tokens against v2 logout tokens) is never applied by a layer
+        /// that keys. Where they differ, leave this off.
+        pub fn key_by_issuer(mut self, keyed: bool) -> Self {
+            self.sender.keyed = keyed;
+            self
+        }
+    };
+}
+
 /// The tower service of a receiver: `$name<S>` holding `inner: Arc<Inner<S>>` whose
 /// `handle(request)` answers. One definition for both receivers.
 macro_rules! receiver_service {
@@ -337,4 +359,4 @@ macro_rules! receiver_service {
         }
     };
 }
-pub(crate) use receiver_service;
+pub(crate) use {key_by_issuer_setter, receiver_service};

@@ -63,8 +63,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Failed, Guard, Refusal, Sender, method_not_allowed, read_body, receiver_service, respond, unavailable,
-    usable_key,
+    Failed, Guard, Refusal, Sender, key_by_issuer_setter, method_not_allowed, read_body, receiver_service,
+    respond, unavailable, usable_key,
 };
 use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
@@ -164,22 +164,7 @@ impl<S> SetReceiverBuilder<S> {
         self
     }
 
-    /// Files its revocations under this issuer ([`Revocation::issuer`](crate::Revocation::issuer)),
-    /// so that they end this provider's sessions and users only, never another provider's user
-    /// of the same `sub` or `sid`. Turn it on when the layer enforcing them keys revocations by
-    /// issuer (by default it does when it accepts more than one issuer: see
-    /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
-    /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
-    /// by issuer still enforces keyed revocations (for every issuer).
-    ///
-    /// The issuer given to `builder` must then be exactly the `iss` of the provider's access
-    /// tokens as the layer knows it: a revocation filed under another string (a trailing
-    /// slash; Entra ID v1 access tokens against v2 logout tokens) is never applied by a layer
-    /// that keys. Where they differ, leave this off.
-    pub fn key_by_issuer(mut self, keyed: bool) -> Self {
-        self.sender.keyed = keyed;
-        self
-    }
+    key_by_issuer_setter!();
 
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
     pub fn build(self) -> Result<SetReceiver<S>, ConfigError> {
