@@ -464,3 +464,73 @@ async fn a_cutoff_read_before_the_first_sync_is_not_trusted_after_it(pool: PgPoo
         Verdict::Revoked(RevokedBy::Subject)
     );
 }
+
+/// Issue 24, item 6. Mirror mode, a hot token whose `sid` another issuer revoked (so every check
+/// of it is confirmed with the ledger), a confirmation in flight that read the ledger before a
+/// logout: the logout through this instance returns, and the next request must be refused
+/// here. Failed on `main`: that request joined the flight that began before the commit and
+/// was answered "not revoked".
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_mirror_reads_its_own_logout_while_an_older_lookup_is_in_flight(pool: PgPool) {
+    let faulty = Faulty::new(store(&pool));
+    let cache = MokaCache::builder(faulty.clone())
+        .mode(CacheMode::Mirror)
+        .start()
+        .unwrap();
+    assert!(cache.wait_in_sync(Duration::from_secs(5)).await);
+    cache
+        .revoke(&Revocation::session("s-1", in_an_hour()).issuer("https://a.example"))
+        .await
+        .unwrap();
+    let hot = TokenFacts {
+        jti: Some("b-1"),
+        session_id: Some("s-1"),
+        subject: Some("alice"),
+        issued_at: Some(now() - 5),
+        expires_at: Some(now() + 600),
+        issuer: Some("https://b.example"),
+    };
+    assert_eq!(verdict(&cache, &hot).await.unwrap(), Verdict::Active);
+
+    faulty.hold_answers(true);
+    let check = |cache: MokaCache<Faulty>| {
+        tokio::spawn(async move {
+            let hot = TokenFacts {
+                jti: Some("b-1"),
+                session_id: Some("s-1"),
+                subject: Some("alice"),
+                issued_at: Some(now() - 5),
+                expires_at: Some(now() + 600),
+                issuer: Some("https://b.example"),
+            };
+            verdict(&cache, &hot).await
+        })
+    };
+    let before = faulty.lookups();
+    let older = check(cache.clone());
+    wait_until("the older lookup read the ledger", || async {
+        faulty.lookups() == before + 1
+    })
+    .await;
+    cache
+        .revoke(&Revocation::token("b-1", in_an_hour()))
+        .await
+        .unwrap();
+    let waits = cache.metrics().coalesced_waits;
+    let newer = check(cache.clone());
+    wait_until("the next request waits for a lookup", || async {
+        newer.is_finished() || cache.metrics().coalesced_waits > waits || faulty.lookups() > before + 1
+    })
+    .await;
+    faulty.hold_answers(false);
+    assert_eq!(
+        older.await.unwrap().unwrap(),
+        Verdict::Active,
+        "it began before the logout"
+    );
+    assert_eq!(
+        newer.await.unwrap().unwrap(),
+        Verdict::Revoked(RevokedBy::Token),
+        "the instance that took the logout served the token"
+    );
+}

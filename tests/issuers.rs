@@ -563,3 +563,32 @@ async fn keyed_rows_move_forward_and_are_purged(pool: PgPool) {
     assert_eq!(store.purge_expired(Duration::from_secs(60)).await.unwrap(), 2);
     assert!(store.list_by_subject("u", 10).await.unwrap().is_empty());
 }
+
+/// Issue 24, item 2. A receiver for provider A at its default, beside a layer that keys by
+/// issuer over the same store: A logs out "alice" and B's "alice" keeps working. Failed on
+/// `main`: the receiver filed an unkeyed cutoff, so A could end every token of B's user.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_receiver_at_its_default_keys_the_way_the_layers_over_its_store_do(pool: PgPool) {
+    let (a, b) = providers().await;
+    let store = PgStore::new(pool.clone());
+    let instance = app(store.clone(), &a, &b).await;
+    let a_alice = access(&a, true, "a1", "alice", "s-1", now() - 5);
+    let b_alice = access(&b, false, "b1", "alice", "s-9", now() - 5);
+    let endpoint = BackChannelLogout::builder(store.clone(), a.issuer(), a.discovered_keys().await, CLIENT)
+        .build()
+        .unwrap();
+    logout(&endpoint, &a, "lo-default", "alice", None).await;
+    assert_eq!(status(&instance, &a_alice).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&instance, &b_alice).await,
+        StatusCode::OK,
+        "A ended B's alice"
+    );
+
+    let receiver = SetReceiver::builder(store.clone(), a.issuer(), a.discovered_keys().await, CLIENT)
+        .build()
+        .unwrap();
+    let b_bob = access(&b, false, "b3", "bob", "s-3", now() - 5);
+    disable_account(&receiver, &a, "set-default", "bob").await;
+    assert_eq!(status(&instance, &b_bob).await, StatusCode::OK, "A ended B's bob");
+}

@@ -271,3 +271,84 @@ async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
         ]
     );
 }
+
+/// Issue 24, item 1. A deployment that already accepted two issuers before revocations were
+/// keyed, upgraded one instance at a time: the new build's "log out everywhere" and "end this
+/// session", filed through a two-issuer layer at its defaults, must be what the previous
+/// build's check query (copied as it shipped) finds, or an old instance serves the revoked
+/// token. Failed on `main`: the layer keyed by default, its rows went to the keyed tables, and
+/// the old query found neither.
+#[sqlx::test(migrations = false)]
+async fn a_two_issuer_layer_at_its_defaults_files_what_the_previous_build_enforces(pool: PgPool) {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::post;
+    use http::{Request, StatusCode, header::AUTHORIZATION};
+    use std::time::Duration;
+    use tower::ServiceExt;
+    use tower_jwt_revocation::decode::Issuer;
+    use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, Header};
+    use tower_jwt_revocation::{Claims, JwtRevocationLayer, RevocationStore};
+
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    let layer = JwtRevocationLayer::builder(store.clone())
+        .issuer(Issuer::new(
+            "https://a.example",
+            DecodingKey::from_secret(b"secret-of-a"),
+        ))
+        .issuer(Issuer::new(
+            "https://b.example",
+            DecodingKey::from_secret(b"secret-of-b"),
+        ))
+        .build()
+        .unwrap();
+    let writer = store.clone();
+    let app = Router::new()
+        .route(
+            "/logout",
+            post(move |claims: Claims| async move {
+                let session = claims.session_revocation(Duration::from_secs(3600)).unwrap();
+                writer.revoke(&session).await.unwrap();
+                writer
+                    .revoke(&claims.subject_revocation().unwrap())
+                    .await
+                    .unwrap();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .layer(layer);
+    let token = common::mint_with(
+        Header::new(Algorithm::HS256),
+        serde_json::json!({
+            "iss": "https://a.example", "jti": "t-1", "sub": "alice", "sid": "s-1",
+            "iat": common::now() - 5, "exp": common::now() + 600,
+        }),
+        b"secret-of-a",
+    );
+    let request = Request::post("/logout")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.oneshot(request).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+
+    const OLD_CHECK: &str = "SELECT \
+        EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
+        EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
+        (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+    let (_, session, cutoff): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)
+        .bind("t-1")
+        .bind("s-1")
+        .bind("alice")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(session, "the previous build does not see the session revocation");
+    assert!(
+        cutoff.is_some_and(|cutoff| cutoff >= (common::now() - 5) as f64),
+        "the previous build does not see the cutoff: {cutoff:?}"
+    );
+}

@@ -524,3 +524,67 @@ async fn purge_drops_subject_cutoffs_older_than_the_longest_token_lifetime(pool:
     let store = PgStore::new(pool.clone()).with_max_token_lifetime(Duration::MAX);
     assert_eq!(store.purge_expired(Duration::MAX).await.unwrap(), 0);
 }
+
+/// Issue 24, item 3. Lifetime 3600 s and the default 60 s leeway: a token issued at the cutoff
+/// (t-3700) with `exp` t-40 is still accepted by the layer (`exp - iat` = lifetime + leeway,
+/// `exp` + leeway in the future), so `purge_expired` with the leeway as margin must keep the
+/// cutoff that revokes it. Failed on `main` for both stores: the cutoff was purged one leeway
+/// early and the token answered 200.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_purge_keeps_every_cutoff_a_still_valid_token_needs(pool: PgPool) {
+    let lifetime = Duration::from_secs(3600);
+    let cutoff = from_unix_seconds(now() - 3700);
+    let token = mint(json!({"jti": "t", "sub": "alice", "iat": now() - 3700, "exp": now() - 40}));
+    async fn status<B: tower_jwt_revocation::RevocationBackend + Clone>(
+        backend: B,
+        lifetime: Duration,
+        token: &str,
+    ) -> StatusCode {
+        async fn me(claims: Claims) -> String {
+            claims.sub.unwrap_or_default()
+        }
+        let layer = JwtRevocationLayer::builder(backend)
+            .decoding_key(DecodingKey::from_secret(SECRET))
+            .max_token_lifetime(lifetime)
+            .build()
+            .unwrap();
+        let request = Request::get("/me")
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        Router::new()
+            .route("/me", get(me))
+            .layer(layer)
+            .oneshot(request)
+            .await
+            .unwrap()
+            .status()
+    }
+    let pg = PgStore::new(pool.clone()).with_max_token_lifetime(lifetime);
+    let memory = tower_jwt_revocation::MemoryStore::new().with_max_token_lifetime(lifetime);
+    pg.revoke(&Revocation::subject("alice", cutoff)).await.unwrap();
+    memory
+        .revoke(&Revocation::subject("alice", cutoff))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(pg.clone(), lifetime, &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(memory.clone(), lifetime, &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    pg.purge_expired(Duration::from_secs(60)).await.unwrap();
+    memory.purge_expired(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        status(pg, lifetime, &token).await,
+        StatusCode::UNAUTHORIZED,
+        "PgStore purged it"
+    );
+    assert_eq!(
+        status(memory, lifetime, &token).await,
+        StatusCode::UNAUTHORIZED,
+        "MemoryStore purged it"
+    );
+}

@@ -491,3 +491,37 @@ async fn a_replay_writes_nothing_and_guards_never_meet_access_tokens() {
     assert_eq!(push(&receiver, other).await.0, StatusCode::ACCEPTED);
     assert_eq!(store.revokes(), before);
 }
+
+/// Issue 24, item 4. One SET, two events about a `complex` subject whose user is an email (no
+/// resolver is set) and whose session is known: the session is revoked, although the
+/// credential change cannot be mapped to a user. Failed on `main`: the SET was refused with 400
+/// before any revocation, so the session stayed valid on every retry.
+#[tokio::test]
+async fn an_event_that_cannot_be_mapped_does_not_drop_the_others() {
+    let provider = provider().await;
+    let store = MemoryStore::new();
+    let receiver = receiver_for(&provider, store.clone()).await;
+    let subject = json!({
+        "format": "complex",
+        "user": {"format": "email", "email": "frank@example.com"},
+        "session": {"format": "opaque", "id": "s-frank"},
+    });
+    let claims = json!({
+        "iss": provider.issuer(), "aud": AUDIENCE, "jti": "set-two-events", "iat": now(),
+        "sub_id": subject,
+        "events": {CAEP_SESSION_REVOKED: {}, CAEP_CREDENTIAL_CHANGE: {}},
+    });
+    let (status, body) = push(&receiver, set(&claims)).await;
+    let token = access("frank", Some("s-frank"), now() - 5);
+    assert_eq!(
+        verdict(&store, token).await,
+        Verdict::Revoked(RevokedBy::Session),
+        "the session revocation was dropped ({status} {body})"
+    );
+    // The event that could not be acted on is reported, so the transmitter's operator sees it.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["err"], "invalid_request");
+    // A redelivery acts again (idempotent) and is answered the same.
+    let (again, _) = push(&receiver, set(&claims)).await;
+    assert_eq!(again, StatusCode::BAD_REQUEST);
+}

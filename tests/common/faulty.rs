@@ -29,6 +29,7 @@ pub enum Fault {
 
 struct Controls {
     lookups_open: watch::Sender<bool>,
+    answers_open: watch::Sender<bool>,
     feed_open: watch::Sender<bool>,
     fault: Mutex<Option<Fault>>,
     lookups: AtomicUsize,
@@ -48,6 +49,7 @@ impl Faulty {
             store,
             controls: Arc::new(Controls {
                 lookups_open: watch::channel(true).0,
+                answers_open: watch::channel(true).0,
                 feed_open: watch::channel(true).0,
                 fault: Mutex::new(None),
                 lookups: AtomicUsize::new(0),
@@ -59,6 +61,12 @@ impl Faulty {
     /// Lookups wait (without reading the ledger) until `hold_lookups(false)`.
     pub fn hold_lookups(&self, hold: bool) {
         self.controls.lookups_open.send_replace(!hold);
+    }
+
+    /// Lookups read the ledger at once, then wait with their answer until `hold_answers(false)`:
+    /// a lookup that began before a write and ends after it.
+    pub fn hold_answers(&self, hold: bool) {
+        self.controls.answers_open.send_replace(!hold);
     }
 
     /// New change feeds do not start until `hold_feed(false)`.
@@ -112,6 +120,7 @@ impl Ledger for Faulty {
     fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture {
         self.controls.lookups.fetch_add(1, Ordering::SeqCst);
         let open = self.controls.lookups_open.subscribe();
+        let answer_open = self.controls.answers_open.subscribe();
         let store = self.store.clone();
         let (jti, sid, sub) = (
             facts.jti.map(str::to_owned),
@@ -130,7 +139,9 @@ impl Ledger for Faulty {
                 expires_at,
                 issuer: issuer.as_deref(),
             };
-            store.lookup(&facts).await
+            let answer = store.lookup(&facts).await;
+            opened(answer_open).await;
+            answer
         })
     }
 

@@ -677,6 +677,82 @@ mod tests {
         );
     }
 
+    /// Issue 24, item 7. moka runs an eviction listener after the entry is gone; what memory
+    /// answers in between is what it answers with the positive removed and the listener not yet
+    /// run (an explicit `invalidate`, which the listeners ignore, leaves exactly that state).
+    /// Failed on `main`: an issuer view's "not revoked" that an unkeyed session revocation
+    /// overrode, and a subject's marker beside an evicted cutoff, answered a revoked token
+    /// "not revoked".
+    #[test]
+    fn a_positive_gone_before_its_eviction_listener_ran_exposes_no_negative() {
+        let memory = Memory::new(1000, Duration::from_secs(30), Duration::from_secs(300), 1000);
+        let now = unix_seconds(SystemTime::now());
+        let of_a = TokenFacts {
+            jti: Some("t"),
+            session_id: Some("s"),
+            subject: Some("u"),
+            issued_at: Some(now - 10),
+            expires_at: Some(now + 600),
+            issuer: Some("A"),
+        };
+        let plain = TokenFacts { issuer: None, ..of_a };
+        for facts in [&of_a, &plain] {
+            memory.remember(facts, &Lookup::default(), memory.epoch(), true);
+            assert_eq!(memory.answer(facts, trust()), Some(Verdict::Active));
+        }
+        memory.revoked_session(None, "s", Some(far_future()));
+        assert_eq!(
+            memory.answer(&of_a, trust()),
+            Some(Verdict::Revoked(RevokedBy::Session))
+        );
+        memory.revoked_sessions.invalidate("s");
+        assert_ne!(
+            memory.answer(&of_a, trust()),
+            Some(Verdict::Active),
+            "session, issuer view"
+        );
+        assert_ne!(memory.answer(&plain, trust()), Some(Verdict::Active), "session");
+
+        let no_sid = |facts: TokenFacts<'static>| TokenFacts {
+            session_id: None,
+            ..facts
+        };
+        let (of_a, plain) = (no_sid(of_a), no_sid(plain));
+        memory.cutoff(None, "u", now);
+        for facts in [&of_a, &plain] {
+            assert_eq!(
+                memory.answer(facts, trust()),
+                Some(Verdict::Revoked(RevokedBy::Subject))
+            );
+        }
+        memory.cutoffs.invalidate("u");
+        assert_ne!(
+            memory.answer(&of_a, trust()),
+            Some(Verdict::Active),
+            "cutoff, issuer view"
+        );
+        assert_ne!(memory.answer(&plain, trust()), Some(Verdict::Active), "cutoff");
+        // Keyed: a cutoff under A, its positives gone.
+        memory.remember(&of_a, &Lookup::default(), memory.epoch(), true);
+        memory.cutoff(Some("A"), "u", now + 1);
+        memory.issuer_cutoffs.invalidate(&issuer_key("A", "u"));
+        memory.any_cutoffs.invalidate("u");
+        let later = |facts: TokenFacts<'static>| TokenFacts {
+            issued_at: Some(now + 1),
+            ..facts
+        };
+        assert_ne!(
+            memory.answer(&later(of_a), trust()),
+            Some(Verdict::Active),
+            "keyed cutoff"
+        );
+        assert_ne!(
+            memory.answer(&later(plain), trust()),
+            Some(Verdict::Active),
+            "keyed cutoff, any"
+        );
+    }
+
     /// A keyed revocation answers for its issuer's view only, an unkeyed one for every view, and
     /// a view without an issuer (a layer that does not key) sees keyed revocations of every
     /// issuer from memory: from events, and from what its lookups found.
