@@ -458,9 +458,18 @@ impl Build<'_> {
 
     /// Replays the writes kept since the build started and swaps the table in. `Err` (and no
     /// table on: the mirror falls back) when the live set passed `max_entries`.
-    pub(super) fn finish(mut self) -> Result<(), Overflow> {
+    #[cfg(test)]
+    pub(super) fn finish(self) -> Result<(), Overflow> {
+        self.finish_reporting().0
+    }
+
+    /// [`finish`](Self::finish), and whether a table was on just before, read under the
+    /// writer's lock: a table that went off while the snapshot was read (an insert passed
+    /// `max_entries`) was not on, so a build that fits is then a promotion.
+    pub(super) fn finish_reporting(mut self) -> (Result<(), Overflow>, bool) {
         self.finished = true;
         let mut writer = self.compact.writer();
+        let was_on = writer.filled.is_some();
         let pending = writer.pending.take().unwrap_or_default();
         let now = now_seconds();
         let max_entries = self.compact.max_entries;
@@ -475,11 +484,12 @@ impl Build<'_> {
         }
         writer.filled = filled.ok();
         self.compact.publish(writer.filled.as_ref());
-        if writer.filled.is_some() {
+        let fits = if writer.filled.is_some() {
             Ok(())
         } else {
             Err(Overflow)
-        }
+        };
+        (fits, was_on)
     }
 }
 

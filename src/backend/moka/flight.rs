@@ -1,7 +1,10 @@
 //! Single flight: concurrent misses for the same token keys share one ledger lookup.
 //!
 //! The first check for a set of keys starts a flight; the others join it and wait for its
-//! answer. A waiter that is cancelled (its client went away) hands the lookup to the next waiter
+//! answer, unless a revocation was filed in memory since it started (the flight's
+//! *generation*): its lookup may have read the ledger before that revocation committed, so a
+//! check that arrives after this instance learned of it (its own logout, say) starts a new
+//! flight instead of taking the old answer. A waiter that is cancelled (its client went away) hands the lookup to the next waiter
 //! (`OnceCell` semantics), and the last one to leave, answered or not, removes the flight, so an
 //! abandoned lookup leaves nothing behind.
 
@@ -48,10 +51,10 @@ impl TokenKeys {
 
 type Cell = Arc<OnceCell<SharedLookup>>;
 
-/// The flights in progress.
+/// The flights in progress, each with the generation it started in.
 #[derive(Default)]
 pub(super) struct Flights {
-    map: Mutex<HashMap<TokenKeys, Cell>>,
+    map: Mutex<HashMap<TokenKeys, (u64, Cell)>>,
 }
 
 /// One check's place in a flight; dropping it (answered or cancelled) leaves the flight, and the
@@ -66,21 +69,24 @@ pub(super) struct Flight<'a> {
 }
 
 impl Flights {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TokenKeys, Cell>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TokenKeys, (u64, Cell)>> {
         // Every critical section is a single map operation: a panic cannot leave it half-done.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Joins the flight for `key`, or starts one. Before starting, `answered` is asked (under
-    /// the lock) whether memory can answer now: a flight that just ended remembered its answer
-    /// before leaving, so a check arriving after it must not send another lookup.
+    /// Joins the flight for `key` if it started in `generation` (the count of revocations filed
+    /// in memory, read by the caller now), or starts one, which takes the place of an older
+    /// flight for the same keys (whose waiters keep theirs). Before starting, `answered` is
+    /// asked (under the lock) whether memory can answer now: a flight that just ended remembered
+    /// its answer before leaving, so a check arriving after it must not send another lookup.
     pub(super) fn join<T>(
         &self,
         key: TokenKeys,
+        generation: u64,
         answered: impl FnOnce() -> Option<T>,
     ) -> Result<Flight<'_>, T> {
         let mut map = self.lock();
-        if let Some(cell) = map.get(&key) {
+        if let Some((_, cell)) = map.get(&key).filter(|(started, _)| *started == generation) {
             let cell = Arc::clone(cell);
             return Ok(Flight {
                 flights: self,
@@ -93,7 +99,7 @@ impl Flights {
             return Err(answer);
         }
         let cell = Cell::default();
-        map.insert(key.clone(), Arc::clone(&cell));
+        map.insert(key.clone(), (generation, Arc::clone(&cell)));
         Ok(Flight {
             flights: self,
             key,
@@ -131,7 +137,7 @@ impl Drop for Flight<'_> {
         if (leaving_last || cell.initialized())
             && map
                 .get(&self.key)
-                .is_some_and(|current| Arc::ptr_eq(current, &cell))
+                .is_some_and(|(_, current)| Arc::ptr_eq(current, &cell))
         {
             map.remove(&self.key);
         }

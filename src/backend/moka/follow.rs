@@ -202,17 +202,7 @@ async fn load_mirror<B: Ledger>(tier: &Tier<B>) -> Result<i64, StoreError> {
     let seq = tier.backend.snapshot_pages(&mut page).await?;
     let read = build.read();
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    let was_mirroring = memory.mirroring();
-    let finished = build.finish();
-    match (&finished, was_mirroring) {
-        (Err(_), true) => memory.mirror_fell_back(),
-        // Promoted: negatives stored in lookup mode are not read while mirroring, and would
-        // outlive revocations the mirror alone holds (one filed only in the table clears the
-        // negatives of its own key, not those of every issuer's view), to be read again the
-        // moment the mirror falls back. None survives the promotion.
-        (Ok(()), false) => memory.forget_negatives(),
-        _ => {}
-    }
+    let finished = memory.finish_load(build);
     match finished {
         Ok(()) => tracing::info!(
             read,

@@ -14,8 +14,15 @@
 //!   trusted. A revocation lives until its token's `exp` plus the
 //!   [`revocation_grace`](MokaCacheBuilder::revocation_grace) (5 min, beyond any validation
 //!   leeway), so a revoked token never becomes valid again while it can be presented; concurrent
-//!   writers never shorten that. Losing one to capacity pressure only means the next check of that
-//!   key asks the ledger again (lookup mode): an evicted entry is never assumed absent.
+//!   writers never shorten that. Past [`max_capacity`](MokaCacheBuilder::max_capacity) entries
+//!   per kind, the tier evicts one itself, after dropping every "not revoked" entry the evicted
+//!   one overrode (moka's own eviction runs its listener only once the entry is gone, which
+//!   would leave such an entry answering for a moment): losing one only means the next check
+//!   of that key asks the ledger again (lookup mode), never that it is assumed absent.
+//! - A check that misses joins a lookup of the same keys already in flight only if this
+//!   instance filed no revocation since that lookup began: after a logout through this
+//!   instance (or one its feed delivered), the next check asks the ledger afresh instead of
+//!   taking an answer read before the commit.
 //! - **Not revoked** (negative) entries are kept per key (`jti`, `sid`, subject) for at most
 //!   `negative_ttl`, and trusted only while the change feed is provably in sync: connected, and
 //!   its last proof of sync no older than `max_staleness`. A token is answered "not revoked" from
@@ -65,6 +72,7 @@ mod compact;
 mod flight;
 mod follow;
 mod memory;
+mod positives;
 mod sync;
 
 pub use builder::{DEFAULT_MIRROR_MAX_ENTRIES, MokaCacheBuilder};
@@ -129,7 +137,7 @@ pub struct CacheMetrics {
     /// Times the feed's follower stopped (its stream ended or it panicked) and was restarted.
     pub feed_restarts: u64,
     /// Revocations (or cutoffs) dropped from memory for lack of capacity; each costs a lookup of
-    /// its own key when next asked (and ends mirroring).
+    /// its own key when next asked (a mirror's live set is not held in these maps).
     pub evicted_revocations: u64,
     /// Entries held (approximate, as moka counts them).
     pub live_entries: u64,
@@ -314,10 +322,9 @@ impl<B: Ledger> Tier<B> {
         expires_at: Option<u64>,
     ) -> Result<Verdict, StoreError> {
         let facts = key.facts(issued_at, expires_at);
-        let flight = match self
-            .flights
-            .join(key.clone(), || self.memory.answer(&facts, self.trust()))
-        {
+        let flight = match self.flights.join(key.clone(), self.memory.filed(), || {
+            self.memory.answer(&facts, self.trust())
+        }) {
             Ok(flight) => flight,
             Err(answered) => return Ok(answered),
         };
@@ -445,6 +452,11 @@ impl<B: Ledger> RevocationBackend for MokaCache<B> {
     /// ready before (or without) its mirror loaded: its answers then come from lookups.
     fn is_ready(&self) -> bool {
         self.tier.sync.millis_since_sync().is_some()
+    }
+
+    /// The ledger's ([`Ledger::issuer_keying`]).
+    fn issuer_keying(&self) -> bool {
+        self.tier.backend.issuer_keying()
     }
 
     /// Answers from memory when it can: revoked entries always, negatives while in sync, and
