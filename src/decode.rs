@@ -136,8 +136,8 @@ impl<C> Claims<C> {
     }
 
     /// The issuer this token's session and subject revocations are keyed by: its `iss` when the
-    /// layer keys revocations by issuer (by default, when it accepts tokens from more than one
-    /// issuer: see
+    /// layer keys revocations by issuer (by default, when its backend declares that the fleet
+    /// keys: see
     /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)),
     /// `None` otherwise. Set by the layer, never read from the token's claims.
     pub fn revocation_issuer(&self) -> Option<&str> {
@@ -791,7 +791,7 @@ impl Verifier {
         }
         Self {
             issuers,
-            keyed: names.len() > 1,
+            keyed: false,
             names,
             required_typ,
             missing_jti,
@@ -812,11 +812,10 @@ impl Verifier {
     }
 
     /// Whether the claims this verifier returns carry their issuer for keying session and subject
-    /// revocations by issuer ([`Claims::revocation_issuer`], [`TokenFacts::issuer`]). By default
-    /// they do when it verifies tokens of more than one issuer: their `sub` and `sid` are unique
-    /// only per issuer. With one issuer, turn it on when other services sharing the ledger key
-    /// revocations for it; turning it off with several makes every revocation apply to the
-    /// `sid` or `sub` of every issuer.
+    /// revocations by issuer ([`Claims::revocation_issuer`], [`TokenFacts::issuer`]). Off by
+    /// default: every revocation then applies to the `sid` or `sub` of every issuer, which a
+    /// build that predates keying enforces too. The layer turns it on when its backend declares
+    /// that the fleet keys ([`RevocationBackend::issuer_keying`](crate::RevocationBackend::issuer_keying)).
     ///
     /// Fails with [`ConfigError::KeyedWithoutIssuer`] for a verifier without issuers
     /// ([`new`](Self::new)): it does not know which issuer a token comes from.
@@ -826,6 +825,11 @@ impl Verifier {
         }
         self.keyed = keyed;
         self.check_keyable()
+    }
+
+    /// Whether it knows the issuer of every token it verifies (and so can key by it).
+    pub(crate) fn knows_issuers(&self) -> bool {
+        !self.names.is_empty()
     }
 
     /// Refuses keying by an issuer no store can file a revocation under.

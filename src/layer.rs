@@ -231,13 +231,17 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// token when it was filed under its issuer or without one (see
     /// [`TokenFacts::issuer`](crate::TokenFacts::issuer)).
     ///
-    /// The default keys them when the layer accepts more than one [`issuer`](Self::issuer):
-    /// `sub` and `sid` are unique only per issuer, and a logout from one provider must not end
-    /// another provider's user of the same `sub`. With one issuer (configured with `issuer`, a
-    /// discovered `jwks`, or a validation naming exactly one `iss`), turn it on when other
-    /// services sharing the ledger key revocations for that issuer. A layer that does not key
-    /// still enforces keyed revocations, for every issuer's `sid` or `sub` (revoking too much,
-    /// never too little). [`build`](Self::build) fails with
+    /// `sub` and `sid` are unique only per issuer, so a layer accepting several issuers should
+    /// key, but only once no instance sharing its ledger runs a build that predates keying (such
+    /// a build does not read keyed rows, and would serve a token this one refused). So the
+    /// default is the backend's declaration,
+    /// [`RevocationBackend::issuer_keying`](crate::RevocationBackend::issuer_keying)
+    /// (`PgStore::with_issuer_keying`), which the receivers over the same store follow too: on,
+    /// the layer keys whenever it knows its tokens' issuer (configured with `issuer`, a
+    /// discovered `jwks`, or a validation naming exactly one `iss`); off (the default), it does
+    /// not. A layer that does not key still enforces keyed revocations, for every issuer's
+    /// `sid` or `sub` (revoking too much, never too little). Set here, it overrides the
+    /// backend's declaration for this layer; [`build`](Self::build) fails with
     /// [`ConfigError::KeyedWithoutIssuer`] when it is on and the issuer is unknown.
     pub fn key_revocations_by_issuer(mut self, keyed: bool) -> Self {
         self.config.key_by_issuer = Some(keyed);
@@ -426,7 +430,10 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<JwtRevocationLayer<S, C, R>, ConfigError> {
+    pub fn build(self) -> Result<JwtRevocationLayer<S, C, R>, ConfigError>
+    where
+        S: RevocationBackend,
+    {
         let mut config = self.config;
         if config.check_dropped {
             return Err(ConfigError::PredicateBeforeClaims);
@@ -512,9 +519,12 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         if let Some(leeway) = config.iat_leeway {
             verifier = verifier.with_iat_leeway(leeway);
         }
-        if let Some(keyed) = config.key_by_issuer {
-            verifier = verifier.key_revocations_by_issuer(keyed)?;
-        }
+        // By default the layer keys the way its store says the fleet does, where it knows whose
+        // tokens it verifies.
+        let keyed = config
+            .key_by_issuer
+            .unwrap_or_else(|| self.backend.issuer_keying() && verifier.knows_issuers());
+        verifier = verifier.key_revocations_by_issuer(keyed)?;
         Ok(JwtRevocationLayer {
             shared: Arc::new(Shared {
                 backend: self.backend,

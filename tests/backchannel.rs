@@ -30,7 +30,10 @@ async fn provider() -> Provider {
 }
 
 /// The BackChannelLogout for `provider`'s tokens addressed to `CLIENT`, acting on `store`.
-async fn endpoint_for<S>(provider: &Provider, store: S) -> BackChannelLogout<S> {
+async fn endpoint_for<S: tower_jwt_revocation::RevocationBackend>(
+    provider: &Provider,
+    store: S,
+) -> BackChannelLogout<S> {
     BackChannelLogout::builder(store, provider.issuer(), provider.discovered_keys().await, CLIENT)
         .build()
         .unwrap()

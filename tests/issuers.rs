@@ -84,20 +84,26 @@ async fn becomes(app: &Router, token: &str, expected: StatusCode) {
     .await;
 }
 
-/// A's Back-Channel Logout endpoint, keyed by issuer, acting on `store`.
-async fn logout_endpoint<S>(a: &Provider, store: S) -> BackChannelLogout<S> {
+/// A's Back-Channel Logout endpoint at its defaults (keyed as `store` declares), acting on it.
+async fn logout_endpoint<S: RevocationBackend>(a: &Provider, store: S) -> BackChannelLogout<S> {
     BackChannelLogout::builder(store, a.issuer(), a.discovered_keys().await, CLIENT)
-        .key_by_issuer(true)
         .build()
         .unwrap()
 }
 
-/// A's SSF receiver, keyed by issuer, acting on `store`.
-async fn set_receiver<S>(a: &Provider, store: S) -> SetReceiver<S> {
+/// A's SSF receiver at its defaults (keyed as `store` declares), acting on `store`.
+async fn set_receiver<S: RevocationBackend>(a: &Provider, store: S) -> SetReceiver<S> {
     SetReceiver::builder(store, a.issuer(), a.discovered_keys().await, CLIENT)
-        .key_by_issuer(true)
         .build()
         .unwrap()
+}
+
+/// A ledger on `pool` whose fleet has declared that it keys by issuer (every instance runs a
+/// build that enforces keyed rows).
+fn keyed_store(pool: &PgPool) -> PgStore {
+    PgStore::new(pool.clone())
+        .with_heartbeat(Duration::from_millis(100))
+        .with_issuer_keying(true)
 }
 
 fn es256(claims: &Value, typ: &str) -> String {
@@ -151,12 +157,7 @@ where
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn a_providers_logouts_never_end_another_providers_user_of_the_same_sub(pool: PgPool) {
     let (a, b) = providers().await;
-    let cache = |mode| {
-        MokaCache::builder(PgStore::new(pool.clone()).with_heartbeat(Duration::from_millis(100)))
-            .mode(mode)
-            .start()
-            .unwrap()
-    };
+    let cache = |mode| MokaCache::builder(keyed_store(&pool)).mode(mode).start().unwrap();
     let (lookup, mirror) = (cache(CacheMode::Lookup), cache(CacheMode::Mirror));
     for tier in [&lookup, &mirror] {
         assert!(tier.wait_in_sync(Duration::from_secs(5)).await);
@@ -241,17 +242,14 @@ async fn revocations_without_an_issuer_apply_to_every_issuer(pool: PgPool) {
         .await
         .unwrap();
     for mode in [CacheMode::Lookup, CacheMode::Mirror] {
-        let tier = MokaCache::builder(PgStore::new(pool.clone()))
-            .mode(mode)
-            .start()
-            .unwrap();
+        let tier = MokaCache::builder(keyed_store(&pool)).mode(mode).start().unwrap();
         assert!(tier.wait_in_sync(Duration::from_secs(5)).await);
         let app = app(tier, &a, &b).await;
         for token in &tokens {
             assert_eq!(status(&app, token).await, StatusCode::UNAUTHORIZED, "{mode:?}");
         }
     }
-    let app = app(PgStore::new(pool.clone()), &a, &b).await;
+    let app = app(keyed_store(&pool), &a, &b).await;
     for token in &tokens {
         assert_eq!(status(&app, token).await, StatusCode::UNAUTHORIZED, "no cache");
     }
@@ -261,7 +259,7 @@ async fn revocations_without_an_issuer_apply_to_every_issuer(pool: PgPool) {
 #[tokio::test]
 async fn the_in_memory_store_keys_by_issuer_too() {
     let (a, b) = providers().await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::new().with_issuer_keying(true);
     let app = app(store.clone(), &a, &b).await;
     let earlier = now() - 5;
     let a_session = access(&a, true, "a1", "alice", "s-1", earlier);
@@ -371,7 +369,7 @@ impl<S: RevocationStore> Revoke for S {
 #[tokio::test]
 async fn the_claims_helpers_key_by_the_tokens_issuer() {
     let (a, b) = providers().await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::new().with_issuer_keying(true);
     let layer = JwtRevocationLayer::builder(store.clone())
         .issuer(Issuer::new(a.issuer(), a.discovered_keys().await).audience([API]))
         .issuer(Issuer::new(b.issuer(), b.discovered_keys().await).audience([API]))
@@ -410,8 +408,10 @@ async fn the_claims_helpers_key_by_the_tokens_issuer() {
     assert_eq!(status(&app, &b_token).await, StatusCode::OK);
 }
 
-/// Keying is on by default with several issuers, can be turned on for one (its `iss` known)
-/// and off for several, and cannot be asked of a layer that does not know its issuer.
+/// Keying follows the store's declaration by default (off unless the fleet declared it: a build
+/// that predates keying must enforce whatever this one files), keys every layer that knows its
+/// issuer once declared, can be set either way per layer, and cannot be asked of a layer that
+/// does not know its issuer.
 #[tokio::test]
 async fn which_layers_key_by_issuer() {
     use tower_jwt_revocation::ConfigError;
@@ -437,24 +437,42 @@ async fn which_layers_key_by_issuer() {
             String::from_utf8(bytes.to_vec()).unwrap()
         }
     };
-    let one = || {
+    let one = |store: MemoryStore| {
         let keys = a.discovered_keys();
         async {
-            JwtRevocationLayer::builder(MemoryStore::new())
-                .issuer(Issuer::new(a.issuer(), keys.await).audience([API]))
+            JwtRevocationLayer::builder(store).issuer(Issuer::new(a.issuer(), keys.await).audience([API]))
         }
     };
-    let two = || async {
-        one()
+    let two = |store| async {
+        one(store)
             .await
             .issuer(Issuer::new(b.issuer(), b.discovered_keys().await).audience([API]))
     };
-    assert_eq!(issuer_of(two().await).await, a.issuer());
-    assert_eq!(issuer_of(two().await.key_revocations_by_issuer(false)).await, "-");
-    assert_eq!(issuer_of(one().await).await, "-");
+    let (plain, keyed) = (MemoryStore::new, || MemoryStore::new().with_issuer_keying(true));
+    // Undeclared: no layer keys unless told to.
+    assert_eq!(issuer_of(two(plain()).await).await, "-");
+    assert_eq!(issuer_of(one(plain()).await).await, "-");
     assert_eq!(
-        issuer_of(one().await.key_revocations_by_issuer(true)).await,
+        issuer_of(two(plain()).await.key_revocations_by_issuer(true)).await,
         a.issuer()
+    );
+    assert_eq!(
+        issuer_of(one(plain()).await.key_revocations_by_issuer(true)).await,
+        a.issuer()
+    );
+    // Declared: every layer that knows its issuer keys, unless told not to.
+    assert_eq!(issuer_of(two(keyed()).await).await, a.issuer());
+    assert_eq!(issuer_of(one(keyed()).await).await, a.issuer());
+    assert_eq!(
+        issuer_of(two(keyed()).await.key_revocations_by_issuer(false)).await,
+        "-"
+    );
+    let anonymous = JwtRevocationLayer::builder(keyed())
+        .decoding_key(DecodingKey::from_secret(b"secret"))
+        .build();
+    assert!(
+        anonymous.is_ok(),
+        "a layer that cannot key does not, whatever the store says"
     );
     // A discovered key set names its issuer too.
     let discovered = JwtRevocationLayer::builder(MemoryStore::new())
@@ -472,7 +490,7 @@ async fn which_layers_key_by_issuer() {
         .build();
     assert!(matches!(unknown, Err(ConfigError::KeyedWithoutIssuer)));
     // No store can file a revocation under an empty issuer.
-    let empty = two()
+    let empty = two(keyed())
         .await
         .issuer(Issuer::new("", DecodingKey::from_secret(b"secret")))
         .build();
@@ -482,10 +500,11 @@ async fn which_layers_key_by_issuer() {
         .key_by_issuer(true)
         .build();
     assert!(matches!(receiver, Err(ConfigError::UnkeyableIssuer(_))));
-    let receiver = SetReceiver::builder(MemoryStore::new(), "a\0b", a.discovered_keys().await, CLIENT)
-        .key_by_issuer(true)
-        .build();
-    assert!(matches!(receiver, Err(ConfigError::UnkeyableIssuer(_))));
+    let receiver = SetReceiver::builder(keyed(), "a\0b", a.discovered_keys().await, CLIENT).build();
+    assert!(
+        matches!(receiver, Err(ConfigError::UnkeyableIssuer(_))),
+        "keyed by the store's declaration"
+    );
 }
 
 /// What no store can key by: an empty issuer, or one holding a NUL.
@@ -570,7 +589,7 @@ async fn keyed_rows_move_forward_and_are_purged(pool: PgPool) {
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn a_receiver_at_its_default_keys_the_way_the_layers_over_its_store_do(pool: PgPool) {
     let (a, b) = providers().await;
-    let store = PgStore::new(pool.clone());
+    let store = keyed_store(&pool);
     let instance = app(store.clone(), &a, &b).await;
     let a_alice = access(&a, true, "a1", "alice", "s-1", now() - 5);
     let b_alice = access(&b, false, "b1", "alice", "s-9", now() - 5);

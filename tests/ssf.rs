@@ -34,7 +34,7 @@ async fn provider() -> Provider {
 }
 
 /// The SetReceiver for `provider`'s tokens addressed to `AUDIENCE`, acting on `store`.
-async fn receiver_for<S>(provider: &Provider, store: S) -> SetReceiver<S> {
+async fn receiver_for<S: RevocationBackend>(provider: &Provider, store: S) -> SetReceiver<S> {
     SetReceiver::builder(
         store,
         provider.issuer(),

@@ -59,10 +59,12 @@ struct Ledger {
     keyed_session_count: usize,
     keyed_cutoff_count: usize,
     retention: Option<Duration>,
-    /// Subject cutoffs older than this (plus the sweep's margin) are swept.
+    /// Subject cutoffs older than this plus twice the sweep's margin are swept.
     max_token_lifetime: Option<Duration>,
     /// Entry count right after the last sweep; the next automatic sweep runs at twice that.
     swept_len: usize,
+    /// Layers and receivers over this store key revocations by issuer.
+    issuer_keying: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -100,13 +102,24 @@ impl MemoryStore {
     /// The longest lifetime (`exp - iat`) a token this store guards can have (what the layer's
     /// `max_token_lifetime` enforces). With it, a sweep (automatic, or
     /// [`purge_expired`](RevocationStore::purge_expired)`(margin)`) also drops subject cutoffs
-    /// older than `max_token_lifetime + margin`, whose tokens with an `iat` have all expired;
+    /// older than `max_token_lifetime + 2 × margin` (`margin` at least the validation leeway),
+    /// whose tokens with an `iat` have all expired;
     /// without it (the default) cutoffs are kept. Only set it where tokens carry `iat` (a token
     /// without one is covered by every cutoff, and no longer by a purged one); the same rule as
     /// `PgStore::with_max_token_lifetime`.
     #[must_use]
     pub fn with_max_token_lifetime(self, max_token_lifetime: Duration) -> Self {
         self.write().max_token_lifetime = Some(max_token_lifetime);
+        self
+    }
+
+    /// Layers and receivers over this store key session and subject revocations by issuer (see
+    /// [`RevocationBackend::issuer_keying`]). Nothing outside the process shares this store, so
+    /// no rollout order applies: turn it on wherever one layer accepts several issuers whose
+    /// users may share a `sub`. Default off, as for `PgStore`.
+    #[must_use]
+    pub fn with_issuer_keying(self, keyed: bool) -> Self {
+        self.write().issuer_keying = keyed;
         self
     }
 
@@ -201,7 +214,10 @@ impl Ledger {
         self.swept_len = self.len();
         let mut swept = (before - self.swept_len) as u64;
         if let Some(lifetime) = self.max_token_lifetime {
-            let (cutoffs, age) = (self.cutoffs(), lifetime.saturating_add(margin).as_secs());
+            let (cutoffs, age) = (
+                self.cutoffs(),
+                super::cutoff_retention(lifetime, margin).as_secs(),
+            );
             let now = unix_seconds(now);
             // `u64::MAX` (a ban for good) never passes.
             let live = |cutoff: &mut Cutoff| cutoff.not_before.saturating_add(age) >= now;
@@ -252,6 +268,11 @@ impl RevocationBackend for MemoryStore {
 
     fn check(&self, facts: &TokenFacts<'_>) -> Self::Future {
         ready(Ok(self.verdict(facts)))
+    }
+
+    /// As set by [`with_issuer_keying`](MemoryStore::with_issuer_keying).
+    fn issuer_keying(&self) -> bool {
+        self.read().issuer_keying
     }
 }
 

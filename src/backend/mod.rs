@@ -155,6 +155,16 @@ pub fn saturating_add(time: SystemTime, duration: Duration) -> SystemTime {
     time.checked_add(duration).unwrap_or_else(far_future)
 }
 
+/// How old a subject cutoff may grow before a store that knows the longest token lifetime
+/// purges it: `lifetime + 2 × margin`, where `margin` is at least the validation leeway. A
+/// token the cutoff covers was issued at or before it; the layer accepts `exp - iat` up to
+/// `lifetime + leeway` (one leeway) and `jsonwebtoken` accepts it until `exp + leeway` (the
+/// other), so the last one such a cutoff revokes stops validating `lifetime + 2 × leeway` after
+/// it.
+pub(crate) fn cutoff_retention(lifetime: Duration, margin: Duration) -> Duration {
+    lifetime.saturating_add(margin.saturating_mul(2))
+}
+
 /// Why a backend could not answer.
 ///
 /// Every variant means "unknown", never "not revoked": the layer hands it to its
@@ -205,6 +215,19 @@ pub trait RevocationBackend: Send + Sync + 'static {
     /// backend that wraps another must forward it. Never waits; cheap enough to call per probe.
     fn is_ready(&self) -> bool {
         true
+    }
+
+    /// Whether every instance sharing this backend's ledger enforces revocations keyed by
+    /// issuer ([`TokenFacts::issuer`]), so that they may be filed: the operator's declaration,
+    /// made on the store once a rolling upgrade to a build that reads the keyed tables is
+    /// complete (`PgStore::with_issuer_keying`, [`MemoryStore::with_issuer_keying`]). Layers
+    /// and receivers built over the backend take their default from it, so that the layers
+    /// and receivers sharing a store key alike: a layer with a known issuer keys its tokens'
+    /// revocations, a receiver files under its provider's issuer. Default `false`: nothing is
+    /// filed keyed, so a build that predates keying enforces everything this one files. A
+    /// backend that wraps another must forward it.
+    fn issuer_keying(&self) -> bool {
+        false
     }
 }
 
@@ -277,7 +300,10 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     /// Deletes token and session revocations whose `expires_at` is more than `margin` in the
     /// past, and returns how many were deleted. `margin` should be at least the validation
-    /// leeway, so a record is never dropped while its token could still be accepted.
+    /// leeway, so a record is never dropped while its token could still be accepted. A store
+    /// that knows the longest token lifetime also deletes subject cutoffs older than
+    /// `lifetime + 2 × margin` (a covered token may be accepted for one leeway past its
+    /// lifetime's bound, and then one more past its `exp`).
     fn purge_expired(&self, margin: Duration) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
@@ -404,6 +430,12 @@ pub trait Ledger: RevocationStore + Clone {
     /// A change feed delivering every revocation after `after` (or after the current end when
     /// `None`), reconnecting and catching up by itself.
     fn feed(&self, after: Option<i64>) -> Result<Self::Feed, StoreError>;
+
+    /// What a cache tier over this ledger answers for [`RevocationBackend::issuer_keying`].
+    /// Default `false`.
+    fn issuer_keying(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

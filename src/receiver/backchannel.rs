@@ -118,11 +118,14 @@ impl<S> BackChannelLogoutBuilder<S> {
     key_by_issuer_setter!();
 
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
-    pub fn build(self) -> Result<BackChannelLogout<S>, ConfigError> {
+    pub fn build(self) -> Result<BackChannelLogout<S>, ConfigError>
+    where
+        S: RevocationBackend,
+    {
         let leeway = self.sender.leeway;
         let typ = self.require_typ.then_some(LOGOUT_TOKEN_TYP);
-        let keyed = self.sender.keyed;
-        let (issuer, verifier) = self.sender.verifier(&["exp", "iss", "aud"], typ)?;
+        let keyed = self.sender.keyed(&self.store);
+        let (issuer, verifier) = self.sender.verifier(&["exp", "iss", "aud"], typ, keyed)?;
         Ok(BackChannelLogout {
             inner: Arc::new(Inner {
                 store: self.store,

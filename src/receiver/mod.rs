@@ -60,8 +60,8 @@ pub(crate) struct Sender {
     /// `None`: the key source's default, else every asymmetric algorithm.
     pub(crate) algorithms: Option<Vec<Algorithm>>,
     pub(crate) leeway: Duration,
-    /// Revocations are keyed by `issuer`.
-    pub(crate) keyed: bool,
+    /// Revocations are keyed by `issuer`; `None`: as the store declares.
+    pub(crate) keyed: Option<bool>,
 }
 
 impl Sender {
@@ -72,20 +72,27 @@ impl Sender {
             audience,
             algorithms: None,
             leeway: Duration::from_secs(60),
-            keyed: false,
+            keyed: None,
         }
+    }
+
+    /// Whether revocations are filed under the issuer: as set, else as `store` declares the
+    /// fleet keys ([`RevocationBackend::issuer_keying`]), like the layers over the same store.
+    pub(crate) fn keyed(&self, store: &impl RevocationBackend) -> bool {
+        self.keyed.unwrap_or_else(|| store.issuer_keying())
     }
 
     /// The issuer, and the verifier of its tokens: its keys and algorithms, `iss` and `aud`
     /// required, the spec claims `required` (as `jsonwebtoken` names them) and a `jti`; `typ`
-    /// when given.
+    /// when given. `keyed`: revocations are filed under the issuer.
     pub(crate) fn verifier(
         self,
         required: &[&str],
         typ: Option<&str>,
+        keyed: bool,
     ) -> Result<(String, Verifier), ConfigError> {
         // Filed under the issuer: no store can file under an empty one or one with a NUL.
-        if self.keyed && (self.issuer.is_empty() || self.issuer.contains('\0')) {
+        if keyed && (self.issuer.is_empty() || self.issuer.contains('\0')) {
             return Err(ConfigError::UnkeyableIssuer(self.issuer));
         }
         let algorithms = self
@@ -303,18 +310,20 @@ macro_rules! key_by_issuer_setter {
     () => {
         /// Files its revocations under this issuer ([`Revocation::issuer`](crate::Revocation::issuer)),
         /// so that they end this provider's sessions and users only, never another provider's user
-        /// of the same `sub` or `sid`. Turn it on when the layer enforcing them keys revocations by
-        /// issuer (by default it does when it accepts more than one issuer: see
-        /// [`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)).
-        /// Default off: the `sid` or `sub` is revoked for every issuer. A layer that does not key
-        /// by issuer still enforces keyed revocations (for every issuer).
+        /// of the same `sub` or `sid`. By default it does what the store declares
+        /// ([`RevocationBackend::issuer_keying`](crate::RevocationBackend::issuer_keying),
+        /// `PgStore::with_issuer_keying`), which is also what the layers over that store follow
+        /// ([`key_revocations_by_issuer`](crate::JwtRevocationBuilder::key_revocations_by_issuer)),
+        /// so a receiver and the layers sharing its store key alike; set here, it overrides that.
+        /// Off: the `sid` or `sub` is revoked for every issuer. A layer that does not key by issuer
+        /// still enforces keyed revocations (for every issuer).
         ///
         /// The issuer given to `builder` must then be exactly the `iss` of the provider's access
         /// tokens as the layer knows it: a revocation filed under another string (a trailing
         /// slash; Entra ID v1 access tokens against v2 logout tokens) is never applied by a layer
         /// that keys. Where they differ, leave this off.
         pub fn key_by_issuer(mut self, keyed: bool) -> Self {
-            self.sender.keyed = keyed;
+            self.sender.keyed = Some(keyed);
             self
         }
     };

@@ -35,9 +35,12 @@
 //! there); its format `iss_sub` gives `sub` (its `iss` must be the transmitter's: another
 //! issuer's user is someone else), `opaque` gives `id`, a `complex` subject its `user`; other formats (`email`,
 //! `phone_number`, ...) go through the resolver given to
-//! [`resolve_subjects`](SetReceiverBuilder::resolve_subjects), and without one (or when it
-//! answers `None`) the SET is refused as `invalid_request`, since acknowledging it would drop
-//! the revocation. A session revocation is kept for
+//! [`resolve_subjects`](SetReceiverBuilder::resolve_subjects). An event that cannot be acted
+//! on (no resolver, or one that answers `None`; a malformed payload or subject) does not hold
+//! the others back: every event that can be mapped is acted on, and then the SET is answered
+//! 400 `invalid_request` naming what failed, since acknowledging it would drop that
+//! revocation silently. No replay guard is recorded for such a SET, so a redelivery acts
+//! again (every revocation is idempotent) and gets the same answer. A session revocation is kept for
 //! [`max_token_lifetime`](SetReceiverBuilder::max_token_lifetime).
 //!
 //! A SET's `jti` is recorded after its revocations (as a token revocation keyed by the kind of
@@ -167,11 +170,14 @@ impl<S> SetReceiverBuilder<S> {
     key_by_issuer_setter!();
 
     /// Checks the configuration (keys that fit the algorithms, a crypto provider).
-    pub fn build(self) -> Result<SetReceiver<S>, ConfigError> {
+    pub fn build(self) -> Result<SetReceiver<S>, ConfigError>
+    where
+        S: RevocationBackend,
+    {
         let typ = self.require_typ.then_some(SET_TYP);
         // SETs have no `exp` (RFC 8417 §2.2): not required, though one that is there is checked.
-        let keyed = self.sender.keyed;
-        let (issuer, verifier) = self.sender.verifier(&["iss", "aud"], typ)?;
+        let keyed = self.sender.keyed(&self.store);
+        let (issuer, verifier) = self.sender.verifier(&["iss", "aud"], typ, keyed)?;
         Ok(SetReceiver {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -239,6 +245,15 @@ impl<S> SetReceiver<S> {
     }
 }
 
+/// The event types this receiver acts on.
+const KNOWN_EVENTS: [&str; 5] = [
+    CAEP_SESSION_REVOKED,
+    CAEP_CREDENTIAL_CHANGE,
+    RISC_SESSIONS_REVOKED,
+    RISC_ACCOUNT_DISABLED,
+    RISC_ACCOUNT_PURGED,
+];
+
 /// What one event asks for.
 enum Action {
     Session { sid: String, owner: Option<String> },
@@ -286,63 +301,23 @@ where
         if guard.seen(&self.store).await? {
             return Ok(());
         }
-        // Every event is read before anything is done: a SET refused is a SET not acted on.
-        let (mut actions, mut ignored) = (Vec::new(), 0);
+        // Every event that can be mapped is acted on, whatever the others say: a session the
+        // provider ended stays ended even when the same SET's credential change names a user
+        // this receiver cannot map.
+        let (mut actions, mut ignored, mut unmapped) = (Vec::new(), 0, None);
         for (event, payload) in events {
-            let payload = payload
-                .as_object()
-                .ok_or(Refusal::request("an event's payload must be an object"))?;
-            let known = [
-                CAEP_SESSION_REVOKED,
-                CAEP_CREDENTIAL_CHANGE,
-                RISC_SESSIONS_REVOKED,
-                RISC_ACCOUNT_DISABLED,
-                RISC_ACCOUNT_PURGED,
-            ];
-            if !known.contains(&event.as_str()) {
+            if !KNOWN_EVENTS.contains(&event.as_str()) {
                 ignored += 1;
                 tracing::debug!(event, "security event type not acted on; ignored");
                 continue;
             }
-            let subject = claims
-                .custom
-                .sub_id
-                .as_ref()
-                .or_else(|| payload.get("subject"))
-                .and_then(Value::as_object)
-                .ok_or(Refusal::request("an event needs a subject (sub_id)"))?;
-            let at = match payload.get("event_timestamp") {
-                None => iat,
-                Some(at) => {
-                    numeric_date(at).ok_or(Refusal::request("event_timestamp must be a NumericDate"))?
+            match self.action(event, payload, claims.custom.sub_id.as_ref(), iat) {
+                Ok(action) => actions.push(action),
+                Err(refusal) => {
+                    tracing::warn!(event, "a security event could not be acted on; the others are");
+                    unmapped.get_or_insert(refusal);
                 }
-            };
-            // An event happened before its SET was issued: a later timestamp (a cutoff in the
-            // future would lock the user out until then) is the SET's `iat`.
-            let at = at.min(iat);
-            let sid = (event == CAEP_SESSION_REVOKED)
-                .then(|| session(subject))
-                .flatten();
-            actions.push(match sid {
-                // The session is enough: its user is recorded only when it can be mapped.
-                Some(sid) => Action::Session {
-                    sid,
-                    owner: self.subject(subject).ok().flatten(),
-                },
-                None => match self.subject(subject)? {
-                    Some(sub) => Action::Subject { sub, at },
-                    None => return Err(Refusal::request("the subject names no user the receiver can map")),
-                },
-            });
-        }
-        let keys = actions.iter().map(|action| match action {
-            Action::Session { sid, .. } => sid,
-            Action::Subject { sub, .. } => sub,
-        });
-        if !keys.into_iter().all(|key| usable_key(key)) {
-            return Err(Refusal::request(
-                "a session or subject must be 1 to 1024 bytes without control characters",
-            ));
+            }
         }
         for action in &actions {
             let revocation = match action {
@@ -358,6 +333,17 @@ where
                 .await?;
         }
         self.ignored.fetch_add(ignored, Ordering::Relaxed);
+        // What could not be acted on is refused (400), after the rest was: the transmitter's
+        // operator sees it, and a redelivery acts again (every revocation is idempotent), since
+        // no guard is recorded for a SET not acted on in full.
+        if let Some(refusal) = unmapped {
+            tracing::info!(
+                acted = actions.len(),
+                ignored,
+                "security event token acted on in part"
+            );
+            return Err(refusal);
+        }
         // A SET that asked for nothing leaves no guard: a redelivery is ignored again.
         if !actions.is_empty() {
             // Kept `replay_window` from now at the least (an old `iat` must not give a guard
@@ -370,6 +356,56 @@ where
         }
         tracing::info!(acted = actions.len(), ignored, "security event token received");
         Ok(())
+    }
+
+    /// What one event of a known type asks for: its subject (the SET's `sub_id`, else the
+    /// event's `subject`), its moment (`event_timestamp`, no later than the SET's `iat`), and a
+    /// session or user this receiver can map it to; a refusal otherwise.
+    fn action(
+        &self,
+        event: &str,
+        payload: &Value,
+        sub_id: Option<&Value>,
+        iat: u64,
+    ) -> Result<Action, Refusal> {
+        let payload = payload
+            .as_object()
+            .ok_or(Refusal::request("an event's payload must be an object"))?;
+        let subject = sub_id
+            .or_else(|| payload.get("subject"))
+            .and_then(Value::as_object)
+            .ok_or(Refusal::request("an event needs a subject (sub_id)"))?;
+        let at = match payload.get("event_timestamp") {
+            None => iat,
+            Some(at) => numeric_date(at).ok_or(Refusal::request("event_timestamp must be a NumericDate"))?,
+        };
+        // An event happened before its SET was issued: a later timestamp (a cutoff in the
+        // future would lock the user out until then) is the SET's `iat`.
+        let at = at.min(iat);
+        let sid = (event == CAEP_SESSION_REVOKED)
+            .then(|| session(subject))
+            .flatten();
+        let action = match sid {
+            // The session is enough: its user is recorded only when it can be mapped.
+            Some(sid) => Action::Session {
+                sid,
+                owner: self.subject(subject).ok().flatten(),
+            },
+            None => match self.subject(subject)? {
+                Some(sub) => Action::Subject { sub, at },
+                None => return Err(Refusal::request("the subject names no user the receiver can map")),
+            },
+        };
+        let key = match &action {
+            Action::Session { sid, .. } => sid,
+            Action::Subject { sub, .. } => sub,
+        };
+        if !usable_key(key) {
+            return Err(Refusal::request(
+                "a session or subject must be 1 to 1024 bytes without control characters",
+            ));
+        }
+        Ok(action)
     }
 
     /// The `sub` of a subject identifier: `iss_sub`'s `sub`, `opaque`'s `id`, a `complex`

@@ -104,8 +104,10 @@ pub struct PgStore {
     timeout: Duration,
     heartbeat: Duration,
     listener_name: std::borrow::Cow<'static, str>,
-    /// Subject cutoffs older than this (plus the purge's margin) are purged.
+    /// Subject cutoffs older than this plus twice the purge's margin are purged.
     max_token_lifetime: Option<Duration>,
+    /// Every instance on this database enforces issuer-keyed revocations.
+    issuer_keying: bool,
 }
 
 impl PgStore {
@@ -137,6 +139,7 @@ impl PgStore {
             heartbeat: DEFAULT_HEARTBEAT,
             listener_name: LISTENER_APPLICATION_NAME.into(),
             max_token_lifetime: None,
+            issuer_keying: false,
         }
     }
 
@@ -189,8 +192,10 @@ impl PgStore {
     /// [`max_token_lifetime`](crate::JwtRevocationBuilder::max_token_lifetime) (which bounds
     /// `exp - iat`), or a bound the identity provider guarantees. With it,
     /// [`purge_expired`](RevocationStore::purge_expired)`(margin)` also deletes subject cutoffs
-    /// older than `max_token_lifetime + margin`: every token with an `iat` that such a cutoff
-    /// covers was issued before it and so has expired, and the table of cutoffs stops growing
+    /// older than `max_token_lifetime + 2 × margin`, with `margin` at least the validation
+    /// leeway: a token a cutoff covers was issued before it, the layer accepts
+    /// `exp - iat <= max_token_lifetime + leeway`, and `jsonwebtoken` accepts it until
+    /// `exp + leeway`, so every such token has expired by then, and the table of cutoffs stops growing
     /// with every user who ever logged out everywhere. Only set it where tokens carry `iat`: a
     /// token without one is covered by every cutoff of its subject, and a purged cutoff no
     /// longer covers it. Without it (the default) cutoffs are kept until deleted by hand. A
@@ -198,6 +203,19 @@ impl PgStore {
     #[must_use]
     pub fn with_max_token_lifetime(mut self, max_token_lifetime: Duration) -> Self {
         self.max_token_lifetime = Some(max_token_lifetime);
+        self
+    }
+
+    /// Declares that every instance using this database runs a build that enforces session and
+    /// subject revocations keyed by issuer (this one or later), so that layers and receivers
+    /// over this store may file them (see [`RevocationBackend::issuer_keying`]). Turn it on in a
+    /// rollout of its own, after the one that brought every instance to this build: a build
+    /// that predates keying does not read the keyed tables, and would serve a token this one
+    /// refused. Default off: layers and receivers file every revocation for all issuers (too
+    /// much with several issuers whose users share a `sub`, never too little).
+    #[must_use]
+    pub fn with_issuer_keying(mut self, keyed: bool) -> Self {
+        self.issuer_keying = keyed;
         self
     }
 
@@ -334,11 +352,21 @@ impl RevocationBackend for PgStore {
         let issued_at = facts.issued_at;
         Box::pin(async move { Ok(lookup.await?.verdict(issued_at)) })
     }
+
+    /// As set by [`with_issuer_keying`](PgStore::with_issuer_keying).
+    fn issuer_keying(&self) -> bool {
+        self.issuer_keying
+    }
 }
 
 impl Ledger for PgStore {
     type LookupFuture = Pin<Box<dyn Future<Output = Result<Lookup, StoreError>> + Send>>;
     type Feed = Subscription;
+
+    /// As set by [`with_issuer_keying`](PgStore::with_issuer_keying).
+    fn issuer_keying(&self) -> bool {
+        self.issuer_keying
+    }
 
     fn lookup(&self, facts: &TokenFacts<'_>) -> Self::LookupFuture {
         let (pool, protocol, timeout) = (self.pool.clone(), self.protocol, self.timeout);
@@ -532,7 +560,7 @@ impl RevocationStore for PgStore {
         let cutoffs = self
             .max_token_lifetime
             .into_iter()
-            .flat_map(|lifetime| CUTOFFS.map(|sql| (sql, lifetime.saturating_add(margin))));
+            .flat_map(|lifetime| CUTOFFS.map(|sql| (sql, super::cutoff_retention(lifetime, margin))));
         let batches = BATCHES.into_iter().map(|sql| (sql, margin)).chain(cutoffs);
         let mut deleted = 0;
         for (sql, age) in batches {
