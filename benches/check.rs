@@ -15,9 +15,11 @@
 //!   `SELECT EXISTS(... WHERE jti = $1)` on every request, as most hand-rolled revocation does.
 //!
 //! Groups `check_hs256` and `check_es256`, with a realistic token (11 claims). A third group,
-//! `try_check`, times the backends' synchronous fast path alone. Last, outside criterion, a
-//! static key, a static key set and a `Jwks` are timed with interleaved batches (see
-//! `key_sources_interleaved`).
+//! `try_check`, times the backends' synchronous fast path alone. Criterion runs one variant after
+//! another, and this machine's speed drifts by up to 2x within a minute, so its medians are
+//! absolute times only: every ratio with a target is timed outside criterion, with interleaved
+//! batches (`per_request_interleaved`, and `key_sources_interleaved` for a static key, a static
+//! key set and a `Jwks`).
 //!
 //! Every layer here runs with the verified-token cache off, so each request pays verification
 //! and the revocation check: these variants measure the revocation tiers and key sources.
@@ -261,6 +263,20 @@ impl Service<Request<()>> for NaivePg {
     }
 }
 
+/// A `MemoryStore` holding 10 000 token revocations (none of the benchmark token's).
+async fn memory_with_revocations() -> MemoryStore {
+    let memory = MemoryStore::new();
+    let exp = SystemTime::now() + Duration::from_secs(3600);
+    for i in 0..10_000 {
+        let jti = format!("revoked-{i}");
+        memory
+            .revoke(&Revocation::token(&jti, exp).owner("someone"))
+            .await
+            .unwrap();
+    }
+    memory
+}
+
 fn bench_check(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -273,16 +289,7 @@ fn bench_check(c: &mut Criterion) {
             "SKIPPED layer_cache_hit, layer_mirror, naive_pg and try_check/cache_*: no Postgres (set DATABASE_URL)"
         );
     }
-    let memory = MemoryStore::new();
-    rt.block_on(async {
-        let exp = SystemTime::now() + Duration::from_secs(3600);
-        for i in 0..10_000 {
-            memory
-                .revoke(&Revocation::token(&format!("revoked-{i}"), exp).owner("someone"))
-                .await
-                .unwrap();
-        }
-    });
+    let memory = rt.block_on(memory_with_revocations());
 
     for alg in algorithms() {
         let token = realistic_token(&alg);
@@ -398,25 +405,72 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
-/// A static key, a static `KeySet` and a `Jwks` compared in one process with their batches
-/// interleaved (round-robin, rotating the order each round), so a slow spell of this shared
-/// machine hits all three alike; criterion's sequential runs of the same variants differ by
-/// more than the difference being measured. Writes the per-request medians to
-/// `target/bench/key_sources.jsonl` for `bench_report`.
-fn key_sources_interleaved() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+/// A variant of an interleaved comparison: any service of the stack, boxed.
+type Variant = (
+    &'static str,
+    tower::util::BoxService<Request<()>, Response<()>, Infallible>,
+);
+
+/// Times `variants` on `token` in one process with their batches interleaved (round-robin,
+/// rotating the order each round), so a slow spell of this shared machine (its speed drifts by
+/// up to 2x within a minute) hits all of them alike; criterion's sequential runs of the same
+/// variants differ by more than the differences measured. Each batch takes about 2 ms (its
+/// size calibrated per variant). Appends one JSON line per variant, its median per request, to
+/// `lines`.
+fn interleaved(
+    rt: &Runtime,
+    alg: &str,
+    token: &str,
+    mut variants: Vec<Variant>,
+    rounds: usize,
+    lines: &mut String,
+) {
+    let time = |service: &mut tower::util::BoxService<_, _, _>, calls: u32| {
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            for _ in 0..calls {
+                assert_eq!(one(service, request(token)).await, 200);
+            }
+        });
+        started.elapsed().as_nanos() as f64 / f64::from(calls)
+    };
+    let batches: Vec<u32> = variants
+        .iter_mut()
+        .map(|(_, service)| {
+            time(service, 20);
+            let per_call = time(service, 50).max(1.0);
+            (2_000_000.0 / per_call).clamp(1.0, 1_000.0) as u32
+        })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            samples[i].push(time(&mut variants[i].1, batches[i]));
+        }
+    }
+    for ((name, _), mut times) in variants.iter().zip(samples) {
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        eprintln!("interleaved/{alg}/{name}: {median:.0} ns");
+        lines.push_str(&format!(
+            "{}\n",
+            json!({"alg": alg, "variant": name, "median_ns": median, "rounds": rounds})
+        ));
+    }
+}
+
+/// A static key, a static `KeySet` and a `Jwks`, interleaved: what a provider's key costs next
+/// to a static one. Writes `target/bench/key_sources.jsonl` for `bench_report`.
+fn key_sources_interleaved(rt: &Runtime) {
     let mut lines = String::new();
     for alg in algorithms() {
         let token = realistic_token(&alg);
         let memory = MemoryStore::new();
         let builder = || JwtRevocationLayer::builder(memory.clone());
-        let (jwks, _provider) = loopback_jwks(&rt, &alg);
-        let with_keys = |builder| uncached_service(builder, &alg);
-        let mut variants = [
+        let (jwks, _provider) = loopback_jwks(rt, &alg);
+        let with_keys = |builder| tower::util::BoxService::new(uncached_service(builder, &alg));
+        let variants: Vec<Variant> = vec![
             (
                 "static_key",
                 with_keys(builder().decoding_key(alg.decoding.clone())),
@@ -427,34 +481,72 @@ fn key_sources_interleaved() {
             ),
             ("jwks", with_keys(builder().jwks(jwks))),
         ];
-        // About 2 ms per batch for either algorithm; 300 rounds.
-        let batch = if alg.name == "hs256" { 300 } else { 5 };
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for round in 0..300 {
-            for k in 0..variants.len() {
-                let i = (round + k) % variants.len();
-                let service = &mut variants[i].1;
-                let started = std::time::Instant::now();
-                rt.block_on(async {
-                    for _ in 0..batch {
-                        assert_eq!(one(service, request(&token)).await, 200);
-                    }
-                });
-                samples[i].push(started.elapsed().as_nanos() as f64 / f64::from(batch));
-            }
-        }
-        for ((name, _), mut times) in variants.iter().zip(samples) {
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            eprintln!("key_sources/{}/{name}: {median:.0} ns", alg.name);
-            lines.push_str(&format!(
-                "{}\n",
-                json!({"alg": alg.name, "variant": name, "median_ns": median})
-            ));
-        }
+        interleaved(rt, alg.name, &token, variants, 300, &mut lines);
     }
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write("target/bench/key_sources.jsonl", lines).unwrap();
+}
+
+/// The per-request variants whose ratios have targets (`decode_only`, the layer over
+/// `MemoryStore`, over a warm `MokaCache<PgStore>` in both modes, and `naive_pg`), interleaved.
+/// Without Postgres only the first two run. Writes `target/bench/per_request.jsonl`.
+fn per_request_interleaved(rt: &Runtime) {
+    let pool = rt.block_on(bench_pool());
+    let memory = rt.block_on(memory_with_revocations());
+    let caches = pool.as_ref().map(|pool| {
+        let store = PgStore::new(pool.clone());
+        let lookup = rt.block_on(started_cache(&store, CacheMode::Lookup));
+        let mirror = rt.block_on(started_cache(&store, CacheMode::Mirror));
+        (lookup, mirror)
+    });
+    let mut lines = String::new();
+    for alg in algorithms() {
+        let token = realistic_token(&alg);
+        let layer = |backend| {
+            let builder = JwtRevocationLayer::builder(backend).decoding_key(alg.decoding.clone());
+            tower::util::BoxService::new(
+                builder
+                    .validation(validation(&alg))
+                    .no_verified_token_cache()
+                    .build()
+                    .unwrap()
+                    .layer(Ok200),
+            )
+        };
+        let decode_only = DecodeOnly {
+            inner: Ok200,
+            key: alg.decoding.clone(),
+            validation: validation(&alg),
+        };
+        let mut variants: Vec<Variant> = vec![
+            ("decode_only", tower::util::BoxService::new(decode_only)),
+            ("layer_memory", layer(memory.clone())),
+        ];
+        if let (Some(pool), Some((lookup, mirror))) = (&pool, &caches) {
+            let layer = |cache: &MokaCache<PgStore>| {
+                let builder = JwtRevocationLayer::builder(cache.clone()).decoding_key(alg.decoding.clone());
+                tower::util::BoxService::new(
+                    builder
+                        .validation(validation(&alg))
+                        .no_verified_token_cache()
+                        .build()
+                        .unwrap()
+                        .layer(Ok200),
+                )
+            };
+            variants.push(("layer_cache_hit", layer(lookup)));
+            variants.push(("layer_mirror", layer(mirror)));
+            let naive = NaivePg {
+                pool: pool.clone(),
+                key: alg.decoding.clone(),
+                validation: validation(&alg),
+            };
+            variants.push(("naive_pg", tower::util::BoxService::new(naive)));
+        }
+        interleaved(rt, alg.name, &token, variants, 200, &mut lines);
+    }
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write("target/bench/per_request.jsonl", lines).unwrap();
 }
 
 /// Signature verification alone, with each of `jsonwebtoken`'s crypto backends (both are
@@ -517,6 +609,12 @@ criterion_group!(benches, bench_check, bench_crypto);
 
 fn main() {
     benches();
-    key_sources_interleaved();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    key_sources_interleaved(&rt);
+    per_request_interleaved(&rt);
     Criterion::default().configure_from_args().final_summary();
 }

@@ -88,7 +88,7 @@ impl<B: Ledger> MokaCacheBuilder<B> {
 
     /// The most live revocations (tokens, sessions and subject cutoffs together) a mirror holds.
     /// Default [`DEFAULT_MIRROR_MAX_ENTRIES`] (32 Mi). Memory follows the count: 12 bytes a
-    /// slot, 16 to 24 bytes a revocation (1 000 000 in 18 to 24 MiB), up to twice that while
+    /// slot, 16 to 24 bytes a revocation (1 000 000 in 16 to 24 MB, 15.3 to 22.9 MiB), up to twice that while
     /// expired ones wait for the sweep (once a minute, when they are half the table), plus the
     /// new table's size while a refresh builds it. Past the bound the mirror falls back to lookup mode, with a
     /// `warn`, and is promoted back once a snapshot fits again (see

@@ -21,7 +21,7 @@
 //!
 //! Memory follows the entry count: the table is at most three quarters full and is rebuilt at
 //! twice the live entries (any size: the home slot is picked by multiplying, not masking), so it
-//! holds 16 to 24 bytes per entry (a million revocations in 18 to 24 MB). Expired entries hold
+//! holds 16 to 24 bytes per entry (a million revocations in 16 to 24 MB, 15.3 to 22.9 MiB). Expired entries hold
 //! their slots until a sweep (when they are half of them) or a rebuild drops them, so up to
 //! twice that per live entry; a rebuild adds the new table's size for its moment.
 //!

@@ -48,7 +48,7 @@
 //! - [`CacheMode::Mirror`]: the tier loads every live revocation at start (a page at a time) and
 //!   follows the feed. It holds them in compact form, a 62-bit fingerprint and a 32-bit expiry or
 //!   cutoff per revocation in one flat table (16 to 24 bytes each, up to twice that while
-//!   expired ones wait for a sweep: a million in 18 to 24 MiB;
+//!   expired ones wait for a sweep: a million in 16 to 24 MB, 15.3 to 22.9 MiB;
 //!   see [`mirror_max_entries`](MokaCacheBuilder::mirror_max_entries)). A token none of whose
 //!   keys the table holds is "not revoked" without a query. One whose key it holds is confirmed
 //!   with the ledger (a fingerprint may collide, with odds around 2⁻³⁶ per check), and the
