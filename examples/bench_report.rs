@@ -175,12 +175,13 @@ fn per_request(out: &mut String) {
             .find(|r| r["alg"] == alg && r["variant"] == variant)
             .and_then(|r| r["median_ns"].as_f64())
     };
+    let rounds = runs.first().and_then(|r| r["rounds"].as_u64()).unwrap_or(0);
     let _ = writeln!(
         out,
-        "\nThe ratios, timed in interleaved batches in one process (medians of 200 batches of about \
-         2 ms each per variant, rotating the order each round), so the machine's slow spells hit every \
-         variant alike (criterion's medians above come from runs one after another, which on this \
-         machine differ by more than these ratios measure):\n"
+        "\nThe ratios, timed in interleaved batches in one process (medians of {rounds} batches of \
+         about 2 ms each per variant, rotating the order each round), so the machine's slow spells \
+         hit every variant alike (criterion's medians above come from runs one after another, which \
+         on this machine differ by more than these ratios measure):\n"
     );
     let _ = writeln!(out, "| variant | HS256 | ES256 |\n|---|---|---|");
     for variant in [

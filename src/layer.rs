@@ -147,7 +147,7 @@ struct Config {
     /// Verified-token cache slots; 0: no cache.
     token_cache_capacity: usize,
     token_cache_max_token_len: usize,
-    /// `None`: key revocations by issuer when there are several issuers.
+    /// `None`: key revocations by issuer as the backend declares (`issuer_keying`).
     key_by_issuer: Option<bool>,
 }
 

@@ -54,7 +54,8 @@ pub struct TokenFacts<'a> {
     pub expires_at: Option<u64>,
     /// The issuer its session and subject revocations are keyed by: its `iss` when the layer
     /// [keys revocations by issuer](crate::JwtRevocationBuilder::key_revocations_by_issuer)
-    /// (by default, when it accepts more than one issuer), `None` otherwise.
+    /// (by default, when its backend declares [`issuer_keying`](RevocationBackend::issuer_keying)
+    /// and the layer knows its tokens' issuer), `None` otherwise.
     ///
     /// With an issuer, a session or subject revocation applies to the token when it was filed
     /// without an issuer or under this one. Without, it applies when filed under any issuer, or

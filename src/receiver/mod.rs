@@ -17,9 +17,12 @@
 //! for the key source when the token names a key it is fetching), the replay guard, and the
 //! response shapes.
 //!
-//! By default their revocations apply to the `sid` or `sub` of every issuer; with several
-//! issuers behind one layer, `key_by_issuer(true)` files them under the provider's issuer so
-//! that one provider's logout never ends another provider's user of the same `sub`.
+//! They key their revocations the way the store declares
+//! ([`RevocationBackend::issuer_keying`], `PgStore::with_issuer_keying`), as the layers over the
+//! same store do: undeclared, their revocations apply to the `sid` or `sub` of every issuer;
+//! declared (once every instance enforces keyed rows), they are filed under the provider's
+//! issuer, so that one provider's logout never ends another provider's user of the same `sub`.
+//! `key_by_issuer(bool)` overrides the declaration for one receiver.
 //!
 //! [`KeySource`]: crate::decode::KeySource
 
@@ -94,6 +97,12 @@ impl Sender {
         // Filed under the issuer: no store can file under an empty one or one with a NUL.
         if keyed && (self.issuer.is_empty() || self.issuer.contains('\0')) {
             return Err(ConfigError::UnkeyableIssuer(self.issuer));
+        }
+        if keyed {
+            tracing::info!(
+                issuer = %self.issuer,
+                "receiver files its revocations under this issuer: keying layers apply them to tokens whose iss is exactly this"
+            );
         }
         let algorithms = self
             .algorithms

@@ -39,8 +39,8 @@
 //! on (no resolver, or one that answers `None`; a malformed payload or subject) does not hold
 //! the others back: every event that can be mapped is acted on, and then the SET is answered
 //! 400 `invalid_request` naming what failed, since acknowledging it would drop that
-//! revocation silently. No replay guard is recorded for such a SET, so a redelivery acts
-//! again (every revocation is idempotent) and gets the same answer. A session revocation is kept for
+//! revocation silently. Its `jti` is recorded as acted on in part, so a redelivery (or a
+//! replay of a captured SET) gets a 400 again without acting again. A session revocation is kept for
 //! [`max_token_lifetime`](SetReceiverBuilder::max_token_lifetime).
 //!
 //! A SET's `jti` is recorded after its revocations (as a token revocation keyed by the kind of
@@ -245,6 +245,10 @@ impl<S> SetReceiver<S> {
     }
 }
 
+/// The answer to a redelivered SET that was acted on in part.
+const ACTED_ON_IN_PART: &str =
+    "not every event of this SET could be acted on (the others were, when it was first received)";
+
 /// The event types this receiver acts on.
 const KNOWN_EVENTS: [&str; 5] = [
     CAEP_SESSION_REVOKED,
@@ -301,6 +305,12 @@ where
         if guard.seen(&self.store).await? {
             return Ok(());
         }
+        // One acted on in part is answered as it was the first time, without acting again: a
+        // SET has no `exp`, and a captured one must not make every instance write for ever.
+        let partial = Guard::new("security-event-partial", &self.issuer, jti);
+        if partial.seen(&self.store).await? {
+            return Err(Refusal::request(ACTED_ON_IN_PART));
+        }
         // Every event that can be mapped is acted on, whatever the others say: a session the
         // provider ended stays ended even when the same SET's credential change names a user
         // this receiver cannot map.
@@ -333,9 +343,20 @@ where
                 .await?;
         }
         self.ignored.fetch_add(ignored, Ordering::Relaxed);
-        // What could not be acted on is refused (400), after the rest was: the transmitter's
-        // operator sees it, and a redelivery acts again (every revocation is idempotent), since
-        // no guard is recorded for a SET not acted on in full.
+        // Kept `replay_window` from now at the least (an old `iat` must not give a guard that
+        // has expired already).
+        let from = from_unix_seconds(iat).max(SystemTime::now());
+        let guard_until = saturating_add(from, self.replay_window);
+        // A SET that acted on nothing leaves no guard: a redelivery is refused, or ignored, again.
+        let (guard, reason) = match &unmapped {
+            // What could not be acted on is refused (400) after the rest was, so the
+            // transmitter's operator sees it; a redelivery is answered the same, acting no more.
+            Some(_) => (partial, "security event token acted on in part (replay guard)"),
+            None => (guard, "security event token (replay guard)"),
+        };
+        if !actions.is_empty() {
+            guard.record(&self.store, guard_until, reason).await?;
+        }
         if let Some(refusal) = unmapped {
             tracing::info!(
                 acted = actions.len(),
@@ -343,16 +364,6 @@ where
                 "security event token acted on in part"
             );
             return Err(refusal);
-        }
-        // A SET that asked for nothing leaves no guard: a redelivery is ignored again.
-        if !actions.is_empty() {
-            // Kept `replay_window` from now at the least (an old `iat` must not give a guard
-            // that has expired already).
-            let from = from_unix_seconds(iat).max(SystemTime::now());
-            let guard_until = saturating_add(from, self.replay_window);
-            guard
-                .record(&self.store, guard_until, "security event token (replay guard)")
-                .await?;
         }
         tracing::info!(acted = actions.len(), ignored, "security event token received");
         Ok(())

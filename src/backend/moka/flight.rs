@@ -4,7 +4,10 @@
 //! answer, unless a revocation was filed in memory since it started (the flight's
 //! *generation*): its lookup may have read the ledger before that revocation committed, so a
 //! check that arrives after this instance learned of it (its own logout, say) starts a new
-//! flight instead of taking the old answer. A waiter that is cancelled (its client went away) hands the lookup to the next waiter
+//! flight instead of taking the old answer. The generation counts every revocation filed, not
+//! only those of the flight's keys: under a storm of R revocations a second, checks of one key
+//! that memory cannot answer share a lookup only within each interval between two of them, so
+//! they cost up to R more lookups a second (never more than the checks themselves). A waiter that is cancelled (its client went away) hands the lookup to the next waiter
 //! (`OnceCell` semantics), and the last one to leave, answered or not, removes the flight, so an
 //! abandoned lookup leaves nothing behind.
 

@@ -183,6 +183,7 @@ impl Memory {
         };
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
+            evicting: AtomicU64::new(0),
             evicted: Count::new(telemetry::CACHE_EVICTIONS, &[]),
         });
         let gate: Gate = Arc::new(RwLock::new(()));
@@ -226,6 +227,9 @@ impl Memory {
     /// negative for the same key always wins. Reads no clock unless the mirror holds a key.
     pub(super) fn answer(&self, facts: &TokenFacts<'_>, trust: Trust) -> Option<Verdict> {
         let negatives = &self.negatives;
+        // Read before anything else: an eviction that overlaps this check forbids "not revoked"
+        // from negatives (see `Shared::evicting`).
+        let evicting = self.shared.evicting.load(Ordering::SeqCst);
         let negative = |plain: &Map<String, ()>, keyed: &Map<String, ()>, key: &str| match facts.issuer {
             Some(issuer) => with_issuer_key(issuer, key, |key| keyed.contains_key(key)),
             None => plain.contains_key(key),
@@ -305,7 +309,9 @@ impl Memory {
             && facts
                 .session_id
                 .is_none_or(|sid| negative(&negatives.sessions, &negatives.issuer_sessions, sid));
-        clear.then_some(Verdict::Active)
+        let undisturbed =
+            evicting.is_multiple_of(2) && self.shared.evicting.load(Ordering::SeqCst) == evicting;
+        (clear && undisturbed).then_some(Verdict::Active)
     }
 
     /// Applies one ledger record (from the feed, a snapshot, or a write through this tier): the
@@ -792,6 +798,30 @@ mod tests {
         }
         assert!(memory.evicted() > 0, "the tier never filled");
         assert!(!memory.revoked_sessions.contains_key("s") || !memory.cutoffs.contains_key("u"));
+    }
+
+    /// Found in review: a check reads a subject's marker before its cutoffs, and an eviction
+    /// drops the marker before the cutoff, so a check overlapping an eviction could see the
+    /// marker and then no cutoff. While an eviction runs (its sequence odd), or once one ran
+    /// during the check, negatives answer nothing.
+    #[test]
+    fn no_negative_answers_for_a_check_an_eviction_overlaps() {
+        let memory = Memory::new(1000, Duration::from_secs(30), Duration::from_secs(300), 1000);
+        let now = unix_seconds(SystemTime::now());
+        let facts = TokenFacts {
+            jti: Some("t"),
+            session_id: None,
+            subject: Some("u"),
+            issued_at: Some(now - 10),
+            expires_at: Some(now + 600),
+            issuer: None,
+        };
+        memory.remember(&facts, &Lookup::default(), memory.epoch(), true);
+        assert_eq!(memory.answer(&facts, trust()), Some(Verdict::Active));
+        memory.shared.evicting.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(memory.answer(&facts, trust()), None, "an eviction is running");
+        memory.shared.evicting.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(memory.answer(&facts, trust()), Some(Verdict::Active));
     }
 
     /// A keyed revocation answers for its issuer's view only, an unkeyed one for every view, and

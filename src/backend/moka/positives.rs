@@ -27,10 +27,17 @@ use crate::telemetry::Count;
 /// and SipHash cost a third of a warm check here.
 pub(super) type Map<K, V> = Cache<K, V, foldhash::fast::RandomState>;
 
-/// What the tier's maps share: the epoch that lookups compare, and the count of evictions.
+/// What the tier's maps share: the epoch that lookups compare, the evictions' sequence that
+/// checks compare, and the count of evictions.
 pub(super) struct Shared {
     /// Moves at every event after which a negative read from the ledger earlier may be stale.
     pub(super) epoch: AtomicU64,
+    /// Odd while an eviction runs, moved twice by each: a check that answers "not revoked"
+    /// from negatives reads it before its first read and again before answering, and answers
+    /// only if it was even and did not move (the check reads a subject's marker before its
+    /// cutoffs, and an eviction drops the marker before the cutoff: without this, a check could
+    /// see the marker, then no cutoff).
+    pub(super) evicting: AtomicU64,
     /// Positives evicted for size.
     pub(super) evicted: Count,
 }
@@ -65,7 +72,8 @@ where
     V: Clone + Send + Sync + 'static,
     N: Clone + Send + Sync + 'static,
 {
-    /// A map of at most `capacity` entries (one more while racing writers each make room), built
+    /// A map of at most about `capacity` entries (a few more while writers race: each makes room
+    /// before it stores, and a lookup stores up to five positives after making room once), built
     /// from `builder` (with its expiry, if any, and no capacity of its own).
     pub(super) fn new(
         builder: CacheBuilder<String, V, Cache<String, V>>,
@@ -147,28 +155,41 @@ where
         self.map.entry_count()
     }
 
-    /// At the bound, evicts one entry under the gate: the epoch moves, its dependents go, then
-    /// the entry. Below it (the common case), one relaxed read of the count.
+    /// At the bound, evicts a 64th of the entries (at least one) under the gate, so that the
+    /// next inserts find room: the eviction sequence turns odd and the epoch moves, the victims'
+    /// dependents go, then the victims, then the sequence turns even. Below the bound (the
+    /// common case), one relaxed read of the count.
     pub(super) fn make_room(&self) {
         if self.held() < self.capacity {
             return;
         }
         let _exclusive = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        // Drop what expired (the listener counts it) before evicting anything live.
+        // Drop what expired before evicting anything live, and take moka's count, exact after
+        // its pending work ran, as this map's (the listener cannot tell every removal: an entry
+        // past its expiry that a write replaces is reported replaced).
         self.map.run_pending_tasks();
+        self.held.store(
+            i64::try_from(self.map.entry_count()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         if self.held() < self.capacity {
             return;
         }
-        let Some((victim, _)) = self.map.iter().next() else {
-            return;
-        };
-        self.shared.evicted.bump();
+        let batch = usize::try_from(self.capacity / 64).unwrap_or(usize::MAX).max(1);
+        let victims: Vec<Arc<String>> = self.map.iter().take(batch).map(|(key, _)| key).collect();
+        self.shared.evicting.fetch_add(1, Ordering::SeqCst);
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-        self.dependents.own.invalidate(victim.as_str());
+        for victim in &victims {
+            self.shared.evicted.bump();
+            self.dependents.own.invalidate(victim.as_str());
+        }
         if let Some(views) = &self.dependents.views {
             views.invalidate_all();
         }
-        self.map.invalidate(victim.as_str());
+        for victim in &victims {
+            self.map.invalidate(victim.as_str());
+        }
+        self.shared.evicting.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -201,6 +222,7 @@ mod tests {
         };
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
+            evicting: AtomicU64::new(0),
             evicted: Count::new("test_evictions", &[]),
         });
         let gate: Gate = Arc::new(RwLock::new(()));
@@ -222,7 +244,12 @@ mod tests {
             "{}",
             removed.load(Ordering::SeqCst)
         );
-        assert!(shared.epoch.load(Ordering::SeqCst) >= 60);
+        assert!(shared.epoch.load(Ordering::SeqCst) >= 1);
+        assert_eq!(
+            shared.evicting.load(Ordering::SeqCst) % 2,
+            0,
+            "no eviction left running"
+        );
         assert_eq!(
             exposed.load(Ordering::SeqCst),
             0,

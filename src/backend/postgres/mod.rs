@@ -213,10 +213,21 @@ impl PgStore {
     /// that predates keying does not read the keyed tables, and would serve a token this one
     /// refused. Default off: layers and receivers file every revocation for all issuers (too
     /// much with several issuers whose users share a `sub`, never too little).
+    ///
+    /// Set it before cloning the store for the layers, caches and receivers that share it (a
+    /// clone keeps the setting it was cloned with). Once declared, a layer with an issuer no
+    /// store can file under (an empty `iss`) fails to build with
+    /// [`ConfigError::UnkeyableIssuer`](crate::ConfigError::UnkeyableIssuer).
     #[must_use]
     pub fn with_issuer_keying(mut self, keyed: bool) -> Self {
         self.issuer_keying = keyed;
         self
+    }
+
+    /// Whether [`with_issuer_keying`](Self::with_issuer_keying) declared keying (what
+    /// [`RevocationBackend::issuer_keying`] and [`Ledger::issuer_keying`] answer).
+    pub fn issuer_keying(&self) -> bool {
+        self.issuer_keying
     }
 
     /// The `application_name` of the change feed's connection (default
