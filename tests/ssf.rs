@@ -526,5 +526,27 @@ async fn an_event_that_cannot_be_mapped_does_not_drop_the_others() {
     let records = store.len();
     let (again, body) = push(&receiver, set(&claims)).await;
     assert_eq!(again, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["description"], "subject format not supported",
+        "the same reason"
+    );
     assert_eq!(store.len(), records, "the redelivery wrote");
+    // Once the operator adds a resolver, the same SET is acted on in full.
+    let resolving = SetReceiver::builder(
+        store.clone(),
+        provider.issuer(),
+        provider.discovered_keys().await,
+        AUDIENCE,
+    )
+    .resolve_subjects(|subject| {
+        (subject.get("email")?.as_str()? == "frank@example.com").then(|| "frank".to_owned())
+    })
+    .build()
+    .unwrap();
+    let (status, body) = push(&resolving, set(&claims)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        verdict(&store, access("frank", None, now() - 5)).await,
+        Verdict::Revoked(RevokedBy::Subject)
+    );
 }

@@ -40,7 +40,8 @@
 //! the others back: every event that can be mapped is acted on, and then the SET is answered
 //! 400 `invalid_request` naming what failed, since acknowledging it would drop that
 //! revocation silently. Its `jti` is recorded as acted on in part, so a redelivery (or a
-//! replay of a captured SET) gets a 400 again without acting again. A session revocation is kept for
+//! replay of a captured SET) that still cannot be mapped in full gets the same 400 without
+//! writing anything; one that now can (a resolver was added) is acted on in full. A session revocation is kept for
 //! [`max_token_lifetime`](SetReceiverBuilder::max_token_lifetime).
 //!
 //! A SET's `jti` is recorded after its revocations (as a token revocation keyed by the kind of
@@ -245,10 +246,6 @@ impl<S> SetReceiver<S> {
     }
 }
 
-/// The answer to a redelivered SET that was acted on in part.
-const ACTED_ON_IN_PART: &str =
-    "not every event of this SET could be acted on (the others were, when it was first received)";
-
 /// The event types this receiver acts on.
 const KNOWN_EVENTS: [&str; 5] = [
     CAEP_SESSION_REVOKED,
@@ -305,12 +302,6 @@ where
         if guard.seen(&self.store).await? {
             return Ok(());
         }
-        // One acted on in part is answered as it was the first time, without acting again: a
-        // SET has no `exp`, and a captured one must not make every instance write for ever.
-        let partial = Guard::new("security-event-partial", &self.issuer, jti);
-        if partial.seen(&self.store).await? {
-            return Err(Refusal::request(ACTED_ON_IN_PART));
-        }
         // Every event that can be mapped is acted on, whatever the others say: a session the
         // provider ended stays ended even when the same SET's credential change names a user
         // this receiver cannot map.
@@ -328,6 +319,16 @@ where
                     unmapped.get_or_insert(refusal);
                 }
             }
+        }
+        // One acted on in part before: while it still cannot be mapped in full, its redelivery
+        // (or a captured copy: a SET has no `exp`) is refused with the same reason and writes
+        // nothing; once it can (a resolver added), it is acted on in full.
+        let partial = Guard::new("security-event-partial", &self.issuer, jti);
+        if let Some(refusal) = unmapped.take() {
+            if partial.seen(&self.store).await? {
+                return Err(refusal);
+            }
+            unmapped = Some(refusal);
         }
         for action in &actions {
             let revocation = match action {

@@ -309,6 +309,9 @@ impl Memory {
             && facts
                 .session_id
                 .is_none_or(|sid| negative(&negatives.sessions, &negatives.issuer_sessions, sid));
+        // The reads above complete before the sequence is read again (a seqlock reader's fence:
+        // an acquire load alone would let them be performed after it).
+        std::sync::atomic::fence(Ordering::Acquire);
         let undisturbed =
             evicting.is_multiple_of(2) && self.shared.evicting.load(Ordering::SeqCst) == evicting;
         (clear && undisturbed).then_some(Verdict::Active)

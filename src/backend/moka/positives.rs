@@ -4,15 +4,17 @@
 //! moka could bound the map itself, but it removes an evicted entry *before* it runs the
 //! eviction listener: for that moment the positive is gone while the negatives it overrode are
 //! still there, and a revoked token is answered "not revoked". So no positive map here has a
-//! moka capacity. At the bound, this map evicts one entry itself, in an order that never
-//! exposes a negative: first the epoch moves (no lookup in flight stores a negative any more),
-//! then the negative of the victim's key goes and, for a revocation that stands for every
-//! issuer, every negative of the keyed views (any of them may predate it), and only then the
-//! entry. Entries otherwise leave only by expiry, once their token can no longer be presented.
-//! An eviction takes the `gate` exclusively, and a lookup storing what it found holds it
-//! shared, so an eviction never falls between a lookup storing a subject's cutoff and storing
-//! the marker that says the cutoffs it holds are current (the marker would outlive the cutoff).
-//! This module does not decide what a positive means; `memory` does.
+//! moka capacity. At the bound, this map evicts a 64th of its entries itself (at least one),
+//! in an order that never exposes a negative: first the epoch moves (no lookup in flight stores
+//! a negative any more), then the negatives of the victims' keys go and, for revocations that
+//! stand for every issuer, every negative of the keyed views (any of them may predate them),
+//! and only then the entries. Entries otherwise leave only by expiry, once their token can no
+//! longer be presented. The removals take the `gate` exclusively, and a lookup storing what it
+//! found holds it shared, so an eviction never falls between a lookup storing a subject's cutoff
+//! and storing the marker that says the cutoffs it holds are current (the marker would outlive
+//! the cutoff). Which entries go is moka's iteration order (its first segments first), not
+//! recency: at the bound, a revocation costs a lookup of its key sooner or later, never a wrong
+//! answer. This module does not decide what a positive means; `memory` does.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -50,16 +52,22 @@ pub(super) struct Dependents<N> {
     pub(super) views: Option<Map<String, N>>,
 }
 
-/// Held exclusively by an eviction, shared by a lookup storing its answer (see the module
-/// documentation). Every critical section under it is a few map operations: a panic cannot
-/// leave anything half-done that a poisoned lock would have to protect.
+/// Held exclusively by an eviction's removals, shared by a lookup storing its answer (see the
+/// module documentation). Under it: a lookup's few map writes, or an eviction's invalidations
+/// (two per victim, a 64th of the map); moka's housekeeping and the choice of victims run
+/// before it is taken. A panic cannot leave anything half-done that a poisoned lock would have
+/// to protect.
 pub(super) type Gate = Arc<RwLock<()>>;
 
 /// A positives map (see the module documentation).
 pub(super) struct Positives<V, N> {
     map: Map<String, V>,
     /// Entries held: moka's own count lags its writes until its housekeeping runs, so the
-    /// bound is kept on this one (insertions counted as they happen, removals by the listener).
+    /// bound is kept on this one (insertions counted as they happen, removals by the listener),
+    /// reset from moka's count after its housekeeping at every pass at the bound (an entry past
+    /// its expiry that a write replaces is reported replaced, and concurrent writers race the
+    /// reset: both only make the count high until the next pass, which costs one pass, never an
+    /// eviction on every insert).
     held: Arc<AtomicI64>,
     capacity: u64,
     dependents: Dependents<N>,
@@ -163,10 +171,9 @@ where
         if self.held() < self.capacity {
             return;
         }
-        let _exclusive = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        // Drop what expired before evicting anything live, and take moka's count, exact after
-        // its pending work ran, as this map's (the listener cannot tell every removal: an entry
-        // past its expiry that a write replaces is reported replaced).
+        // Outside the gate (checks and lookups go on meanwhile): drop what expired before
+        // evicting anything live, take moka's count, exact once its pending work ran, and
+        // choose the victims.
         self.map.run_pending_tasks();
         self.held.store(
             i64::try_from(self.map.entry_count()).unwrap_or(i64::MAX),
@@ -177,7 +184,8 @@ where
         }
         let batch = usize::try_from(self.capacity / 64).unwrap_or(usize::MAX).max(1);
         let victims: Vec<Arc<String>> = self.map.iter().take(batch).map(|(key, _)| key).collect();
-        self.shared.evicting.fetch_add(1, Ordering::SeqCst);
+        let _exclusive = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let _running = Evicting::begin(&self.shared);
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         for victim in &victims {
             self.shared.evicted.bump();
@@ -189,7 +197,23 @@ where
         for victim in &victims {
             self.map.invalidate(victim.as_str());
         }
-        self.shared.evicting.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An eviction's turn of [`Shared::evicting`]: odd from `begin` until dropped, even again even
+/// if the eviction panics (an odd count left behind would stop every negative for good).
+struct Evicting<'a>(&'a Shared);
+
+impl<'a> Evicting<'a> {
+    fn begin(shared: &'a Shared) -> Self {
+        shared.evicting.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Evicting<'_> {
+    fn drop(&mut self) {
+        self.0.evicting.fetch_add(1, Ordering::SeqCst);
     }
 }
 
