@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the crate.
 #
-# PgBouncer (Debian package `pgbouncer`) is installed when missing and this runs as root; the
-# tests start their own instances of it on loopback.
+# PgBouncer and nats-server (Debian packages `pgbouncer`, `nats-server`) are installed when
+# missing and this runs as root; the tests start their own instances of them on loopback.
 #
 # Postgres is found the way the integration tests need it: $DATABASE_URL if set, else a server
 # answering on 127.0.0.1:5432 (user postgres, trust auth), else a throwaway cluster this script
@@ -62,6 +62,20 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
     fi
   else
     echo "test.sh: pgbouncer is not installed and this is not root; the pooler tests will skip" >&2
+  fi
+fi
+
+# nats-server (Debian package `nats-server`), for the tests of the JetStream feed and relay
+# (tests/nats.rs, tests/demo_pooler.rs); each starts its own on a free loopback port with a temp
+# store. Without it they skip and say why.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing nats-server" >&2
+    if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }; then
+      echo "test.sh: could not install nats-server; the NATS tests will skip" >&2
+    fi
+  else
+    echo "test.sh: nats-server is not installed and this is not root; the NATS tests will skip" >&2
   fi
 fi
 

@@ -70,6 +70,8 @@ pub mod token_cache;
 
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
+#[cfg(feature = "nats")]
+pub use backend::nats::{NatsLedger, Relay};
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{PgStore, Subscription};
 pub use backend::{
@@ -91,5 +93,9 @@ pub use reject::{DefaultReject, Reject, Rejection};
 pub use scope::RequireScopes;
 pub use service::JwtRevocation;
 
+/// The NATS client `backend::nats` is built on, re-exported so that a `Client` can be made with
+/// the version this crate uses.
+#[cfg(feature = "nats")]
+pub use async_nats;
 /// The `jsonwebtoken` this crate is built with, for keys and `Validation` of the same version.
 pub use jsonwebtoken;

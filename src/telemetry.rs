@@ -63,6 +63,16 @@ pub const FEED_LAST_SYNC: &str = "jwt_revocation_feed_last_sync_timestamp_second
 /// Propagation lag of each event applied: applied time minus its `revoked_at` (histogram).
 pub const FEED_LAG: &str = "jwt_revocation_feed_lag_seconds";
 
+/// Gaps in a change feed repaired from the ledger (a message lost or unreadable on the NATS
+/// stream).
+pub const FEED_REPAIRS: &str = "jwt_revocation_feed_repairs_total";
+/// Events a relay published, by `outcome` (`stored`, `duplicate`: another relay's copy).
+pub const RELAY_PUBLISHED: &str = "jwt_revocation_relay_published_total";
+/// Markers (proofs of sync) a relay published.
+pub const RELAY_MARKERS: &str = "jwt_revocation_relay_markers_total";
+/// A relay's lag: the ledger's last `seq` it has seen minus the last it published (gauge).
+pub const RELAY_LAG: &str = "jwt_revocation_relay_lag_seq";
+
 /// Key-set fetches of a `Jwks`, by `outcome` (`success`, `failure`) and `source` (the issuer or
 /// JWKS URL).
 pub const JWKS_FETCHES: &str = "jwt_revocation_jwks_fetches_total";
@@ -75,7 +85,7 @@ pub const JWKS_KEYS: &str = "jwt_revocation_jwks_keys";
 pub const JWKS_LAST_SUCCESS: &str = "jwt_revocation_jwks_last_success_timestamp_seconds";
 
 /// Every metric this crate publishes.
-pub const NAMES: [&str; 25] = [
+pub const NAMES: [&str; 29] = [
     REQUESTS,
     STORE_ERRORS,
     SLOW_CHECKS,
@@ -97,6 +107,10 @@ pub const NAMES: [&str; 25] = [
     FEED_IN_SYNC,
     FEED_LAST_SYNC,
     FEED_LAG,
+    FEED_REPAIRS,
+    RELAY_PUBLISHED,
+    RELAY_MARKERS,
+    RELAY_LAG,
     JWKS_FETCHES,
     JWKS_UNKNOWN_KID_FETCHES,
     JWKS_KEYS,
@@ -276,6 +290,16 @@ pub(crate) fn describe() {
             FEED_LAG,
             metrics::Unit::Seconds,
             "Propagation lag of each revocation applied from the change feed"
+        );
+        describe_counter!(FEED_REPAIRS, "Change-feed gaps repaired from the ledger");
+        describe_counter!(
+            RELAY_PUBLISHED,
+            "Events a relay published to the stream, by outcome"
+        );
+        describe_counter!(RELAY_MARKERS, "Proofs of sync a relay published to the stream");
+        describe_gauge!(
+            RELAY_LAG,
+            "The ledger's last seq a relay has seen minus the last it published"
         );
         describe_counter!(JWKS_FETCHES, "Key-set fetches, by outcome and source");
         describe_counter!(

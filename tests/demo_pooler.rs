@@ -1,6 +1,7 @@
 //! Two demo instances on one database, as operators run them: behind a real PgBouncer in
 //! transaction mode, with and without `DATABASE_DIRECT_URL`, in lookup and mirror mode, on a
-//! database that already holds another application's sqlx migrations.
+//! database that already holds another application's sqlx migrations; and following a relay's
+//! NATS JetStream stream (`REVOCATION_FEED=nats`) with no standing Postgres connection.
 
 #[allow(dead_code)]
 #[path = "../examples/server.rs"]
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use common::nats::NatsServer;
 use common::pgbouncer::PgBouncer;
 use common::wait_until_within;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -131,6 +133,8 @@ async fn demo_instances_behind_pgbouncer_enforce_each_others_logouts(pool: PgPoo
                 database_url: Some(pooled.clone()),
                 direct_url: with_direct.then(|| direct.clone()),
                 cache: Some(mode),
+                nats: None,
+                idle_timeout: Duration::from_secs(60),
             };
             let (to_a, from_a) = oneshot::channel();
             let (to_b, from_b) = oneshot::channel();
@@ -146,6 +150,85 @@ async fn demo_instances_behind_pgbouncer_enforce_each_others_logouts(pool: PgPoo
             }
         }
     }
+}
+
+/// `REVOCATION_FEED=nats`: a logout on one instance is refused by the other through the
+/// stream (a relay publishes it; neither instance has a Postgres feed), and once idle the
+/// instances hold no Postgres connection (`DATABASE_IDLE_TIMEOUT_SECS`).
+#[sqlx::test(migrations = false)]
+async fn demo_instances_on_the_nats_feed_enforce_logouts_and_hold_no_idle_connection(pool: PgPool) {
+    let Some(nats) = NatsServer::start() else { return };
+    let store = tower_jwt_revocation::PgStore::new(pool.clone()).with_heartbeat(Duration::from_millis(200));
+    store.migrate().await.unwrap();
+    let client = tower_jwt_revocation::async_nats::connect(nats.url())
+        .await
+        .unwrap();
+    let _relay = tower_jwt_revocation::Relay::builder(store, client)
+        .start()
+        .unwrap();
+    let options = pool.connect_options();
+    let database = common::database_name(&pool).await;
+    let url = format!(
+        "postgres://{}@{}:{}/{database}?application_name=demo-nats-instance",
+        options.get_username(),
+        options.get_host(),
+        options.get_port()
+    );
+    let settings = |mode: &'static str| {
+        let (url, nats) = (url.clone(), nats.url());
+        StoreSettings::from_vars(move |name| match name {
+            "DATABASE_URL" => Some(url.clone()),
+            "REVOCATION_CACHE" => Some(mode.to_owned()),
+            "REVOCATION_FEED" => Some("nats".to_owned()),
+            "NATS_URL" => Some(nats.clone()),
+            "DATABASE_IDLE_TIMEOUT_SECS" => Some("1".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+    };
+    let (to_a, from_a) = oneshot::channel();
+    let (to_b, from_b) = oneshot::channel();
+    tokio::select! {
+        ended = with_store(settings("lookup"), Handoff(to_a)) => panic!("instance A ended: {ended:?}"),
+        ended = with_store(settings("mirror"), Handoff(to_b)) => panic!("instance B ended: {ended:?}"),
+        () = async {
+            let (a, b) = (from_a.await.unwrap(), from_b.await.unwrap());
+            logout_reaches_the_other_instance(&a, &b, "nia", Duration::from_secs(2)).await;
+            wait_until_within("the idle instances hold no Postgres connection", Duration::from_secs(15), || async {
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'demo-nats-instance'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                held == 0
+            })
+            .await;
+        } => {}
+    }
+}
+
+#[test]
+fn the_nats_feed_needs_a_database_and_a_cache() {
+    let read = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        StoreSettings::from_vars(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    };
+    let db = ("DATABASE_URL", "postgres://db/app");
+    let nats = read(&[db, ("REVOCATION_FEED", "nats")]).unwrap();
+    assert_eq!(
+        nats.nats,
+        Some(("nats://127.0.0.1:4222".to_owned(), "JWT_REVOCATIONS".to_owned()))
+    );
+    assert_eq!(nats.idle_timeout, Duration::from_secs(60));
+    assert!(read(&[db, ("REVOCATION_FEED", "nats"), ("REVOCATION_CACHE", "off")]).is_err());
+    assert!(read(&[("REVOCATION_FEED", "nats")]).is_err());
+    assert!(read(&[db, ("REVOCATION_FEED", "kafka")]).is_err());
+    assert!(read(&[db, ("DATABASE_IDLE_TIMEOUT_SECS", "soon")]).is_err());
+    assert_eq!(read(&[db]).unwrap().nats, None);
 }
 
 #[test]

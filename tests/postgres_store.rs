@@ -320,7 +320,7 @@ async fn next_event(feed: &mut Subscription) -> RevocationEvent {
 async fn next_in_sync(feed: &mut Subscription) {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), feed.next()).await {
-            Ok(Some(FeedItem::InSync { .. })) => return,
+            Ok(Some(FeedItem::InSync { .. } | FeedItem::InSyncAt { .. })) => return,
             Ok(Some(FeedItem::Event(event))) => panic!("unexpected event {event:?}"),
             Ok(Some(FeedItem::Disconnected(_))) => continue,
             Ok(None) => panic!("feed ended"),
@@ -423,7 +423,7 @@ async fn subscriber_delivers_what_was_written_while_its_connection_was_down(pool
             .unwrap()
         {
             FeedItem::Disconnected(_) => break,
-            FeedItem::InSync { .. } => continue,
+            FeedItem::InSync { .. } | FeedItem::InSyncAt { .. } => continue,
             FeedItem::Event(event) => panic!("unexpected event {event:?}"),
         }
     }

@@ -4,16 +4,22 @@
 //! [`with_store_from_env`]), which calls it with whichever concrete store the settings ask for.
 //!
 //! Environment: `DATABASE_URL`; `DATABASE_DIRECT_URL` (a connection past a transaction pooler
-//! for the change feed and migrations; defaults to `DATABASE_URL`); `REVOCATION_CACHE` =
-//! `lookup` (default), `mirror` or `off`; `FAILURE_POLICY` = `closed` (default) or `open`.
+//! for the change feed and migrations; defaults to `DATABASE_URL`); `DATABASE_IDLE_TIMEOUT_SECS`
+//! (pool connections idle this long are closed; default 60); `REVOCATION_CACHE` = `lookup`
+//! (default), `mirror` or `off`; `REVOCATION_FEED` = `postgres` (default: the cache follows the
+//! ledger's own feed) or `nats` (it follows the relays' JetStream stream: `NATS_URL`, default
+//! `nats://127.0.0.1:4222`, and `NATS_STREAM`, default `JWT_REVOCATIONS`; see
+//! `examples/relay.rs`); `FAILURE_POLICY` = `closed` (default) or `open`.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tower_jwt_revocation::backend::nats::NatsLedger;
 use tower_jwt_revocation::session::{MemorySessions, PgSessions, SessionConfig, Sessions};
 use tower_jwt_revocation::{
-    CacheMode, FailurePolicy, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
+    CacheMode, FailurePolicy, Ledger, MemoryStore, MokaCache, PgStore, RevocationBackend, RevocationStore,
     spawn_purger,
 };
 
@@ -98,6 +104,11 @@ pub struct StoreSettings {
     pub direct_url: Option<String>,
     /// `REVOCATION_CACHE`: the cache tier's mode; `None` for `off`.
     pub cache: Option<CacheMode>,
+    /// `REVOCATION_FEED=nats`: the cache follows the JetStream stream at this URL
+    /// (`NATS_URL`) and name (`NATS_STREAM`); `None` for the Postgres feed.
+    pub nats: Option<(String, String)>,
+    /// `DATABASE_IDLE_TIMEOUT_SECS`: how long a pool connection may stay idle.
+    pub idle_timeout: Duration,
 }
 
 impl StoreSettings {
@@ -113,10 +124,38 @@ impl StoreSettings {
         if direct_url.is_some() && database_url.is_none() {
             return Err("DATABASE_DIRECT_URL needs DATABASE_URL".to_owned());
         }
+        let cache = cache_mode(var("REVOCATION_CACHE").as_deref())?;
+        let nats = match var("REVOCATION_FEED").as_deref() {
+            None | Some("postgres") => None,
+            Some("nats") => Some((
+                var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
+                var("NATS_STREAM").unwrap_or_else(|| "JWT_REVOCATIONS".to_owned()),
+            )),
+            Some(other) => {
+                return Err(format!(
+                    "REVOCATION_FEED must be `postgres` or `nats`, not {other:?}"
+                ));
+            }
+        };
+        if nats.is_some() && (database_url.is_none() || cache.is_none()) {
+            return Err(
+                "REVOCATION_FEED=nats needs DATABASE_URL and REVOCATION_CACHE `lookup` or `mirror`"
+                    .to_owned(),
+            );
+        }
+        let idle_timeout = match var("DATABASE_IDLE_TIMEOUT_SECS") {
+            None => Duration::from_secs(60),
+            Some(secs) => secs
+                .parse()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("DATABASE_IDLE_TIMEOUT_SECS must be whole seconds, not {secs:?}"))?,
+        };
         Ok(Self {
             database_url,
             direct_url,
-            cache: cache_mode(var("REVOCATION_CACHE").as_deref())?,
+            cache,
+            nats,
+            idle_timeout,
         })
     }
 }
@@ -137,7 +176,16 @@ pub async fn with_store<W: WithStore>(
     let lifetime = demo.max_token_lifetime();
     match settings.database_url {
         Some(url) => {
-            let mut store = PgStore::connect(&url).await?;
+            // Connections open on demand and close once idle: an instance following the NATS
+            // stream holds none between its lookups.
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .min_connections(0)
+                .idle_timeout(settings.idle_timeout)
+                .acquire_timeout(Duration::from_secs(2))
+                .connect_with(url.parse::<PgConnectOptions>()?)
+                .await?;
+            let mut store = PgStore::new(pool);
             if let Some(lifetime) = lifetime {
                 store = store.with_max_token_lifetime(lifetime);
             }
@@ -147,19 +195,29 @@ pub async fn with_store<W: WithStore>(
             store.migrate().await?;
             let _purger = spawn_purger(store.clone(), every, margin)?;
             let pool = store.pool().clone();
-            match settings.cache {
-                Some(mode) => {
-                    let cache = MokaCache::builder(store).mode(mode).start()?;
-                    let sessions = PgSessions::new(pool, cache.clone(), config);
-                    let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
+            match (settings.cache, settings.nats) {
+                (Some(mode), Some((nats_url, stream))) => {
+                    let client = tower_jwt_revocation::async_nats::ConnectOptions::new()
+                        .retry_on_initial_connect()
+                        .connect(nats_url.as_str())
+                        .await?;
+                    let ledger = NatsLedger::new(store, client).with_stream(stream);
+                    let description = if mode == CacheMode::Mirror {
+                        "postgres behind the moka cache (mirror mode), following the NATS stream"
+                    } else {
+                        "postgres behind the moka cache (lookup mode), following the NATS stream"
+                    };
+                    run_cached(demo, ledger, mode, pool, (every, margin), description).await
+                }
+                (Some(mode), None) => {
                     let description = if mode == CacheMode::Mirror {
                         "postgres behind the moka cache (mirror mode)"
                     } else {
                         "postgres behind the moka cache (lookup mode)"
                     };
-                    demo.run(cache, sessions, description).await
+                    run_cached(demo, store, mode, pool, (every, margin), description).await
                 }
-                None => {
+                (None, _) => {
                     let sessions = PgSessions::new(pool, store.clone(), config);
                     let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
                     demo.run(store, sessions, "postgres, no cache").await
@@ -179,4 +237,19 @@ pub async fn with_store<W: WithStore>(
                 .await
         }
     }
+}
+
+/// Runs `demo` on a cache tier of `mode` over `ledger`, with sessions on `pool`.
+async fn run_cached<W: WithStore, L: Ledger>(
+    demo: W,
+    ledger: L,
+    mode: CacheMode,
+    pool: sqlx::PgPool,
+    (every, margin): (Duration, Duration),
+    description: &'static str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let cache = MokaCache::builder(ledger).mode(mode).start()?;
+    let sessions = PgSessions::new(pool, cache.clone(), SessionConfig::default());
+    let _sessions_purger = spawn_purger(sessions.clone(), every, margin)?;
+    demo.run(cache, sessions, description).await
 }

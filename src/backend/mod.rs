@@ -23,6 +23,8 @@
 mod memory;
 #[cfg(feature = "moka")]
 pub mod moka;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod revocation;
@@ -233,7 +235,7 @@ pub trait RevocationBackend: Send + Sync + 'static {
 }
 
 /// Which kind of key a revocation record is filed under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationKind {
     /// One token, keyed by `jti`.
@@ -392,6 +394,15 @@ pub enum FeedItem {
     InSync {
         /// The last `seq` delivered.
         last_seq: i64,
+    },
+    /// Every revocation committed before `proved_at` has been delivered: a proof of sync made
+    /// elsewhere and delivered later (a relay's marker, see `backend::nats`). The cache dates
+    /// its last proof of sync `proved_at` (never later than now), not when this arrived.
+    InSyncAt {
+        /// The last `seq` delivered.
+        last_seq: i64,
+        /// When the proof's read of the ledger began, on the prover's clock.
+        proved_at: SystemTime,
     },
     /// The feed's connection failed: until the next `InSync`, revocations committed meanwhile
     /// may not have been delivered yet (they will be, after the reconnect).

@@ -154,6 +154,7 @@ where
 
 pub mod cluster;
 pub mod faulty;
+pub mod nats;
 pub mod pgbouncer;
 pub mod provider;
 pub mod proxy;

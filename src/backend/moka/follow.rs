@@ -149,11 +149,16 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
                     .fetch_max(lag_ms, Ordering::Relaxed);
                 tier.counters.lag.record(lag.as_secs_f64());
             }
-            FeedItem::InSync { last_seq } => {
+            FeedItem::InSync { .. } | FeedItem::InSyncAt { .. } => {
+                let (last_seq, proved_at) = match item {
+                    FeedItem::InSyncAt { last_seq, proved_at } => (last_seq, Some(proved_at)),
+                    FeedItem::InSync { last_seq } => (last_seq, None),
+                    _ => continue,
+                };
                 if std::mem::take(&mut forget_negatives_at_sync) {
                     tier.memory.forget_negatives();
                 }
-                if tier.sync.in_sync(last_seq) {
+                if tier.sync.in_sync(last_seq, proved_at) {
                     tier.counters.resyncs.bump();
                     tracing::info!("revocation change feed back in sync");
                     reloads.after_resync(&tier);

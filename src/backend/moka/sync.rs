@@ -8,7 +8,7 @@
 //! the follower in `follow` moves it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -72,13 +72,25 @@ impl SyncState {
         self.connected() && self.within_staleness()
     }
 
-    /// Records a proof of sync at position `seq`. Returns whether it ended a disconnection
-    /// after an earlier sync (a resync).
-    pub(super) fn in_sync(&self, seq: i64) -> bool {
+    /// Records a proof of sync at position `seq`, made now, or at `proved_at` (a relay's proof
+    /// delivered later: dated then, never after now, and never moving the last proof back).
+    /// Returns whether it ended a disconnection after an earlier sync (a resync).
+    pub(super) fn in_sync(&self, seq: i64, proved_at: Option<SystemTime>) -> bool {
         self.set_cursor(seq);
         let was_connected = self.connected.swap(true, Ordering::AcqRel);
-        let had_synced = self.last_sync_ms.load(Ordering::Acquire) != NEVER;
-        self.last_sync_ms.store(self.now_ms(), Ordering::Release);
+        let last = self.last_sync_ms.load(Ordering::Acquire);
+        let had_synced = last != NEVER;
+        let age_ms = proved_at.map_or(0, |at| {
+            let age = SystemTime::now().duration_since(at).unwrap_or_default();
+            u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+        });
+        let proved_ms = self.now_ms().saturating_sub(age_ms);
+        let proved_ms = if had_synced {
+            proved_ms.max(last)
+        } else {
+            proved_ms
+        };
+        self.last_sync_ms.store(proved_ms, Ordering::Release);
         self.restarting.store(false, Ordering::Release);
         self.synced.notify_waiters();
         !was_connected && had_synced

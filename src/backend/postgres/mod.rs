@@ -35,7 +35,7 @@
 
 mod feed;
 mod migrate;
-mod sql;
+pub(crate) mod sql;
 
 pub use feed::Subscription;
 pub use migrate::HISTORY_TABLE;

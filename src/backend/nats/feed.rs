@@ -1,0 +1,311 @@
+//! [`JetStreamFeed`]: a [`Ledger`](crate::Ledger)'s change feed read from the relays' stream,
+//! with the same meaning as the Postgres feed: events in `seq` order with no gap, a proof of
+//! sync only when every revocation committed before a moment has been delivered.
+//!
+//! At start (and after the stream's consumer ends) the feed creates an ordered consumer that
+//! delivers what is published from then on, and *then* reads the ledger past the last `seq` it
+//! delivered: everything committed before that read is in it, everything published after the
+//! consumer started comes through the stream, and what is in both is skipped by `seq`. While it
+//! follows the stream:
+//!
+//! - an event whose `seq` it already delivered (a second relay's copy, a redelivery) is skipped;
+//! - an event whose relay published something after the feed's position first (its `prev` is
+//!   past it), or a marker naming a `seq` past it, means a message was lost: the feed reads the
+//!   ledger past its position before going on (a repair, counted), and never skips a gap: while
+//!   the ledger cannot answer, it delivers nothing more and proves nothing;
+//! - a message it cannot read is treated as a lost one;
+//! - a marker, once everything up to its `seq` is delivered, is a proof of sync dated when the
+//!   relay's proof began ([`FeedItem::InSyncAt`]), so that staleness is measured from the ledger,
+//!   not from when NATS delivered it. With every relay gone no marker arrives, and the cache's
+//!   `max_staleness` and the failure policy apply as with a Postgres feed that cannot prove sync.
+//!
+//! NATS errors are reported once as [`FeedItem::Disconnected`]; the ordered consumer resumes by
+//! itself after a reconnect (from the stream position it last delivered), and is replaced, with
+//! a repair from the ledger, when it gives up. The feed owns one task, stopped when it is
+//! dropped; its consumer is ephemeral (the server removes it 30 s after its last pull).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_core::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::wire::{self, Message};
+use crate::backend::postgres::PgStore;
+use crate::backend::{FeedItem, StoreError};
+use crate::telemetry::{self, Count};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events read per repair query.
+const REPAIR_BATCH: i64 = 1_000;
+/// How long one pull of the stream's consumer waits (see `follow`), and how often the feed
+/// looks at its connection.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// A stream silent this long (relays publish a marker every heartbeat of their Postgres feed,
+/// 2 s by default) is followed from a new consumer, with a repair from the ledger; while every
+/// relay is gone that costs each instance one consumer and one ledger query every 10 to 15 s.
+const SILENCE: Duration = Duration::from_secs(10);
+/// Consecutive consumer errors after which it is replaced instead of waited for.
+const ERRORS_BEFORE_REPLACING: u32 = 5;
+
+/// The change feed of a [`NatsLedger`](super::NatsLedger) (see the module documentation).
+#[derive(Debug)]
+pub struct JetStreamFeed {
+    receiver: mpsc::Receiver<FeedItem>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for JetStreamFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for JetStreamFeed {
+    type Item = FeedItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// What the feed's task needs.
+pub(super) struct FeedTask {
+    pub(super) store: PgStore,
+    pub(super) jetstream: jetstream::Context,
+    pub(super) stream: String,
+}
+
+impl JetStreamFeed {
+    pub(super) fn spawn(runtime: &tokio::runtime::Handle, task: FeedTask, after: Option<i64>) -> Self {
+        let (sender, receiver) = mpsc::channel(1024);
+        let follower = Follower {
+            task,
+            sender,
+            last: after,
+            repairs: Count::new(telemetry::FEED_REPAIRS, &[]),
+            connected: true,
+        };
+        Self {
+            receiver,
+            task: runtime.spawn(follower.run()),
+        }
+    }
+}
+
+/// Why following stopped for a moment.
+enum Stop {
+    /// The reader of the feed is gone: stop for good.
+    Closed,
+    /// NATS or the ledger failed: report it, wait, and start again.
+    Failed(StoreError),
+    /// Nothing arrived for [`SILENCE`] (every relay gone, or a consumer the server lost without
+    /// a word): wait, and start again with a new consumer.
+    Silent,
+}
+
+struct Follower {
+    task: FeedTask,
+    sender: mpsc::Sender<FeedItem>,
+    /// The last `seq` delivered; `None` until the first read of the ledger.
+    last: Option<i64>,
+    repairs: Count,
+    /// Whether the last thing reported was not a disconnection.
+    connected: bool,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.follow().await {
+                Err(Stop::Closed) => return,
+                Ok(()) => backoff = MIN_BACKOFF,
+                Err(Stop::Failed(error)) => {
+                    if self.disconnected(error).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(Stop::Silent) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Reports a disconnection once (until the next proof of sync).
+    async fn disconnected(&mut self, error: StoreError) -> Result<(), Stop> {
+        if std::mem::take(&mut self.connected) {
+            self.send(FeedItem::Disconnected(error)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, item: FeedItem) -> Result<(), Stop> {
+        self.sender.send(item).await.map_err(|_| Stop::Closed)
+    }
+
+    /// One consumer's life: create it, catch up from the ledger, then follow it until it ends.
+    async fn follow(&mut self) -> Result<(), Stop> {
+        let stream = self
+            .task
+            .jetstream
+            .get_stream(&self.task.stream)
+            .await
+            .map_err(nats_error)?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.>", self.task.stream),
+                deliver_policy: consumer::DeliverPolicy::New,
+                // Pulls that expire every 2 s, with a 1 s idle heartbeat: a consumer lost with
+                // a NATS restart is noticed (two missed heartbeats) and recreated within about
+                // 3 s, instead of the client's 30 s default.
+                max_expires: PULL_EXPIRES,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_error)?;
+        let mut messages = consumer.messages().await.map_err(nats_error)?;
+        if self.last.is_none() {
+            // A feed "from now": its position is the ledger's end.
+            self.last = Some(self.task.store.max_seq().await.map_err(Stop::Failed)?);
+        }
+        self.repair(None).await?;
+        let client = self.task.jetstream.client();
+        let (mut errors, mut was_down) = (0, false);
+        let mut last_message = tokio::time::Instant::now();
+        let mut watch = tokio::time::interval(PULL_EXPIRES);
+        loop {
+            let message = tokio::select! {
+                message = poll_next(&mut messages) => message,
+                _ = watch.tick() => {
+                    // A NATS server that restarted lost this ephemeral consumer, and the client
+                    // does not always say so: after a reconnection, or a silence longer than
+                    // relays ever keep, follow from a new consumer (and repair from the ledger).
+                    match client.connection_state() {
+                        async_nats::connection::State::Connected if was_down => return Ok(()),
+                        async_nats::connection::State::Connected => {}
+                        _ => {
+                            if !was_down {
+                                was_down = true;
+                                let down = StoreError::Unavailable("the NATS connection is down".into());
+                                self.disconnected(down).await?;
+                            }
+                        }
+                    }
+                    if last_message.elapsed() >= SILENCE {
+                        return Err(Stop::Silent);
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { return Ok(()) };
+            last_message = tokio::time::Instant::now();
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    errors += 1;
+                    if errors >= ERRORS_BEFORE_REPLACING {
+                        return Err(Stop::Failed(StoreError::Unavailable(Box::new(error))));
+                    }
+                    self.disconnected(StoreError::Unavailable(Box::new(error)))
+                        .await?;
+                    continue;
+                }
+            };
+            errors = 0;
+            let payload = &message.message.payload;
+            match wire::decode(&self.task.stream, message.message.subject.as_str(), payload) {
+                Message::Event { event, prev } => {
+                    if let Some(prev) = prev.filter(|prev| *prev > self.position()) {
+                        self.repair(Some(event.seq)).await?;
+                        self.reached(prev.min(event.seq.saturating_sub(1)));
+                    }
+                    if event.seq > self.position() {
+                        self.last = Some(event.seq);
+                        self.send(FeedItem::Event(event)).await?;
+                    }
+                }
+                Message::Marker { last_seq, proved_at } => {
+                    if last_seq > self.position() {
+                        self.repair(Some(last_seq.saturating_add(1))).await?;
+                        self.reached(last_seq);
+                    }
+                    self.connected = true;
+                    let last_seq = self.position();
+                    self.send(FeedItem::InSyncAt { last_seq, proved_at }).await?;
+                }
+                Message::Unreadable(what) => {
+                    tracing::warn!(
+                        what,
+                        "unreadable message on the revocation stream; reading the ledger instead"
+                    );
+                    self.repair(None).await?;
+                }
+            }
+        }
+    }
+
+    fn position(&self) -> i64 {
+        self.last.unwrap_or(i64::MIN)
+    }
+
+    /// After a repair read the ledger through `seq`: every event up to it that exists was
+    /// delivered (`seq` is drawn in commit order, so none at or below a visible one commits
+    /// later), whether or not a row with that `seq` still exists (a purged one does not).
+    fn reached(&mut self, seq: i64) {
+        self.last = Some(self.position().max(seq));
+    }
+
+    /// Delivers every ledger event past the position and before `before` (every one, when
+    /// `None`), in `seq` order. A repair that fails delivers what it read and reports the
+    /// failure: the gap is never skipped.
+    async fn repair(&mut self, before: Option<i64>) -> Result<(), Stop> {
+        let mut repaired = false;
+        loop {
+            let after = self.position();
+            let events = self
+                .task
+                .store
+                .events_since(after, REPAIR_BATCH)
+                .await
+                .map_err(Stop::Failed)?;
+            let full = events.len() as i64 >= REPAIR_BATCH;
+            for event in events {
+                if before.is_some_and(|before| event.seq >= before) {
+                    self.count_repair(repaired);
+                    return Ok(());
+                }
+                repaired = true;
+                self.last = Some(event.seq);
+                self.send(FeedItem::Event(event)).await?;
+            }
+            if !full {
+                self.count_repair(repaired);
+                return Ok(());
+            }
+        }
+    }
+
+    fn count_repair(&self, repaired: bool) {
+        if repaired {
+            self.repairs.bump();
+        }
+    }
+}
+
+fn nats_error(error: impl std::error::Error + Send + Sync + 'static) -> Stop {
+    Stop::Failed(StoreError::Unavailable(Box::new(error)))
+}
+
+/// The next item of a `Stream` (without a `StreamExt` dependency).
+async fn poll_next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
