@@ -487,6 +487,21 @@ fn key_sources_interleaved(rt: &Runtime) {
     std::fs::write("target/bench/key_sources.jsonl", lines).unwrap();
 }
 
+/// The layer over `backend` with `alg`'s key and validation and the verified-token cache off,
+/// over `Ok200`, boxed for an interleaved comparison.
+fn boxed_layer<B: RevocationBackend>(
+    backend: B,
+    alg: &Alg,
+) -> tower::util::BoxService<Request<()>, Response<()>, Infallible> {
+    let layer = JwtRevocationLayer::builder(backend)
+        .decoding_key(alg.decoding.clone())
+        .validation(validation(alg))
+        .no_verified_token_cache()
+        .build()
+        .unwrap();
+    tower::util::BoxService::new(layer.layer(Ok200))
+}
+
 /// The per-request variants whose ratios have targets (`decode_only`, the layer over
 /// `MemoryStore`, over a warm `MokaCache<PgStore>` in both modes, and `naive_pg`), interleaved.
 /// Without Postgres only the first two run. Writes `target/bench/per_request.jsonl`.
@@ -502,17 +517,6 @@ fn per_request_interleaved(rt: &Runtime) {
     let mut lines = String::new();
     for alg in algorithms() {
         let token = realistic_token(&alg);
-        let layer = |backend| {
-            let builder = JwtRevocationLayer::builder(backend).decoding_key(alg.decoding.clone());
-            tower::util::BoxService::new(
-                builder
-                    .validation(validation(&alg))
-                    .no_verified_token_cache()
-                    .build()
-                    .unwrap()
-                    .layer(Ok200),
-            )
-        };
         let decode_only = DecodeOnly {
             inner: Ok200,
             key: alg.decoding.clone(),
@@ -520,22 +524,11 @@ fn per_request_interleaved(rt: &Runtime) {
         };
         let mut variants: Vec<Variant> = vec![
             ("decode_only", tower::util::BoxService::new(decode_only)),
-            ("layer_memory", layer(memory.clone())),
+            ("layer_memory", boxed_layer(memory.clone(), &alg)),
         ];
         if let (Some(pool), Some((lookup, mirror))) = (&pool, &caches) {
-            let layer = |cache: &MokaCache<PgStore>| {
-                let builder = JwtRevocationLayer::builder(cache.clone()).decoding_key(alg.decoding.clone());
-                tower::util::BoxService::new(
-                    builder
-                        .validation(validation(&alg))
-                        .no_verified_token_cache()
-                        .build()
-                        .unwrap()
-                        .layer(Ok200),
-                )
-            };
-            variants.push(("layer_cache_hit", layer(lookup)));
-            variants.push(("layer_mirror", layer(mirror)));
+            variants.push(("layer_cache_hit", boxed_layer(lookup.clone(), &alg)));
+            variants.push(("layer_mirror", boxed_layer(mirror.clone(), &alg)));
             let naive = NaivePg {
                 pool: pool.clone(),
                 key: alg.decoding.clone(),

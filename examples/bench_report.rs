@@ -91,6 +91,13 @@ fn loadgen(name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `median_ns` of `variant` for `alg` in an interleaved comparison's JSON lines.
+fn median_of(runs: &[serde_json::Value], alg: &str, variant: &str) -> Option<f64> {
+    runs.iter()
+        .find(|r| r["alg"] == alg && r["variant"] == variant)
+        .and_then(|r| r["median_ns"].as_f64())
+}
+
 fn mean(runs: &[serde_json::Value], field: &str) -> Option<f64> {
     let values: Vec<f64> = runs.iter().filter_map(|r| r[field].as_f64()).collect();
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
@@ -126,11 +133,7 @@ fn crypto(out: &mut String) {
 /// `target/bench/key_sources.jsonl`.
 fn key_sources(out: &mut String) {
     let runs = loadgen("key_sources.jsonl");
-    let median = |alg: &str, variant: &str| {
-        runs.iter()
-            .find(|r| r["alg"] == alg && r["variant"] == variant)
-            .and_then(|r| r["median_ns"].as_f64())
-    };
+    let median = |alg: &str, variant: &str| median_of(&runs, alg, variant);
     let _ = writeln!(
         out,
         "\nKey sources, the layer over `MemoryStore` with the same token (its header names the `kid`), \
@@ -170,11 +173,7 @@ fn key_sources(out: &mut String) {
 /// leaves in `target/bench/per_request.jsonl`.
 fn per_request(out: &mut String) {
     let runs = loadgen("per_request.jsonl");
-    let median = |alg: &str, variant: &str| {
-        runs.iter()
-            .find(|r| r["alg"] == alg && r["variant"] == variant)
-            .and_then(|r| r["median_ns"].as_f64())
-    };
+    let median = |alg: &str, variant: &str| median_of(&runs, alg, variant);
     let rounds = runs.first().and_then(|r| r["rounds"].as_u64()).unwrap_or(0);
     let _ = writeln!(
         out,
@@ -323,11 +322,7 @@ fn peer(out: &mut String) {
         return;
     }
     let algs = ["hs256", "rs256", "es256", "eddsa"];
-    let median = |alg: &str, variant: &str| {
-        runs.iter()
-            .find(|r| r["alg"] == alg && r["variant"] == variant)
-            .and_then(|r| r["median_ns"].as_f64())
-    };
+    let median = |alg: &str, variant: &str| median_of(&runs, alg, variant);
     let field = |alg: &str, name: &str| {
         runs.iter()
             .find(|r| r["alg"] == alg && r[name].is_number())

@@ -77,14 +77,6 @@ async fn a_ready_cache_stays_ready_through_a_ledger_outage(pool: PgPool) {
     allow_connections(&mut admin, &db, true).await;
 }
 
-async fn revoke_by_sql(pool: &PgPool, jti: &str) {
-    sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
-        .bind(jti)
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
 /// Reproduced on `main` before the fix: a feed stream that ended (its task died) was never
 /// followed again, so a revocation written afterwards never reached the cache (the mirror kept
 /// answering "not revoked" until `max_staleness`).

@@ -11,6 +11,13 @@ mod common;
 use tower_jwt_revocation::PgStore;
 use tower_jwt_revocation::backend::postgres::{HISTORY_TABLE, MIGRATOR};
 
+/// The check query of the build before issuer keys, as it shipped: one row per key, whatever
+/// the keyed tables hold.
+const OLD_CHECK: &str = "SELECT \
+    EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
+    EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
+    (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
+
 async fn application_migrator() -> Migrator {
     Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app_migrations"))
         .await
@@ -193,11 +200,6 @@ async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
             .await
             .unwrap();
     }
-    // Its check: one row per key, whatever the keyed tables hold.
-    const OLD_CHECK: &str = "SELECT \
-        EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
-        EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
-        (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
     let (token, session, cutoff): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)
         .bind("t")
         .bind("s-1")
@@ -335,10 +337,6 @@ async fn a_two_issuer_layer_at_its_defaults_files_what_the_previous_build_enforc
         StatusCode::NO_CONTENT
     );
 
-    const OLD_CHECK: &str = "SELECT \
-        EXISTS (SELECT 1 FROM jwt_revocations WHERE jti = $1) AS token, \
-        EXISTS (SELECT 1 FROM jwt_session_revocations WHERE session_id = $2) AS session, \
-        (SELECT extract(epoch FROM not_before)::float8 FROM jwt_subject_revocations WHERE subject = $3) AS cutoff";
     let (_, session, cutoff): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)
         .bind("t-1")
         .bind("s-1")

@@ -82,14 +82,6 @@ async fn refused_within(cache: &MokaCache<NatsLedger>, jti: &str, bound: Duratio
     assert_eq!(answer(cache, jti).await, Verdict::Revoked(RevokedBy::Token));
 }
 
-async fn revoke_by_sql(pool: &PgPool, jti: &str) {
-    sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
-        .bind(jti)
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
 /// Two relays publish every event; JetStream stores each once and drops the other copy, and
 /// every instance (lookup and mirror) refuses revocations made through another instance or by
 /// plain SQL, from memory, without a Postgres feed of its own.

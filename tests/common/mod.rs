@@ -152,6 +152,40 @@ where
     }
 }
 
+/// The path of the program `name` on `PATH` or in the system directories daemons live in.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([
+            PathBuf::from("/usr/sbin"),
+            PathBuf::from("/usr/local/sbin"),
+            PathBuf::from("/usr/local/bin"),
+        ])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A token revocation written by plain SQL, as a DBA or another service would.
+pub async fn revoke_by_sql(pool: &sqlx::PgPool, jti: &str) {
+    sqlx::query("INSERT INTO jwt_revocations (jti, expires_at) VALUES ($1, now() + interval '1 hour')")
+        .bind(jti)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 pub mod cluster;
 pub mod faulty;
 pub mod nats;

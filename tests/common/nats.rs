@@ -4,7 +4,7 @@
 //! prints why and returns `None`, and the test skips.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,35 +17,17 @@ pub struct NatsServer {
     binary: PathBuf,
 }
 
-fn binary() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|path| path.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl NatsServer {
     /// Starts a JetStream server on a free loopback port; `None` (with the reason printed)
     /// when `nats-server` is not installed.
     pub fn start() -> Option<Self> {
-        let Some(binary) = binary() else {
+        let Some(binary) = super::find_program("nats-server") else {
             eprintln!(
                 "SKIPPED: nats-server is not installed (scripts/test.sh installs the Debian package `nats-server` when run as root)"
             );
             return None;
         };
-        let port = free_port();
+        let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("jwt-revocation-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,25 +18,6 @@ pub struct PgBouncer {
     pub port: u16,
 }
 
-fn binary() -> Option<PathBuf> {
-    let candidates = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")]);
-    candidates
-        .map(|dir| dir.join("pgbouncer"))
-        .find(|path| path.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -48,13 +29,13 @@ impl PgBouncer {
     /// Starts PgBouncer in transaction mode in front of `upstream`'s server (any database, as
     /// `upstream`'s user); `None`, with the reason printed, when PgBouncer is not installed.
     pub fn start(upstream: &PgConnectOptions) -> Option<Self> {
-        let Some(binary) = binary() else {
+        let Some(binary) = super::find_program("pgbouncer") else {
             eprintln!(
                 "SKIPPED: pgbouncer is not installed (scripts/test.sh installs the Debian package `pgbouncer` when run as root)"
             );
             return None;
         };
-        let port = free_port();
+        let port = super::free_port();
         let dir =
             std::env::temp_dir().join(format!("jwt-revocation-pgbouncer-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
