@@ -228,6 +228,10 @@ fn the_nats_feed_needs_a_database_and_a_cache() {
     assert!(read(&[("REVOCATION_FEED", "nats")]).is_err());
     assert!(read(&[db, ("REVOCATION_FEED", "kafka")]).is_err());
     assert!(read(&[db, ("DATABASE_IDLE_TIMEOUT_SECS", "soon")]).is_err());
+    assert!(
+        read(&[db, ("DATABASE_IDLE_TIMEOUT_SECS", "0")]).is_err(),
+        "sqlx's reaper would spin"
+    );
     assert_eq!(read(&[db]).unwrap().nats, None);
 }
 

@@ -138,7 +138,10 @@ async fn a_relay_killed_while_another_runs_loses_nothing(pool: PgPool) {
     drop(first);
     revoke_by_sql(&pool, "after-the-kill").await;
     refused_within(&cache, "after-the-kill", Duration::from_secs(2)).await;
-    assert!(second.metrics().published + second.metrics().deduplicated >= 1);
+    wait_until("the other relay published it", || async {
+        second.metrics().published + second.metrics().deduplicated >= 1
+    })
+    .await;
 }
 
 /// With every relay gone no marker arrives: the instance stops proving sync, so its "not
@@ -268,6 +271,68 @@ async fn a_lost_duplicated_or_unreadable_message_is_repaired_from_the_ledger(poo
     publish(subject, None, b"{ not json".to_vec()).await;
     refused_within(&cache, "behind-garbage", Duration::from_secs(5)).await;
     assert_eq!(answer(&cache, "never-revoked").await, Verdict::Active);
+}
+
+/// Found in review: an event naming a `seq` the ledger never gave out (another ledger's relay
+/// on the same stream, a ledger restored to an earlier point), or naming no predecessor, and a
+/// marker past the ledger's sequence, must never move an instance past revocations it has not
+/// seen. Before the fix the forged event (no `prev`) was taken and every later real event,
+/// with a smaller `seq`, was skipped as a copy.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_seq_the_ledger_never_gave_out_is_never_taken(pool: PgPool) {
+    let Some(server) = NatsServer::start() else { return };
+    let first = relay(&pool, &server, "setup").await;
+    let cache = instance(&pool, &server, CacheMode::Mirror).await;
+    drop(first);
+    let ledger = PgStore::new(pool.clone());
+    ledger
+        .revoke(&Revocation::token("real-1", in_an_hour()))
+        .await
+        .unwrap();
+    let jetstream = jetstream::new(client(&server).await);
+    let publish = |subject: &str, body: serde_json::Value| {
+        let (jetstream, subject) = (jetstream.clone(), format!("{STREAM}.{subject}"));
+        async move {
+            jetstream
+                .publish(subject, body.to_string().into_bytes().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let forged = |seq: i64, key: &str| serde_json::json!({"seq": seq, "kind": "token", "key": key, "revoked_at": common::now() as f64});
+    // No `prev`: the instance reads the ledger instead, and takes "real-1" from it.
+    publish("event", forged(1_000_000, "forged")).await;
+    refused_within(&cache, "real-1", Duration::from_secs(5)).await;
+    // A marker past the ledger's sequence proves nothing.
+    publish(
+        "sync",
+        serde_json::json!({"last_seq": 2_000_000, "proved_at": common::now() as f64, "relay": "elsewhere"}),
+    )
+    .await;
+    wait_until("the instance stops trusting its memory", || async {
+        !cache.is_in_sync()
+    })
+    .await;
+    // The next real event still arrives: the position never jumped.
+    let before = ledger.max_seq().await.unwrap();
+    ledger
+        .revoke(&Revocation::token("real-2", in_an_hour()))
+        .await
+        .unwrap();
+    let real = ledger.events_since(before, 1).await.unwrap().remove(0);
+    let mut body = forged(real.seq, "real-2");
+    body["prev"] = serde_json::json!(before);
+    publish("event", body).await;
+    let proof = serde_json::json!({"last_seq": real.seq, "proved_at": common::now() as f64, "relay": "hand"});
+    publish("sync", proof).await;
+    refused_within(&cache, "real-2", Duration::from_secs(5)).await;
+    assert_eq!(
+        answer(&cache, "forged").await,
+        Verdict::Active,
+        "the forged revocation was taken"
+    );
 }
 
 /// A late instance loads the live set from Postgres, then follows the stream from the

@@ -147,8 +147,12 @@ impl StoreSettings {
             None => Duration::from_secs(60),
             Some(secs) => secs
                 .parse()
+                .ok()
+                .filter(|secs| *secs > 0)
                 .map(Duration::from_secs)
-                .map_err(|_| format!("DATABASE_IDLE_TIMEOUT_SECS must be whole seconds, not {secs:?}"))?,
+                .ok_or_else(|| {
+                    format!("DATABASE_IDLE_TIMEOUT_SECS must be whole seconds, at least 1, not {secs:?}")
+                })?,
         };
         Ok(Self {
             database_url,

@@ -1,7 +1,8 @@
 //! Whether the tier's memory is provably current: the change feed's connection, its last proof
 //! of sync, its position (`seq`) in the ledger, and whether it is being restarted.
 //!
-//! A proof of sync is a [`FeedItem::InSync`](crate::FeedItem::InSync): every revocation committed
+//! A proof of sync is a [`FeedItem::InSync`](crate::FeedItem::InSync) or
+//! [`FeedItem::InSyncAt`](crate::FeedItem::InSyncAt): every revocation committed
 //! before it was delivered. Negatives are trusted only while connected and within
 //! `max_staleness` of the last proof; a mirror's misses within `max_staleness` even while
 //! disconnected; nothing while the feed is being restarted. This module only keeps the state;

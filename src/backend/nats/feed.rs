@@ -49,6 +49,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// 2 s by default) is followed from a new consumer, with a repair from the ledger; while every
 /// relay is gone that costs each instance one consumer and one ledger query every 10 to 15 s.
 const SILENCE: Duration = Duration::from_secs(10);
+/// A consumer that lasted this long was healthy: the next failure backs off from the minimum.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Consecutive consumer errors after which it is replaced instead of waited for.
 const ERRORS_BEFORE_REPLACING: u32 = 5;
 
@@ -122,9 +124,16 @@ impl Follower {
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            match self.follow().await {
+            let started = tokio::time::Instant::now();
+            let outcome = self.follow().await;
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = MIN_BACKOFF;
+            }
+            match outcome {
                 Err(Stop::Closed) => return,
-                Ok(()) => backoff = MIN_BACKOFF,
+                // A consumer replaced after a reconnection: every instance does it at the same
+                // moment, so spread them out before each reads the ledger.
+                Ok(()) => tokio::time::sleep(jittered(MIN_BACKOFF)).await,
                 Err(Stop::Failed(error)) => {
                     if self.disconnected(error).await.is_err() {
                         return;
@@ -133,7 +142,7 @@ impl Follower {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(Stop::Silent) => {
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -163,7 +172,10 @@ impl Follower {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{}.>", self.task.stream),
-                deliver_policy: consumer::DeliverPolicy::New,
+                // The last message of each subject, then what comes: never the whole stream,
+                // also when the client recreates the consumer before it delivered anything (it
+                // then starts from this policy again).
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 // Pulls that expire every 2 s, with a 1 s idle heartbeat: a consumer lost with
                 // a NATS restart is noticed (two missed heartbeats) and recreated within about
                 // 3 s, instead of the client's 30 s default.
@@ -177,7 +189,7 @@ impl Follower {
             // A feed "from now": its position is the ledger's end.
             self.last = Some(self.task.store.max_seq().await.map_err(Stop::Failed)?);
         }
-        self.repair(None).await?;
+        self.repair().await?;
         let client = self.task.jetstream.client();
         let (mut errors, mut was_down) = (0, false);
         let mut last_message = tokio::time::Instant::now();
@@ -200,7 +212,15 @@ impl Follower {
                             }
                         }
                     }
-                    if last_message.elapsed() >= SILENCE {
+                    let silent = last_message.elapsed();
+                    if silent >= SILENCE / 2 {
+                        // No relay has proved anything for a while: say so (the cache stops
+                        // trusting "not revoked" answers), as the Postgres feed does when its
+                        // connection fails.
+                        let quiet = StoreError::Unavailable("no marker from any relay".into());
+                        self.disconnected(quiet).await?;
+                    }
+                    if silent >= SILENCE {
                         return Err(Stop::Silent);
                     }
                     continue;
@@ -224,18 +244,44 @@ impl Follower {
             let payload = &message.message.payload;
             match wire::decode(&self.task.stream, message.message.subject.as_str(), payload) {
                 Message::Event { event, prev } => {
-                    if let Some(prev) = prev.filter(|prev| *prev > self.position()) {
-                        self.repair(Some(event.seq)).await?;
-                        self.reached(prev.min(event.seq.saturating_sub(1)));
+                    if event.seq <= self.position() {
+                        // A copy (a second relay's past the dedup window, a redelivery).
+                        continue;
                     }
-                    if event.seq > self.position() {
+                    if prev == Some(self.position()) {
                         self.last = Some(event.seq);
                         self.send(FeedItem::Event(event)).await?;
+                        continue;
+                    }
+                    // It does not follow from here: something before it was lost, or it names
+                    // no predecessor. Everything real up to the ledger's end comes from the
+                    // ledger, this event with it; what the ledger does not hold is not taken.
+                    self.repair().await?;
+                    if event.seq > self.position() {
+                        tracing::warn!(
+                            seq = event.seq,
+                            "an event on the revocation stream that the ledger does not hold; ignored (is another ledger's relay publishing to this stream?)"
+                        );
                     }
                 }
                 Message::Marker { last_seq, proved_at } => {
                     if last_seq > self.position() {
-                        self.repair(Some(last_seq.saturating_add(1))).await?;
+                        self.repair().await?;
+                        let end = self.task.store.sequence_end().await.map_err(Stop::Failed)?;
+                        if last_seq > end {
+                            // A proof for a ledger this one is not (or not any more): proves
+                            // nothing here.
+                            tracing::warn!(
+                                last_seq,
+                                ledger_seq = end,
+                                "a marker on the revocation stream past the ledger's sequence; not a proof of sync (is another ledger's relay publishing to this stream?)"
+                            );
+                            self.disconnected(StoreError::Unavailable(
+                                "the stream's markers name a seq past the ledger's".into(),
+                            ))
+                            .await?;
+                            continue;
+                        }
                         self.reached(last_seq);
                     }
                     self.connected = true;
@@ -247,7 +293,7 @@ impl Follower {
                         what,
                         "unreadable message on the revocation stream; reading the ledger instead"
                     );
-                    self.repair(None).await?;
+                    self.repair().await?;
                 }
             }
         }
@@ -264,10 +310,10 @@ impl Follower {
         self.last = Some(self.position().max(seq));
     }
 
-    /// Delivers every ledger event past the position and before `before` (every one, when
-    /// `None`), in `seq` order. A repair that fails delivers what it read and reports the
-    /// failure: the gap is never skipped.
-    async fn repair(&mut self, before: Option<i64>) -> Result<(), Stop> {
+    /// Delivers every ledger event past the position, in `seq` order, through the ledger's end.
+    /// A repair that fails delivers what it read and reports the failure: the gap is never
+    /// skipped.
+    async fn repair(&mut self) -> Result<(), Stop> {
         let mut repaired = false;
         loop {
             let after = self.position();
@@ -279,10 +325,6 @@ impl Follower {
                 .map_err(Stop::Failed)?;
             let full = events.len() as i64 >= REPAIR_BATCH;
             for event in events {
-                if before.is_some_and(|before| event.seq >= before) {
-                    self.count_repair(repaired);
-                    return Ok(());
-                }
                 repaired = true;
                 self.last = Some(event.seq);
                 self.send(FeedItem::Event(event)).await?;
@@ -299,6 +341,12 @@ impl Follower {
             self.repairs.bump();
         }
     }
+}
+
+/// `base` plus up to as much again, at random.
+fn jittered(base: Duration) -> Duration {
+    let fraction = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
+    base.mul_f64(1.0 + fraction)
 }
 
 fn nats_error(error: impl std::error::Error + Send + Sync + 'static) -> Stop {

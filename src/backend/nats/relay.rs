@@ -11,13 +11,16 @@
 //! relay republishes nothing it or another relay already published, and a relay that starts on an
 //! empty stream starts at the ledger's end (instances load what came before from their
 //! snapshot). When publishing fails (NATS down, no ack within the client's timeout) the relay
-//! drops its Postgres subscription and starts again from the last event JetStream acknowledged:
-//! nothing is skipped. It owns one task, stopped when the [`Relay`] is dropped.
+//! drops its Postgres subscription and starts again from the last event the stream holds:
+//! nothing is skipped. Up to 256 events are in flight at once (acknowledged in the order they
+//! were sent); every one is acknowledged before the next marker is published. It owns one task, stopped when the [`Relay`] is dropped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -28,6 +31,10 @@ use crate::backend::{FeedItem, RevocationEvent, StoreError};
 use crate::telemetry::{self, Count, Level};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Events published before the relay waits for the oldest acknowledgement: JetStream stores a
+/// connection's messages in the order they were sent, so acknowledgements settle in order, and
+/// a burst is not one round trip per event.
+const PUBLISH_WINDOW: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The default stream name (the demo's `NATS_STREAM`).
@@ -225,8 +232,13 @@ async fn run(config: RelayBuilder, state: Arc<RelayState>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         state.ready.store(false, Ordering::Relaxed);
-        match relay_once(&config, &jetstream, &state).await {
-            Ok(()) => backoff = MIN_BACKOFF,
+        let started = std::time::Instant::now();
+        let outcome = relay_once(&config, &jetstream, &state).await;
+        if started.elapsed() >= Duration::from_secs(60) {
+            backoff = MIN_BACKOFF;
+        }
+        match outcome {
+            Ok(()) => tokio::time::sleep(MIN_BACKOFF).await,
             Err(stop) => {
                 tracing::warn!(relay = %config.name, %stop, "revocation relay stopped publishing; starting again from the last event acknowledged");
                 tokio::time::sleep(backoff).await;
@@ -266,17 +278,23 @@ async fn relay_once(
         Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
         Err(error) => return Err(Stop::Nats(error.to_string())),
     };
+    // Never past the ledger's own sequence: a stream whose last event names a later `seq` (a
+    // ledger restored to an earlier point, another ledger's relay on the same stream) would make
+    // this relay publish nothing new.
+    let end = config.store.sequence_end().await.map_err(Stop::Ledger)?;
     let resume = match resume {
-        Some(seq) => seq,
+        Some(seq) if seq <= end => seq,
+        Some(seq) => {
+            tracing::warn!(relay = %config.name, stream_seq = seq, ledger_seq = end, "the stream's last event is past the ledger's sequence; publishing from the ledger's end (is another ledger's relay publishing to this stream?)");
+            config.store.max_seq().await.map_err(Stop::Ledger)?
+        }
         None => config.store.max_seq().await.map_err(Stop::Ledger)?,
     };
     let mut feed = config.store.subscribe_from(resume).map_err(Stop::Ledger)?;
     let mut prev = resume;
+    let mut in_flight = VecDeque::new();
     state.saw(resume);
     state.published(resume);
-    // The moment before which the next proof's read cannot have begun: when the relay received
-    // the previous proof (or subscribed).
-    let mut proved_from = SystemTime::now();
     tracing::info!(relay = %config.name, stream = %config.stream, after = resume, "revocation relay publishing");
     while let Some(item) = feed.next().await {
         match item {
@@ -285,13 +303,27 @@ async fn relay_once(
                 if event.seq <= prev {
                     continue;
                 }
-                publish_event(jetstream, &event_subject, &event, prev, state).await?;
+                let ack = publish_event(jetstream, &event_subject, &event, prev).await?;
+                in_flight.push_back((event.seq, ack));
+                if in_flight.len() >= PUBLISH_WINDOW {
+                    settle_one(&mut in_flight, state).await?;
+                }
                 prev = event.seq;
             }
-            FeedItem::InSync { last_seq } | FeedItem::InSyncAt { last_seq, .. } => {
-                let received = SystemTime::now();
+            FeedItem::InSync { .. } | FeedItem::InSyncAt { .. } => {
+                // The proof is as old as its read of the ledger (a feed that does not say when
+                // that was began it no later than now).
+                let (last_seq, proved_at) = match item {
+                    FeedItem::InSyncAt { last_seq, proved_at } => (last_seq, proved_at),
+                    FeedItem::InSync { last_seq } => (last_seq, SystemTime::now()),
+                    _ => continue,
+                };
                 state.saw(last_seq);
-                let body = wire::encode_marker(last_seq.max(prev), proved_from, &config.name);
+                // Every event before the marker is stored before it is published.
+                while !in_flight.is_empty() {
+                    settle_one(&mut in_flight, state).await?;
+                }
+                let body = wire::encode_marker(last_seq.max(prev), proved_at, &config.name);
                 jetstream
                     .publish(sync_subject.clone(), Bytes::from(body))
                     .await
@@ -300,11 +332,10 @@ async fn relay_once(
                     .map_err(|error| Stop::Nats(error.to_string()))?;
                 state.markers.bump();
                 state.ready.store(true, Ordering::Relaxed);
-                proved_from = received;
             }
             FeedItem::Disconnected(error) => {
-                // No marker until the feed proves sync again; the next one is dated from
-                // before the disconnection (`proved_from` stays).
+                // No marker until the feed proves sync again.
+                state.ready.store(false, Ordering::Relaxed);
                 tracing::warn!(relay = %config.name, %error, "revocation relay's ledger feed disconnected");
             }
         }
@@ -312,30 +343,40 @@ async fn relay_once(
     Ok(())
 }
 
+/// Sends `event` (published after `prev`) and returns the future of its acknowledgement.
 async fn publish_event(
     jetstream: &jetstream::Context,
     subject: &str,
     event: &RevocationEvent,
     prev: i64,
-    state: &RelayState,
-) -> Result<(), Stop> {
+) -> Result<PublishAckFuture, Stop> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
         wire::message_id(event.seq).as_str(),
     );
     let body = Bytes::from(wire::encode_event(event, Some(prev)));
-    let ack = jetstream
+    jetstream
         .publish_with_headers(subject.to_owned(), headers, body)
         .await
-        .map_err(|error| Stop::Nats(error.to_string()))?
-        .await
-        .map_err(|error| Stop::Nats(error.to_string()))?;
+        .map_err(|error| Stop::Nats(error.to_string()))
+}
+
+/// Waits for the oldest acknowledgement in flight. They are settled in publishing order, so the
+/// relay's published `seq` only moves past events JetStream stored (or dropped as copies).
+async fn settle_one(
+    in_flight: &mut VecDeque<(i64, PublishAckFuture)>,
+    state: &RelayState,
+) -> Result<(), Stop> {
+    let Some((seq, ack)) = in_flight.pop_front() else {
+        return Ok(());
+    };
+    let ack = ack.await.map_err(|error| Stop::Nats(error.to_string()))?;
     if ack.duplicate {
         state.deduplicated.bump();
     } else {
         state.published.bump();
     }
-    state.published(event.seq);
+    state.published(seq);
     Ok(())
 }

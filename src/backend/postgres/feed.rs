@@ -9,7 +9,7 @@
 //!   feed; what it delivers always comes from the ledger, in `seq` order);
 //! - at every heartbeat. This read is the **proof of sync**: once it returns, every revocation
 //!   committed before it was sent has been delivered, and the feed reports
-//!   [`FeedItem::InSync`]. It does not depend on notifications arriving, which they do not
+//!   [`FeedItem::InSyncAt`], dated when that read began. It does not depend on notifications arriving, which they do not
 //!   through a proxy that drops them or a disabled trigger.
 //!
 //! Through a transaction pooler (the pool's connections, when they send inlined statements and
@@ -25,7 +25,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Acquire, Row};
@@ -60,7 +60,7 @@ pub(super) struct FeedConfig {
 
 /// A change feed of the ledger, from [`PgStore::subscribe`](super::PgStore::subscribe): see the
 /// module documentation. Events arrive in `seq` order, each at least once; a
-/// [`FeedItem::InSync`] follows every catch-up and every heartbeat.
+/// [`FeedItem::InSyncAt`] follows every catch-up and every heartbeat.
 #[derive(Debug)]
 pub struct Subscription {
     receiver: mpsc::Receiver<FeedItem>,
@@ -158,8 +158,9 @@ impl Feed {
             Ok(listener)
         })
         .await?;
+        let read_started = SystemTime::now();
         self.catch_up(&mut listener).await?;
-        self.in_sync().await?;
+        self.in_sync(read_started).await?;
         *backoff = MIN_BACKOFF;
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,8 +181,9 @@ impl Feed {
                     Err(error) => return Err(classify(error).into()),
                 },
                 _ = heartbeat.tick() => {
+                    let read_started = SystemTime::now();
                     self.catch_up(&mut listener).await?;
-                    self.in_sync().await?;
+                    self.in_sync(read_started).await?;
                 }
             }
         }
@@ -192,9 +194,12 @@ impl Feed {
         self.sender.send(item).await.map_err(|_| Stop::Gone)
     }
 
-    async fn in_sync(&self) -> Result<(), Stop> {
-        self.send(FeedItem::InSync {
+    /// Reports the proof of sync whose read began at `read_started`: it is as old as that read,
+    /// however long it then waits in the channel (a relay behind a burst of events, say).
+    async fn in_sync(&self, read_started: SystemTime) -> Result<(), Stop> {
+        self.send(FeedItem::InSyncAt {
             last_seq: self.last_seq.unwrap_or(0),
+            proved_at: read_started,
         })
         .await
     }

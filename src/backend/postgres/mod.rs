@@ -50,8 +50,8 @@ use sqlx::{ConnectOptions, Row};
 
 use self::feed::FeedConfig;
 use self::sql::{
-    EVENTS_SINCE, LIVE_CURSOR, LIVE_PAGE, MAX_SEQ, epoch_to_unix_seconds, event_from_row, live_from_row,
-    log_select, record_from_row,
+    EVENTS_SINCE, LIVE_CURSOR, LIVE_PAGE, MAX_SEQ, SEQUENCE_END, epoch_to_unix_seconds, event_from_row,
+    live_from_row, log_select, record_from_row,
 };
 pub(crate) use self::sql::{Protocol, Statement, bounded, classify, epoch_seconds, from_epoch_seconds};
 use super::{
@@ -178,7 +178,7 @@ impl PgStore {
     }
 
     /// How often the change feed proves sync: it reads the ledger past the last change it
-    /// delivered, delivers what it finds, and reports [`FeedItem::InSync`](crate::FeedItem::InSync).
+    /// delivered, delivers what it finds, and reports [`FeedItem::InSyncAt`](crate::FeedItem::InSyncAt).
     /// A revocation reaches every instance within this interval plus a query even when no
     /// notification arrives. Default 2 s; at least 1 ms.
     #[must_use]
@@ -281,6 +281,16 @@ impl PgStore {
     pub async fn max_seq(&self) -> Result<i64, StoreError> {
         let row = self
             .bounded(Statement::new(MAX_SEQ).fetch_one_on(self.protocol, &self.pool))
+            .await?;
+        row.try_get("seq").map_err(|e| StoreError::Query(Box::new(e)))
+    }
+
+    /// The last value the ledger's `seq` sequence gave out (0 before the first): no revocation
+    /// has or will commit with a `seq` past it that was drawn before this call. What the NATS
+    /// feed and relay check a `seq` named by a message against.
+    pub async fn sequence_end(&self) -> Result<i64, StoreError> {
+        let row = self
+            .bounded(Statement::new(SEQUENCE_END).fetch_one_on(self.protocol, &self.pool))
             .await?;
         row.try_get("seq").map_err(|e| StoreError::Query(Box::new(e)))
     }
