@@ -309,6 +309,86 @@ fn mirror_at_scale(out: &mut String) {
     );
 }
 
+/// The simulated fleets `examples/fleet.rs` leaves in `target/bench/fleet-{feed}-{n}.jsonl`.
+fn fleets(out: &mut String) {
+    let mut runs: Vec<serde_json::Value> = std::fs::read_dir("target/bench")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("fleet-"))
+        .flat_map(|entry| loadgen(&entry.file_name().to_string_lossy()))
+        .collect();
+    let _ = writeln!(out, "\n## Fleets: the NATS feed next to the Postgres feed\n");
+    if runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not measured in this run (`examples/fleet.rs` needs Postgres and nats-server)."
+        );
+        return;
+    }
+    runs.sort_by_key(|r| {
+        (
+            r["feed"].as_str().unwrap_or_default().to_owned(),
+            r["instances"].as_u64(),
+        )
+    });
+    let _ = writeln!(
+        out,
+        "`cargo run --release --example fleet -- FEED N K` (from `scripts/bench.sh`): N instances in one \
+         process (`MokaCache` in mirror mode; `nats`: each `MokaCache<NatsLedger>` with its own ordered \
+         consumer over 8 shared NATS connections, one relay, a `nats-server -js` on loopback; `postgres`: \
+         each `MokaCache<PgStore>` with its own pool and `LISTEN` connection), one Postgres with \
+         `max_connections = 100`, everything on this 2-core machine. K revocations are written by plain \
+         SQL in transactions of 1 000; *all everywhere* is until every instance applied all K, and *last \
+         applied p50 / p99* the same per instance. Then 20 single revocations, one at a time on the quiet \
+         fleet: *single p50 / p99* is each instance's propagation lag for each (applied minus \
+         `revoked_at`). *Connections* are the fleet's Postgres connections once in sync and once idle.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| feed | N | in sync | K | all everywhere | last applied p50 / p99 | single p50 / p99 | connections in sync, idle |\n|---|---|---|---|---|---|---|---|"
+    );
+    let secs = |v: &serde_json::Value| v.as_f64().map_or_else(|| "n/a".into(), |s| format!("{s:.2} s"));
+    let ms = |v: &serde_json::Value| v.as_f64().map_or_else(|| "n/a".into(), |s| format!("{s:.0} ms"));
+    for run in &runs {
+        let int = |name: &str| run[name].as_i64().map_or_else(|| "n/a".into(), |n| n.to_string());
+        if let Some(error) = run["error"].as_str() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | failed: {error} | | | {} |",
+                run["feed"].as_str().unwrap_or_default(),
+                int("instances"),
+                int("instances_in_sync"),
+                int("revocations"),
+                int("postgres_connections_in_sync"),
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {}, {} |",
+            run["feed"].as_str().unwrap_or_default(),
+            int("instances"),
+            int("instances_in_sync"),
+            int("revocations"),
+            secs(&run["all_applied_everywhere_s"]),
+            secs(&run["last_event_applied_p50_s"]),
+            secs(&run["last_event_applied_p99_s"]),
+            ms(&run["single_logout_p50_ms"]),
+            ms(&run["single_logout_p99_ms"]),
+            int("postgres_connections_in_sync"),
+            int("postgres_connections_idle"),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nTargets (issue 25) this in-process fleet speaks to: Postgres connections once idle, the relays' \
+         alone (the NATS rows' idle count is the relay's feed and pool); the Postgres feed's connections \
+         grow with the fleet until the database refuses them. Not measured here: 40 separate demo \
+         processes with 2 relays, and a plain-SQL revocation's propagation across them."
+    );
+}
+
 fn mib(kib: &serde_json::Value) -> String {
     format!("{:.1}", kib.as_f64().unwrap_or(f64::NAN) / 1024.0)
 }
@@ -609,6 +689,7 @@ fn main() {
         }
     }
     mirror_at_scale(&mut out);
+    fleets(&mut out);
     std::fs::write("BENCHMARKS.md", out).expect("BENCHMARKS.md is writable");
     println!("wrote BENCHMARKS.md");
 }

@@ -77,4 +77,13 @@ if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null 2>&1; then
 else
   rm -f target/bench/mirror.jsonl
 fi
+# Fleets (issue 25): 1 000 instances on the NATS feed, and the Postgres feed at 40 instances and
+# past what the database admits (about 3 min; needs Postgres and nats-server).
+rm -f target/bench/fleet-*.jsonl
+if [ -n "${DATABASE_URL:-}" ] && { command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; }; then
+  cargo build --release --example fleet
+  target/release/examples/fleet nats 1000 10000 || true
+  target/release/examples/fleet postgres 40 10000 || true
+  target/release/examples/fleet postgres 60 1000 || true
+fi
 cargo run --release --example bench_report

@@ -169,7 +169,7 @@ async fn follow<B: Ledger>(weak: Weak<Tier<B>>) {
                 }
                 tier.counters
                     .last_sync
-                    .set(crate::backend::unix_seconds(SystemTime::now()) as f64);
+                    .set(crate::backend::unix_seconds(proved_at.unwrap_or_else(SystemTime::now)) as f64);
                 tier.publish_state();
             }
             FeedItem::Disconnected(error) => {

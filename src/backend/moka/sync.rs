@@ -35,7 +35,11 @@ pub(super) struct SyncState {
 impl SyncState {
     pub(super) fn new(max_staleness: Duration) -> Self {
         Self {
-            clock: Instant::now(),
+            // Set `max_staleness` back, so that a proof made before this tier started (and
+            // still young enough to count) is dated when it was made, not when the tier began.
+            clock: Instant::now()
+                .checked_sub(max_staleness)
+                .unwrap_or_else(Instant::now),
             connected: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
             last_sync_ms: AtomicU64::new(NEVER),
@@ -78,6 +82,14 @@ impl SyncState {
     /// Returns whether it ended a disconnection after an earlier sync (a resync).
     pub(super) fn in_sync(&self, seq: i64, proved_at: Option<SystemTime>) -> bool {
         self.set_cursor(seq);
+        // A proof older than `max_staleness` (and than a second: a delivery's own delay) proves
+        // nothing now, such as the old marker a new consumer delivers first: it connects
+        // nothing and dates nothing.
+        let too_old = self.max_staleness.max(Duration::from_secs(1));
+        let age = proved_at.map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+        if age.is_some_and(|age| age > too_old) {
+            return false;
+        }
         let was_connected = self.connected.swap(true, Ordering::AcqRel);
         let last = self.last_sync_ms.load(Ordering::Acquire);
         let had_synced = last != NEVER;

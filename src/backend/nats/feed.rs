@@ -38,7 +38,7 @@ use crate::backend::postgres::PgStore;
 use crate::backend::{FeedItem, StoreError};
 use crate::telemetry::{self, Count};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events read per repair query.
 const REPAIR_BATCH: i64 = 1_000;
@@ -47,7 +47,7 @@ const REPAIR_BATCH: i64 = 1_000;
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// A stream silent this long (relays publish a marker every heartbeat of their Postgres feed,
 /// 2 s by default) is followed from a new consumer, with a repair from the ledger; while every
-/// relay is gone that costs each instance one consumer and one ledger query every 10 to 15 s.
+/// relay is gone that costs each instance one consumer and one ledger query every 15 to 20 s.
 const SILENCE: Duration = Duration::from_secs(10);
 /// A consumer that lasted this long was healthy: the next failure backs off from the minimum.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
@@ -131,21 +131,19 @@ impl Follower {
             }
             match outcome {
                 Err(Stop::Closed) => return,
-                // A consumer replaced after a reconnection: every instance does it at the same
-                // moment, so spread them out before each reads the ledger.
-                Ok(()) => tokio::time::sleep(jittered(MIN_BACKOFF)).await,
                 Err(Stop::Failed(error)) => {
                     if self.disconnected(error).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(Stop::Silent) => {
-                    tokio::time::sleep(jittered(backoff)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                // A consumer replaced after a reconnection, or after a silence.
+                Ok(()) | Err(Stop::Silent) => {}
             }
+            // Every instance of a fleet gets here at the same moment (a NATS restart): spread
+            // them out, over seconds, before each creates a consumer and reads the ledger; and
+            // back off further while runs stay short (a flapping link).
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -172,9 +170,9 @@ impl Follower {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{}.>", self.task.stream),
-                // The last message of each subject, then what comes: never the whole stream,
-                // also when the client recreates the consumer before it delivered anything (it
-                // then starts from this policy again).
+                // The last message of each subject, then what comes. (The client recreates a
+                // consumer that delivered nothing yet from the stream's start: a replay costs
+                // CPU, not correctness, since copies are skipped and old markers are old.)
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 // Pulls that expire every 2 s, with a 1 s idle heartbeat: a consumer lost with
                 // a NATS restart is noticed (two missed heartbeats) and recreated within about
@@ -189,7 +187,20 @@ impl Follower {
             // A feed "from now": its position is the ledger's end.
             self.last = Some(self.task.store.max_seq().await.map_err(Stop::Failed)?);
         }
-        self.repair().await?;
+        // Keep this consumer while the ledger cannot answer (a new one each retry would linger
+        // on the server for its 30 s inactivity threshold).
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.repair().await {
+                Ok(()) => break,
+                Err(Stop::Failed(error)) => {
+                    self.disconnected(error).await?;
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(stop) => return Err(stop),
+            }
+        }
         let client = self.task.jetstream.client();
         let (mut errors, mut was_down) = (0, false);
         let mut last_message = tokio::time::Instant::now();
@@ -227,7 +238,6 @@ impl Follower {
                 }
             };
             let Some(message) = message else { return Ok(()) };
-            last_message = tokio::time::Instant::now();
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
@@ -296,6 +306,10 @@ impl Follower {
                     self.repair().await?;
                 }
             }
+            // Silence counts from when a message was handled, not when it arrived (a repair may
+            // take a while).
+            last_message = tokio::time::Instant::now();
+            watch.reset();
         }
     }
 

@@ -415,8 +415,9 @@ pub(crate) const LIVE_PAGE: &str = "FETCH FORWARD 10000 FROM jwt_revocation_snap
 /// The highest `seq` in the ledger (0 when empty).
 pub(crate) const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0)::int8 AS seq FROM jwt_revocation_log";
 /// The sequence's last value (0 before its first `nextval`).
+/// (`pg_sequence_last_value` needs `USAGE` or `SELECT` on the sequence, which every writer has.)
 pub(crate) const SEQUENCE_END: &str =
-    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END::int8 AS seq FROM jwt_revocation_seq";
+    "SELECT coalesce(pg_sequence_last_value('jwt_revocation_seq'::regclass), 0)::int8 AS seq";
 
 fn kind_from_str(kind: &str) -> Result<RevocationKind, StoreError> {
     match kind {
