@@ -228,13 +228,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "postgres_connections_in_sync": held_ready,
                 "error": format!("writing the revocations failed: {error}"),
             });
-            println!("{line}");
-            std::fs::create_dir_all("target/bench")?;
-            std::fs::write(
-                format!("target/bench/fleet-{feed}-{instances}.jsonl"),
-                format!("{line}\n"),
-            )?;
-            return Ok(());
+            return record(&feed, instances, &line);
         }
     }
     let write_s = written.elapsed().as_secs_f64();
@@ -280,6 +274,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "postgres_connections_after": held,
         "postgres_connections_idle": held_idle,
     });
+    record(&feed, instances, &line)
+}
+
+/// Prints the run's line and writes it for `bench_report`.
+fn record(feed: &str, instances: usize, line: &serde_json::Value) -> Result<(), Box<dyn std::error::Error>> {
     println!("{line}");
     std::fs::create_dir_all("target/bench")?;
     std::fs::write(

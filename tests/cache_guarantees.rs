@@ -457,6 +457,19 @@ async fn a_cutoff_read_before_the_first_sync_is_not_trusted_after_it(pool: PgPoo
     );
 }
 
+/// B's token in session `s-1`, whose `sid` issuer A revoked (so the mirror holds its
+/// fingerprint and every check of it is confirmed with the ledger).
+fn hot() -> TokenFacts<'static> {
+    TokenFacts {
+        jti: Some("b-1"),
+        session_id: Some("s-1"),
+        subject: Some("alice"),
+        issued_at: Some(now() - 5),
+        expires_at: Some(now() + 600),
+        issuer: Some("https://b.example"),
+    }
+}
+
 /// Issue 24, item 6. Mirror mode, a hot token whose `sid` another issuer revoked (so every check
 /// of it is confirmed with the ledger), a confirmation in flight that read the ledger before a
 /// logout: the logout through this instance returns, and the next request must be refused
@@ -474,30 +487,10 @@ async fn a_mirror_reads_its_own_logout_while_an_older_lookup_is_in_flight(pool: 
         .revoke(&Revocation::session("s-1", in_an_hour()).issuer("https://a.example"))
         .await
         .unwrap();
-    let hot = TokenFacts {
-        jti: Some("b-1"),
-        session_id: Some("s-1"),
-        subject: Some("alice"),
-        issued_at: Some(now() - 5),
-        expires_at: Some(now() + 600),
-        issuer: Some("https://b.example"),
-    };
-    assert_eq!(verdict(&cache, &hot).await.unwrap(), Verdict::Active);
+    assert_eq!(verdict(&cache, &hot()).await.unwrap(), Verdict::Active);
 
     faulty.hold_answers(true);
-    let check = |cache: MokaCache<Faulty>| {
-        tokio::spawn(async move {
-            let hot = TokenFacts {
-                jti: Some("b-1"),
-                session_id: Some("s-1"),
-                subject: Some("alice"),
-                issued_at: Some(now() - 5),
-                expires_at: Some(now() + 600),
-                issuer: Some("https://b.example"),
-            };
-            verdict(&cache, &hot).await
-        })
-    };
+    let check = |cache: MokaCache<Faulty>| tokio::spawn(async move { verdict(&cache, &hot()).await });
     let before = faulty.lookups();
     let older = check(cache.clone());
     wait_until("the older lookup read the ledger", || async {
