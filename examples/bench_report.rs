@@ -146,7 +146,7 @@ fn key_sources(out: &mut String) {
         let _ = writeln!(out, "| `{variant}` | {} | {} |", cell("hs256"), cell("es256"));
     }
     let _ = writeln!(out, "\n| ratio | HS256 | ES256 | target |\n|---|---|---|---|");
-    for (label, a, b, target) in [
+    let rows = [
         (
             "`jwks / static_key_set`",
             "jwks",
@@ -157,8 +157,21 @@ fn key_sources(out: &mut String) {
             },
         ),
         ("`jwks / static_key`", "jwks", "static_key", NO_TARGET),
-    ] {
-        let r = |alg| judged(median(alg, a), median(alg, b), (target.bound)(alg));
+    ];
+    ratio_rows(out, &runs, &rows);
+}
+
+/// Writes one HS256/ES256 ratio row per `(label, a, b, target)`: `a`'s median over `b`'s in
+/// `runs`, judged against the target.
+fn ratio_rows(out: &mut String, runs: &[serde_json::Value], rows: &[(&str, &str, &str, Target)]) {
+    for (label, a, b, target) in rows {
+        let r = |alg| {
+            judged(
+                median_of(runs, alg, a),
+                median_of(runs, alg, b),
+                (target.bound)(alg),
+            )
+        };
         let _ = writeln!(
             out,
             "| {label} | {} | {} | {} |",
@@ -202,7 +215,7 @@ fn per_request(out: &mut String) {
         text: "≤ 1.10 (HS256), ≤ 1.02 (ES256)",
     };
     let _ = writeln!(out, "\n| ratio | HS256 | ES256 | target |\n|---|---|---|---|");
-    for (label, a, b, target) in [
+    let rows = [
         (
             "`layer_memory / decode_only`",
             "layer_memory",
@@ -225,16 +238,8 @@ fn per_request(out: &mut String) {
                 text: "≥ 10",
             },
         ),
-    ] {
-        let r = |alg| judged(median(alg, a), median(alg, b), (target.bound)(alg));
-        let _ = writeln!(
-            out,
-            "| {label} | {} | {} | {} |",
-            r("hs256"),
-            r("es256"),
-            target.text
-        );
-    }
+    ];
+    ratio_rows(out, &runs, &rows);
 }
 
 /// Mirror mode at 0, 1 M and 10 M live revocations on the demo, as `scripts/mirror_scale.py`
