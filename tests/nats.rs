@@ -144,6 +144,51 @@ async fn a_relay_killed_while_another_runs_loses_nothing(pool: PgPool) {
     .await;
 }
 
+/// The demo's relay as a *process* (`examples/relay.rs`, built by `cargo test` with the other
+/// examples), two side by side, one killed with SIGKILL right after a commit it was about to
+/// publish, while revocations keep coming: every one of them is refused everywhere within 2 s.
+#[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
+async fn a_relay_process_killed_with_sigkill_mid_publish_loses_nothing(pool: PgPool) {
+    let Some(server) = NatsServer::start() else { return };
+    let Some(program) = example_program("relay") else {
+        return;
+    };
+    let database_url = database_url(&pool).await;
+    let spawn = |name: &str| {
+        std::process::Command::new(&program)
+            .env("DATABASE_URL", &database_url)
+            .env("NATS_URL", server.url())
+            .env("RELAY_NAME", name)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the relay example starts")
+    };
+    let (mut first, mut second) = (spawn("a"), spawn("b"));
+    let caches = [
+        instance(&pool, &server, CacheMode::Mirror).await,
+        instance(&pool, &server, CacheMode::Mirror).await,
+    ];
+    for i in 0..12 {
+        let jti = format!("around-the-kill-{i}");
+        revoke_by_sql(&pool, &jti).await;
+        if i == 6 {
+            // SIGKILL: no shutdown code runs; whatever it had in flight is gone.
+            first.kill().unwrap();
+            first.wait().unwrap();
+        }
+        for cache in &caches {
+            refused_within(cache, &jti, Duration::from_secs(2)).await;
+        }
+    }
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the other relay kept running"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
 /// With every relay gone no marker arrives: the instance stops proving sync, so its "not
 /// revoked" answers stop after `max_staleness`; revocations made meanwhile are enforced once a
 /// relay is back.
@@ -355,16 +400,17 @@ async fn a_late_instance_loads_the_snapshot_then_follows_the_stream(pool: PgPool
     refused_within(&late, "after", Duration::from_secs(2)).await;
 }
 
-/// Reconnect storms: NATS restarted twice under ten instances. Each instance follows the stream
+/// Reconnect storms: NATS restarted twice under forty instances, each with its own connection. Each instance follows the stream
 /// through one consumer afterwards, and revocations still arrive.
 #[sqlx::test(migrator = "tower_jwt_revocation::backend::postgres::MIGRATOR")]
 async fn reconnect_storms_leave_one_consumer_per_instance(pool: PgPool) {
+    const INSTANCES: usize = 40;
     let Some(mut server) = NatsServer::start() else {
         return;
     };
     let _relay = relay(&pool, &server, "a").await;
     let mut instances = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..INSTANCES {
         instances.push(instance(&pool, &server, CacheMode::Mirror).await);
     }
     for round in 0..2 {
@@ -390,7 +436,7 @@ async fn reconnect_storms_leave_one_consumer_per_instance(pool: PgPool) {
                 stream
                     .info()
                     .await
-                    .is_ok_and(|info| info.state.consumer_count <= 10)
+                    .is_ok_and(|info| info.state.consumer_count <= INSTANCES)
             }
         },
     )

@@ -168,6 +168,39 @@ pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// One of this package's examples, as `cargo test` built it beside the test binaries
+/// (`target/<profile>/examples/<name>`); `None`, with the reason printed, when it was not built
+/// (a run of a single test target builds no examples: `scripts/test.sh` runs them all).
+pub fn example_program(name: &str) -> Option<std::path::PathBuf> {
+    let program = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .join("examples")
+        .join(name);
+    if program.is_file() {
+        Some(program)
+    } else {
+        eprintln!(
+            "SKIPPED: {} was not built (run the whole suite, as scripts/test.sh does, to build the examples)",
+            program.display()
+        );
+        None
+    }
+}
+
+/// A URL for the database `pool` connects to, on the server `DATABASE_URL` names (for a
+/// process a test starts).
+pub async fn database_url(pool: &sqlx::PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for Postgres tests");
+    let base = base.split('?').next().unwrap_or_default();
+    let authority = base.find("://").map_or(0, |at| at + 3);
+    let server = base[authority..]
+        .find('/')
+        .map_or(base, |path| &base[..authority + path]);
+    format!("{server}/{}", database_name(pool).await)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
