@@ -19,41 +19,21 @@
 
 #[path = "../tests/common/nats.rs"]
 mod nats_server;
+#[path = "support/fleet.rs"]
+mod support;
+
+use support::{find_program, free_port, percentile};
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor};
+use sqlx::postgres::PgPoolOptions;
 use tower_jwt_revocation::backend::nats::{NatsLedger, Relay};
 use tower_jwt_revocation::{CacheMode, Ledger, MokaCache, PgStore};
 
 const DATABASE: &str = "tower_jwt_revocation_fleet";
 
-/// What `tests/common/nats.rs` takes from the test fixtures.
-fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([std::path::PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or(0)
-}
-
 async fn connections(admin: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-        .bind(DATABASE)
-        .fetch_one(admin)
-        .await
-        .unwrap_or(-1)
+    support::connections(admin, DATABASE).await
 }
 
 /// Samples, every `every`, how many events each cache has applied, until all have `events` or
@@ -121,35 +101,17 @@ async fn single_logouts<L: Ledger>(caches: &[MokaCache<L>], pool: &sqlx::PgPool,
     lags
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied()
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let feed = args.first().map_or("nats", String::as_str).to_owned();
     let instances: usize = args.get(1).map_or(Ok(1000), |n| n.parse())?;
     let revocations: i64 = args.get(2).map_or(Ok(10_000), |n| n.parse())?;
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let admin_options: PgConnectOptions = admin_url.parse()?;
+    let (admin_options, options) = support::fresh_database(DATABASE).await?;
     let admin = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(admin_options.clone())
+        .connect_with(admin_options)
         .await?;
-    let mut setup = admin_options.connect().await?;
-    setup
-        .execute(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)").as_str())
-        .await?;
-    setup
-        .execute(format!("CREATE DATABASE {DATABASE}").as_str())
-        .await?;
-    let options = admin_options.clone().database(DATABASE);
     let shared = PgPoolOptions::new()
         .max_connections(4)
         .min_connections(0)
@@ -277,13 +239,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     record(&feed, instances, &line)
 }
 
-/// Prints the run's line and writes it for `bench_report`.
 fn record(feed: &str, instances: usize, line: &serde_json::Value) -> Result<(), Box<dyn std::error::Error>> {
-    println!("{line}");
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write(
-        format!("target/bench/fleet-{feed}-{instances}.jsonl"),
-        format!("{line}\n"),
-    )?;
-    Ok(())
+    support::record(&format!("fleet-{feed}-{instances}"), line)
 }

@@ -94,3 +94,45 @@ where
     });
     Ok(Purger { task })
 }
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    impl Purge for Counting {
+        async fn purge(&self, _: Duration) -> Result<u64, StoreError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(0)
+        }
+    }
+
+    /// A fleet started together does not purge together: each purger's first run is somewhere
+    /// in its first interval (on `main` every one ran at once, each taking a database
+    /// connection in the same instant), and every one has run once by its end.
+    #[tokio::test(start_paused = true)]
+    async fn first_runs_spread_over_the_first_interval() {
+        let runs = Counting::default();
+        let hour = Duration::from_secs(3600);
+        let purgers: Vec<_> = (0..16)
+            .map(|_| spawn_purger(runs.clone(), hour, Duration::ZERO).unwrap())
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let early = runs.0.load(Ordering::SeqCst);
+        assert!(early < 16, "{early} of 16 purgers ran in their first second");
+        tokio::time::advance(hour).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(runs.0.load(Ordering::SeqCst), 16, "each ran once in its first interval");
+        drop(purgers);
+    }
+}
