@@ -49,9 +49,11 @@ impl Drop for Purger {
 }
 
 /// Runs [`Purge::purge`]`(margin)` on `store` every `interval` on the current Tokio runtime
-/// until the returned [`Purger`] is dropped; the first run is at once. Errors are logged and
-/// retried at the next tick. With `PgStore` and `PgSessions`, several instances may run purgers
-/// at once.
+/// until the returned [`Purger`] is dropped. The first run is at a random moment within the
+/// first `interval`, so a fleet started together spreads its purges (and the database
+/// connections they take) over the interval instead of purging all at once. Errors are logged
+/// and retried at the next tick. With `PgStore` and `PgSessions`, several instances may run
+/// purgers at once.
 ///
 /// Needs a Tokio runtime and a positive `interval`; otherwise it returns
 /// [`StoreError::Config`].
@@ -80,7 +82,9 @@ where
     }
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| StoreError::Config("needs a Tokio runtime (call it from within one)"))?;
+    let first = interval.mul_f64(f64::from(getrandom::u32().unwrap_or(0)) / (f64::from(u32::MAX) + 1.0));
     let task = runtime.spawn(async move {
+        tokio::time::sleep(first).await;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -132,7 +136,11 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(runs.0.load(Ordering::SeqCst), 16, "each ran once in its first interval");
+        assert_eq!(
+            runs.0.load(Ordering::SeqCst),
+            16,
+            "each ran once in its first interval"
+        );
         drop(purgers);
     }
 }
