@@ -8,11 +8,14 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/release/examples/fleet_demo 40
 //! ```
 //!
-//! It measures, and writes as one JSON line to `target/bench/fleet-demo-{n}.jsonl`:
+//! It measures, and writes as one JSON line to `target/bench/fleet_demo-{n}.jsonl`:
 //! - how many instances answer `GET /readyz` 200, and how soon;
 //! - Postgres connections per process once ready, and once idle (every process connects with
 //!   its own `application_name`; the demos run with `DATABASE_IDLE_TIMEOUT_SECS`, the second
-//!   argument, default 10, instead of the demo's 60, so that "idle" comes sooner);
+//!   argument, default 10, instead of the demo's 60, so that "idle" comes sooner; a demo's
+//!   purgers run at a random moment in their first 10 minutes, so a connection or two may be
+//!   open at that moment: recorded too is how many demo connections have been idle for more
+//!   than twice the timeout, which no pool that closes idle connections keeps);
 //! - twenty logouts, each on another instance (`POST /logout`), after the token was used on
 //!   every instance: for each other instance, the time from the logout's 204 to its first 401
 //!   for that token (each instance is polled over its own keep-alive connection, every 2 ms);
@@ -76,7 +79,9 @@ fn log(name: &str) -> std::io::Result<std::fs::File> {
 
 /// One keep-alive HTTP/1.1 connection to `addr`.
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -119,7 +124,14 @@ async fn call(
 /// A token for `sub` from instance `addr`'s `POST /login`, and its `jti`.
 async fn login(addr: SocketAddr, sub: &str) -> Result<(String, String), String> {
     let mut sender = connect(addr).await?;
-    let (status, body) = call(&mut sender, Method::POST, "/login", None, &format!(r#"{{"sub":"{sub}"}}"#)).await?;
+    let (status, body) = call(
+        &mut sender,
+        Method::POST,
+        "/login",
+        None,
+        &format!(r#"{{"sub":"{sub}"}}"#),
+    )
+    .await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     let token = value["access_token"]
         .as_str()
@@ -152,7 +164,8 @@ async fn refused_after(
 ) -> Vec<Option<f64>> {
     let polls = senders.iter_mut().map(|sender| async move {
         while since.elapsed() < Duration::from_secs(10) {
-            if let Ok((StatusCode::UNAUTHORIZED, _)) = call(sender, Method::GET, "/me", Some(token), "").await {
+            if let Ok((StatusCode::UNAUTHORIZED, _)) = call(sender, Method::GET, "/me", Some(token), "").await
+            {
                 return Some(since.elapsed().as_secs_f64() * 1000.0);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -177,14 +190,19 @@ async fn join_all<F: std::future::Future<Output = T>, T>(futures: impl IntoItera
                 }
             }
         }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
     out.into_iter().flatten().collect()
 }
 
-/// Postgres connections per `application_name` prefix: (`demo-` total, `demo-` most by one
-/// process, `relay-` most by one process).
+/// Postgres connections by who holds them: (every demo's, the most one demo holds, both
+/// relays'). Each process connects with its own `application_name`; a relay's `LISTEN`
+/// connection carries the relay example's listener name, `jwt_revocation_relay`, instead.
 async fn held(admin: &sqlx::PgPool) -> (i64, i64, i64) {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = $1 GROUP BY 1",
@@ -193,12 +211,16 @@ async fn held(admin: &sqlx::PgPool) -> (i64, i64, i64) {
     .fetch_all(admin)
     .await
     .unwrap_or_default();
-    let of = |prefix: &'static str| {
+    let demos = || {
         rows.iter()
-            .filter(move |(name, _)| name.starts_with(prefix))
+            .filter(|(name, _)| name.starts_with("demo-"))
             .map(|(_, n)| *n)
     };
-    (of("demo-").sum(), of("demo-").max().unwrap_or(0), of("relay-").max().unwrap_or(0))
+    let relays = rows
+        .iter()
+        .filter(|(name, _)| name.starts_with("relay-") || name == "jwt_revocation_relay")
+        .map(|(_, n)| *n);
+    (demos().sum(), demos().max().unwrap_or(0), relays.sum())
 }
 
 #[tokio::main]
@@ -208,15 +230,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idle_secs: u64 = args.get(1).map_or(Ok(10), |n| n.parse())?;
     let (server, relay) = (sibling("server")?, sibling("relay")?);
     let (admin_options, options) = support::fresh_database(DATABASE).await?;
-    let admin = PgPoolOptions::new().max_connections(2).connect_with(admin_options).await?;
-    let writer = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-    tower_jwt_revocation::PgStore::new(writer.clone()).migrate().await?;
-    let max_connections: String = sqlx::query_scalar("SHOW max_connections").fetch_one(&admin).await?;
+    let admin = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(admin_options)
+        .await?;
+    let writer = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await?;
+    tower_jwt_revocation::PgStore::new(writer.clone())
+        .migrate()
+        .await?;
+    let max_connections: String = sqlx::query_scalar("SHOW max_connections")
+        .fetch_one(&admin)
+        .await?;
     let nats = nats_server::NatsServer::start().ok_or("nats-server is not installed")?;
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let base = base.split('?').next().unwrap_or_default().to_owned();
     let authority = base.find("://").map_or(0, |at| at + 3);
-    let server_url = base[authority..].find('/').map_or(base.as_str(), |path| &base[..authority + path]);
+    let server_url = base[authority..]
+        .find('/')
+        .map_or(base.as_str(), |path| &base[..authority + path]);
     let url = |name: &str| format!("{server_url}/{DATABASE}?application_name={name}");
 
     let mut fleet = Fleet(Vec::new());
@@ -257,7 +292,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while started.elapsed() < Duration::from_secs(120) && !ready.iter().all(|r| *r) {
         for (slot, addr) in ready.iter_mut().zip(&addrs) {
             if !*slot && let Ok(mut sender) = connect(*addr).await {
-                *slot = matches!(call(&mut sender, Method::GET, "/readyz", None, "").await, Ok((StatusCode::OK, _)));
+                *slot = matches!(
+                    call(&mut sender, Method::GET, "/readyz", None, "").await,
+                    Ok((StatusCode::OK, _))
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -266,31 +304,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ready_count = ready.iter().filter(|r| **r).count();
     eprintln!("{ready_count} of {instances} instances ready after {ready_s:.1} s");
     let held_ready = held(&admin).await;
-    let live: Vec<SocketAddr> = addrs.iter().zip(&ready).filter(|(_, r)| **r).map(|(a, _)| *a).collect();
+    let live: Vec<SocketAddr> = addrs
+        .iter()
+        .zip(&ready)
+        .filter(|(_, r)| **r)
+        .map(|(a, _)| *a)
+        .collect();
     let mut senders = Vec::new();
     for addr in &live {
         senders.push(connect(*addr).await?);
     }
 
     // Logouts, each taken by another instance; every other instance is timed.
-    let (mut logouts, mut missed) = (Vec::new(), 0);
-    for round in 0..20.min(live.len()) {
-        let (token, _) = login(live[round], &format!("fleet-{round}")).await?;
+    let (mut logouts, mut missed, mut slowest) = (Vec::new(), 0, Vec::new());
+    for (round, addr) in live.iter().enumerate().take(20) {
+        let (token, _) = login(*addr, &format!("fleet-{round}")).await?;
         warm(&mut senders, &token).await?;
         let mut taker = senders.remove(round);
         let (status, body) = call(&mut taker, Method::POST, "/logout", Some(&token), "").await?;
         let since = Instant::now();
         if status != StatusCode::NO_CONTENT {
             let body = String::from_utf8_lossy(&body);
-            return Err(format!("logout answered {status}: {body}; connections {:?}", held(&admin).await).into());
+            return Err(format!(
+                "logout answered {status}: {body}; connections {:?}",
+                held(&admin).await
+            )
+            .into());
         }
         let lags = refused_after(&mut senders, &token, since).await;
         senders.insert(round, taker);
+        for (other, lag) in lags.iter().enumerate() {
+            let other = if other >= round { other + 1 } else { other };
+            slowest.push((lag.unwrap_or(f64::INFINITY), round, other));
+        }
         missed += lags.iter().filter(|lag| lag.is_none()).count();
         logouts.extend(lags.into_iter().flatten());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     logouts.sort_by(f64::total_cmp);
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    slowest.truncate(5);
 
     // Revocations by plain SQL, timed from their commit to every instance.
     let mut by_sql = Vec::new();
@@ -311,8 +364,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     writer.close().await;
 
     // Idle: past the demos' idle timeout (and a pool's reaper period) with no traffic.
-    tokio::time::sleep(Duration::from_secs(idle_secs + 5)).await;
+    tokio::time::sleep(Duration::from_secs(2 * idle_secs + 2)).await;
     let held_idle = held(&admin).await;
+    // Demo connections idle past twice the timeout (the pool's reaper runs once per timeout):
+    // none, unless a pool keeps what it no longer uses.
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'demo-%' \
+         AND state = 'idle' AND now() - state_change > make_interval(secs => $2)",
+    )
+    .bind(DATABASE)
+    .bind(2.0 * idle_secs as f64)
+    .fetch_one(&admin)
+    .await
+    .unwrap_or(-1);
     let line = serde_json::json!({
         "instances": instances,
         "relays": 2,
@@ -322,10 +386,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "idle_timeout_s": idle_secs,
         "instances_connections_ready": held_ready.0,
         "instance_connections_ready_max": held_ready.1,
-        "relay_connections_ready_max": held_ready.2,
+        "relays_connections_ready": held_ready.2,
         "instances_connections_idle": held_idle.0,
         "instance_connections_idle_max": held_idle.1,
-        "relay_connections_idle_max": held_idle.2,
+        "instances_connections_idle_past_2x_timeout": stale,
+        "relays_connections_idle": held_idle.2,
         "logout_samples": logouts.len(),
         "logout_p50_ms": percentile(&logouts, 0.5),
         "logout_p99_ms": percentile(&logouts, 0.99),
@@ -334,7 +399,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sql_p50_ms": percentile(&by_sql, 0.5),
         "sql_max_ms": by_sql.last(),
         "missed": missed,
+        "logout_slowest": slowest
+            .iter()
+            .map(|(ms, round, instance)| serde_json::json!({"ms": ms, "round": round, "instance": instance}))
+            .collect::<Vec<_>>(),
     });
     drop(fleet);
-    support::record(&format!("fleet-demo-{instances}"), &line)
+    support::record(&format!("fleet_demo-{instances}"), &line)
 }

@@ -78,12 +78,17 @@ else
   rm -f target/bench/mirror.jsonl
 fi
 # Fleets (issue 25): 1 000 instances on the NATS feed, and the Postgres feed at 40 instances and
-# past what the database admits (about 3 min; needs Postgres and nats-server).
+# past what the database admits, in one process; then 40 demo processes (about 4 min; needs
+# Postgres and nats-server).
 rm -f target/bench/fleet-*.jsonl
 if [ -n "${DATABASE_URL:-}" ] && { command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; }; then
   cargo build --release --example fleet
   target/release/examples/fleet nats 1000 10000 || true
   target/release/examples/fleet postgres 40 10000 || true
   target/release/examples/fleet postgres 60 1000 || true
+  # 40 demo processes and 2 relay processes (about 1 min).
+  rm -f target/bench/fleet_demo-*.jsonl
+  cargo build --release --example server --example relay --example fleet_demo
+  target/release/examples/fleet_demo 40 || true
 fi
 cargo run --release --example bench_report
