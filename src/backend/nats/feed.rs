@@ -2,8 +2,9 @@
 //! with the same meaning as the Postgres feed: events in `seq` order with no gap, a proof of
 //! sync only when every revocation committed before a moment has been delivered.
 //!
-//! At start (and after the stream's consumer ends) the feed creates an ordered consumer that
-//! delivers what is published from then on, and *then* reads the ledger past the last `seq` it
+//! At start (and each time it replaces its consumer) the feed creates a push consumer that
+//! delivers what is published from then on (after the stream position it last handled, or the
+//! last event and marker at first), and *then* reads the ledger past the last `seq` it
 //! delivered: everything committed before that read is in it, everything published after the
 //! consumer started comes through the stream, and what is in both is skipped by `seq`. While it
 //! follows the stream:
@@ -19,10 +20,11 @@
 //!   not from when NATS delivered it. With every relay gone no marker arrives, and the cache's
 //!   `max_staleness` and the failure policy apply as with a Postgres feed that cannot prove sync.
 //!
-//! NATS errors are reported once as [`FeedItem::Disconnected`]; the ordered consumer resumes by
-//! itself after a reconnect (from the stream position it last delivered), and is replaced, with
-//! a repair from the ledger, when it gives up. The feed owns one task, stopped when it is
-//! dropped; its consumer is ephemeral (the server removes it 30 s after its subscription ends).
+//! NATS errors are reported once as [`FeedItem::Disconnected`]. The consumer is replaced, after a
+//! jittered pause and with a repair from the ledger, when the connection comes back, when its
+//! 1 s idle heartbeat is missed twice (the server lost it), after repeated errors, or after 10 s
+//! with no marker; the replaced one is deleted. The feed owns one task, stopped when it is
+//! dropped; its consumer is ephemeral (the server also removes it 10 s after nobody listens).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -44,6 +46,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REPAIR_BATCH: i64 = 1_000;
 /// How often the feed looks at its connection and at how long the stream has been silent.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// The consumer's idle heartbeat: one missed for twice this means the server lost it.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the server keeps a consumer nobody listens to.
+const INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
+/// How long deleting a replaced consumer may take before it is left to the threshold.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A stream silent this long (relays publish a marker every heartbeat of their Postgres feed,
 /// 2 s by default) is followed from a new consumer, with a repair from the ledger; while every
 /// relay is gone that costs each instance one consumer and one ledger query every 15 to 20 s.
@@ -88,6 +96,7 @@ impl JetStreamFeed {
             task,
             sender,
             last: after,
+            stream_position: None,
             repairs: Count::new(telemetry::FEED_REPAIRS, &[]),
             connected: true,
         };
@@ -114,6 +123,8 @@ struct Follower {
     sender: mpsc::Sender<FeedItem>,
     /// The last `seq` delivered; `None` until the first read of the ledger.
     last: Option<i64>,
+    /// The stream sequence of the last message handled, where a new consumer starts after.
+    stream_position: Option<u64>,
     repairs: Count,
     /// Whether the last thing reported was not a disconnection.
     connected: bool,
@@ -135,8 +146,11 @@ impl Follower {
                         return;
                     }
                 }
-                // A consumer replaced after a reconnection, or after a silence.
-                Ok(()) | Err(Stop::Silent) => {}
+                // A consumer replaced after a reconnection or a missed heartbeat.
+                Ok(()) => {}
+                // After a silence: from the stream's last messages, in case the position this
+                // feed holds is one the stream will never reach again.
+                Err(Stop::Silent) => self.stream_position = None,
             }
             // Every instance of a fleet gets here at the same moment (a NATS restart): spread
             // them out, over seconds, before each creates a consumer and reads the ledger; and
@@ -166,30 +180,57 @@ impl Follower {
             .get_stream(&self.task.stream)
             .await
             .map_err(nats_error)?;
+        // A plain push consumer, which this feed replaces itself (after a reconnection, a
+        // missed heartbeat, a silence) from the stream position it last handled, with jitter
+        // across a fleet. (An ordered pull consumer was used first: in a fleet of 40 demo
+        // processes about one delivery in 400 waited 4 to 5 s for a pull the client renewed
+        // late, see `examples/fleet_demo.rs`. async-nats' ordered push consumer recreates itself
+        // on a reconnection at once, beside the one this feed creates.)
+        // A stream that ends before that position was recreated (or its store lost): its
+        // sequence started again, and it is followed from its last messages.
+        let stream_end = stream.cached_info().state.last_sequence;
+        let deliver_policy = match self.stream_position.filter(|position| *position <= stream_end) {
+            // Past what this feed already handled: no replay of the stream.
+            Some(position) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: position.saturating_add(1),
+            },
+            // The last message of each subject (the latest event and marker), then what comes.
+            None => consumer::DeliverPolicy::LastPerSubject,
+        };
         let consumer = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                // Pushed as they are stored, with flow control and idle heartbeats, and
-                // recreated by the client from its last stream position after a gap or a
-                // reconnect. (An ordered *pull* consumer was used first: in a fleet of 40 demo
-                // processes about one delivery in 400 waited 4 to 5 s for a pull request the
-                // client had not yet renewed; see `examples/fleet_demo.rs`.)
+            .create_consumer(consumer::push::Config {
                 deliver_subject: self.task.jetstream.client().new_inbox(),
                 filter_subject: format!("{}.>", self.task.stream),
-                // The last message of each subject, then what comes. (The client recreates a
-                // consumer that delivered nothing yet from the stream's start: a replay costs
-                // CPU, not correctness, since copies are skipped and old markers are old.)
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::None,
+                flow_control: true,
+                idle_heartbeat: HEARTBEAT,
+                // A consumer whose subscriber vanished without deleting it (a killed process)
+                // is gone from the server this long after.
+                inactive_threshold: INACTIVE_THRESHOLD,
+                memory_storage: true,
                 ..Default::default()
             })
             .await
             .map_err(nats_error)?;
+        let name = consumer.cached_info().name.clone();
+        let outcome = self.follow_consumer(consumer).await;
+        // Replaced: delete it now rather than leave it to the inactivity threshold (best effort;
+        // after a NATS restart it may be gone already).
+        let _ = tokio::time::timeout(DELETE_TIMEOUT, stream.delete_consumer(&name)).await;
+        outcome
+    }
+
+    async fn follow_consumer(
+        &mut self,
+        consumer: consumer::Consumer<consumer::push::Config>,
+    ) -> Result<(), Stop> {
         let mut messages = consumer.messages().await.map_err(nats_error)?;
         if self.last.is_none() {
             // A feed "from now": its position is the ledger's end.
             self.last = Some(self.task.store.max_seq().await.map_err(Stop::Failed)?);
         }
-        // Keep this consumer while the ledger cannot answer (a new one each retry would linger
-        // on the server for its 30 s inactivity threshold).
+        // Keep this consumer while the ledger cannot answer (rather than a new one each retry).
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.repair().await {
@@ -241,6 +282,13 @@ impl Follower {
             let Some(message) = message else { return Ok(()) };
             let message = match message {
                 Ok(message) => message,
+                Err(error) if error.kind() == consumer::push::MessagesErrorKind::MissingHeartbeat => {
+                    // The server stopped sending to this consumer (lost with a restart, or
+                    // deleted): report it and follow from a new one.
+                    let lost = StoreError::Unavailable(Box::new(error));
+                    self.disconnected(lost).await?;
+                    return Ok(());
+                }
                 Err(error) => {
                     errors += 1;
                     if errors >= ERRORS_BEFORE_REPLACING {
@@ -252,6 +300,9 @@ impl Follower {
                 }
             };
             errors = 0;
+            if let Ok(info) = message.info() {
+                self.stream_position = Some(info.stream_sequence);
+            }
             let payload = &message.message.payload;
             match wire::decode(&self.task.stream, message.message.subject.as_str(), payload) {
                 Message::Event { event, prev } => {
