@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `nats`: one relay publishes to a `nats-server -js` this program starts on a free loopback
-//! port, and every instance is a `MokaCache<NatsLedger>` with its own ordered consumer (over 8
+//! port, and every instance is a `MokaCache<NatsLedger>` with its own push consumer (over 8
 //! shared NATS connections). `postgres`: every instance is a `MokaCache<PgStore>` with its own
 //! pool and `LISTEN` connection, as many as the database admits (those that never prove sync
 //! are counted). Each instance records when it applied each event; the propagation of an event

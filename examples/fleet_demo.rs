@@ -14,11 +14,13 @@
 //!   its own `application_name`; the demos run with `DATABASE_IDLE_TIMEOUT_SECS`, the second
 //!   argument, default 10, instead of the demo's 60, so that "idle" comes sooner; a demo's
 //!   purgers run at a random moment in their first 10 minutes, so a connection or two may be
-//!   open at that moment: recorded too is how many demo connections have been idle for more
-//!   than twice the timeout, which no pool that closes idle connections keeps);
+//!   open at that moment: each connection's last statement tells a purge from anything else,
+//!   and recorded too is how many demo connections have been idle for more than twice the
+//!   timeout, which no pool that closes idle connections keeps);
 //! - twenty logouts, each on another instance (`POST /logout`), after the token was used on
-//!   every instance: for each other instance, the time from the logout's 204 to its first 401
-//!   for that token (each instance is polled over its own keep-alive connection, every 2 ms);
+//!   every instance: for each other instance, the time from sending the logout to its first
+//!   401 for that token (each instance is polled over its own keep-alive connection, every
+//!   2 ms);
 //! - five revocations by plain SQL (`INSERT INTO jwt_revocations`), timed the same way from the
 //!   commit, to every instance.
 //!
@@ -200,27 +202,52 @@ async fn join_all<F: std::future::Future<Output = T>, T>(futures: impl IntoItera
     out.into_iter().flatten().collect()
 }
 
-/// Postgres connections by who holds them: (every demo's, the most one demo holds, both
-/// relays'). Each process connects with its own `application_name`; a relay's `LISTEN`
-/// connection carries the relay example's listener name, `jwt_revocation_relay`, instead.
-async fn held(admin: &sqlx::PgPool) -> (i64, i64, i64) {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = $1 GROUP BY 1",
+/// Postgres connections to the fleet's database by who holds them. Each process connects with
+/// its own `application_name` (`demo-{i}`, `relay-{i}`); a relay's feed connection is
+/// `jwt_revocation_relay/relay-{i}`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    /// Every demo's.
+    demos: i64,
+    /// The most one demo holds.
+    demo_max: i64,
+    /// Demo connections whose last statement was not a purge's (`DELETE FROM jwt_...`).
+    demos_not_purging: i64,
+    /// The most one relay holds.
+    relay_max: i64,
+    /// Anyone else's (this program's own writer among them).
+    other: i64,
+}
+
+async fn held(admin: &sqlx::PgPool) -> Result<Held, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT application_name, coalesce(query, '') FROM pg_stat_activity WHERE datname = $1",
     )
     .bind(DATABASE)
     .fetch_all(admin)
-    .await
-    .unwrap_or_default();
-    let demos = || {
-        rows.iter()
-            .filter(|(name, _)| name.starts_with("demo-"))
-            .map(|(_, n)| *n)
-    };
-    let relays = rows
-        .iter()
-        .filter(|(name, _)| name.starts_with("relay-") || name == "jwt_revocation_relay")
-        .map(|(_, n)| *n);
-    (demos().sum(), demos().max().unwrap_or(0), relays.sum())
+    .await?;
+    let mut held = Held::default();
+    let mut per_demo = std::collections::BTreeMap::<&str, i64>::new();
+    let mut per_relay = std::collections::BTreeMap::<&str, i64>::new();
+    for (name, query) in &rows {
+        if name.starts_with("demo-") {
+            held.demos += 1;
+            *per_demo.entry(name).or_default() += 1;
+            if !query.trim_start().starts_with("DELETE FROM jwt_") {
+                held.demos_not_purging += 1;
+            }
+        } else if let Some(relay) = name
+            .strip_prefix("jwt_revocation_relay/")
+            .or_else(|| name.starts_with("relay-").then_some(name.as_str()))
+        {
+            *per_relay.entry(relay).or_default() += 1;
+        } else {
+            held.other += 1;
+        }
+    }
+    held.demo_max = per_demo.values().copied().max().unwrap_or(0);
+    held.relay_max = per_relay.values().copied().max().unwrap_or(0);
+    Ok(held)
 }
 
 #[tokio::main]
@@ -303,7 +330,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ready_s = started.elapsed().as_secs_f64();
     let ready_count = ready.iter().filter(|r| **r).count();
     eprintln!("{ready_count} of {instances} instances ready after {ready_s:.1} s");
-    let held_ready = held(&admin).await;
+    let held_ready = held(&admin).await?;
     let live: Vec<SocketAddr> = addrs
         .iter()
         .zip(&ready)
@@ -317,12 +344,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Logouts, each taken by another instance; every other instance is timed.
     let (mut logouts, mut missed, mut slowest) = (Vec::new(), 0, Vec::new());
+    // How long each logout request took (its commit), within the times above.
+    let mut requests = Vec::new();
     for (round, addr) in live.iter().enumerate().take(20) {
         let (token, _) = login(*addr, &format!("fleet-{round}")).await?;
         warm(&mut senders, &token).await?;
         let mut taker = senders.remove(round);
-        let (status, body) = call(&mut taker, Method::POST, "/logout", Some(&token), "").await?;
+        // Timed from the moment the logout is sent: its commit wakes the relays before the
+        // 204 is back.
         let since = Instant::now();
+        let (status, body) = call(&mut taker, Method::POST, "/logout", Some(&token), "").await?;
+        requests.push(since.elapsed().as_secs_f64() * 1000.0);
         if status != StatusCode::NO_CONTENT {
             let body = String::from_utf8_lossy(&body);
             return Err(format!(
@@ -342,6 +374,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     logouts.sort_by(f64::total_cmp);
+    requests.sort_by(f64::total_cmp);
     slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
     slowest.truncate(5);
 
@@ -365,7 +398,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Idle: past the demos' idle timeout (and a pool's reaper period) with no traffic.
     tokio::time::sleep(Duration::from_secs(2 * idle_secs + 2)).await;
-    let held_idle = held(&admin).await;
+    let held_idle = held(&admin).await?;
     // Demo connections idle past twice the timeout (the pool's reaper runs once per timeout):
     // none, unless a pool keeps what it no longer uses.
     let stale: i64 = sqlx::query_scalar(
@@ -384,17 +417,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ready": ready_count,
         "ready_s": ready_s,
         "idle_timeout_s": idle_secs,
-        "instances_connections_ready": held_ready.0,
-        "instance_connections_ready_max": held_ready.1,
-        "relays_connections_ready": held_ready.2,
-        "instances_connections_idle": held_idle.0,
-        "instance_connections_idle_max": held_idle.1,
+        "instances_connections_ready": held_ready.demos,
+        "instance_connections_ready_max": held_ready.demo_max,
+        "relay_connections_ready_max": held_ready.relay_max,
+        "instances_connections_idle": held_idle.demos,
+        "instance_connections_idle_max": held_idle.demo_max,
+        "instances_connections_idle_not_purging": held_idle.demos_not_purging,
         "instances_connections_idle_past_2x_timeout": stale,
-        "relays_connections_idle": held_idle.2,
+        "relay_connections_idle_max": held_idle.relay_max,
+        "other_connections_idle": held_idle.other,
         "logout_samples": logouts.len(),
         "logout_p50_ms": percentile(&logouts, 0.5),
         "logout_p99_ms": percentile(&logouts, 0.99),
         "logout_max_ms": logouts.last(),
+        "logout_request_p50_ms": percentile(&requests, 0.5),
+        "logout_request_max_ms": requests.last(),
         "sql_samples": by_sql.len(),
         "sql_p50_ms": percentile(&by_sql, 0.5),
         "sql_max_ms": by_sql.last(),

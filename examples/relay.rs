@@ -13,7 +13,8 @@
 //!   `LISTEN` and the migrations (defaults to `DATABASE_URL`);
 //! - `NATS_URL` (default `nats://127.0.0.1:4222`), `NATS_STREAM` (default `JWT_REVOCATIONS`;
 //!   created when missing, with `NATS_REPLICAS` replicas, default 1);
-//! - `RELAY_NAME`: its name in markers and logs (default `relay-{pid}`);
+//! - `RELAY_NAME`: its name in markers and logs, and in its feed connection's
+//!   `application_name`, `jwt_revocation_relay/{name}` (default `relay-{pid}`);
 //! - `BIND_ADDR`: when set, serves `GET /healthz` (200 once the relay publishes) and
 //!   `GET /metrics` (Prometheus text) there.
 
@@ -47,7 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .acquire_timeout(Duration::from_secs(2))
         .connect_with(url.parse()?)
         .await?;
-    let mut store = PgStore::new(pool).with_listener_name("jwt_revocation_relay");
+    let name = var("RELAY_NAME").unwrap_or_else(|| format!("relay-{}", std::process::id()));
+    // Its feed's connection, as `pg_stat_activity` shows it: `jwt_revocation_relay/{name}`.
+    let mut store = PgStore::new(pool).with_listener_name(format!("jwt_revocation_relay/{name}"));
     if let Some(direct) = var("DATABASE_DIRECT_URL").filter(|direct| *direct != url) {
         store = store.with_direct_url(&direct)?;
     }
@@ -63,7 +66,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| "NATS_REPLICAS must be a whole number")?,
         None => 1,
     };
-    let name = var("RELAY_NAME").unwrap_or_else(|| format!("relay-{}", std::process::id()));
     let relay = std::sync::Arc::new(
         Relay::builder(store, client)
             .stream(var("NATS_STREAM").unwrap_or_else(|| DEFAULT_STREAM.to_owned()))
