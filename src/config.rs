@@ -2,6 +2,10 @@
 //! in `build()`, never per request; the checks live where the settings are understood
 //! ([`crate::layer`] for the layer's own, [`crate::decode`] for keys and validation).
 
+/// The largest verified-token cache capacity accepted (16 Mi entries, 640 MiB of empty slots);
+/// also at [`token_cache::MAX_CAPACITY`](crate::verify::token_cache::MAX_CAPACITY).
+pub const MAX_CAPACITY: usize = 1 << 24;
+
 /// A configuration the layer refuses to build with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -65,9 +69,8 @@ pub enum ConfigError {
     /// `require` was called before `claims::<C2>()`: the predicate was for the old claim type.
     #[error("set the claims type before the claims predicate (`claims::<C>()` then `require`)")]
     PredicateBeforeClaims,
-    /// The verified-token cache's capacity exceeds
-    /// [`token_cache::MAX_CAPACITY`](crate::token_cache::MAX_CAPACITY).
-    #[error("the verified-token cache capacity {0} exceeds the maximum of {max}", max = crate::token_cache::MAX_CAPACITY)]
+    /// The verified-token cache's capacity exceeds [`MAX_CAPACITY`].
+    #[error("the verified-token cache capacity {0} exceeds the maximum of {max}", max = MAX_CAPACITY)]
     TokenCacheCapacity(usize),
     /// Revocations keyed by issuer were asked for, but no issuer is configured: a layer with
     /// keys and no `issuer(...)` does not know which issuer its tokens come from.

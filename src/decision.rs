@@ -13,11 +13,11 @@ use http::{HeaderMap, Response};
 use crate::backend::{StoreError, Verdict};
 use serde::de::DeserializeOwned;
 
-use crate::decode::{Claims, Unverified, Verifier};
 use crate::reject::{Reject, RejectSettings, Rejection};
 use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::telemetry::{self, Count, Outage};
-use crate::token_cache::TokenCache;
+use crate::verify::token_cache::TokenCache;
+use crate::verify::{Claims, Unverified, Verifier};
 
 /// What the layer does with a verified token when the backend cannot say whether it is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,12 +142,6 @@ impl Counters {
         }
     }
 }
-
-/// Marks a request the layer let through without a token (an `optional()` layer and no token,
-/// or a path `skip_paths` exempts), so a handler asking for claims answers 401, not 500. Zero
-/// sized: inserting it allocates nothing beyond the extensions map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unauthenticated;
 
 /// A predicate on the request path: `true` exempts the request from the layer.
 pub(crate) type SkipPaths = Arc<dyn Fn(&str) -> bool + Send + Sync>;

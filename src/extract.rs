@@ -17,9 +17,8 @@ use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::decision::Unauthenticated;
-use crate::decode::Claims;
-use crate::reject::{RejectSettings, Rejection};
+use crate::reject::{RejectSettings, Rejection, Unauthenticated};
+use crate::verify::Claims;
 
 /// The rejection of the `Claims<C>` extractor when the request carries no verified `Claims<C>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -21,10 +21,10 @@ use serde::de::DeserializeOwned;
 use crate::backend::RevocationBackend;
 use crate::bearer::request_token;
 use crate::decision::Shared;
-use crate::decode::{Claims, KeyWait, Unverified};
 use crate::reject::{Reject, Rejection};
 use crate::scope::ClaimsCheck;
-use crate::token_cache::TokenCache;
+use crate::verify::token_cache::TokenCache;
+use crate::verify::{Claims, KeyWait, Unverified};
 
 /// What a request waiting on the backend's slow path carries until the answer comes.
 pub(crate) struct Pending<Inner, ReqBody, C> {

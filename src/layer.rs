@@ -17,11 +17,11 @@ use crate::backend::RevocationBackend;
 use crate::bearer::DEFAULT_MAX_TOKEN_LEN;
 use crate::config::ConfigError;
 use crate::decision::{Counters, FailurePolicy, Metrics, Shared, SkipPaths};
-use crate::decode::{Claims, DefaultClaims, Issuer, KeySet, KeySource, MissingJti, Verifier};
 use crate::reject::{DefaultReject, RejectSettings};
 use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::service::JwtRevocation;
-use crate::token_cache::{self, TokenCache};
+use crate::verify::token_cache::{self, TokenCache};
+use crate::verify::{Claims, DefaultClaims, Issuer, KeySet, KeySource, MissingJti, Verifier};
 
 /// A Tower layer that validates the bearer JWT of every request and refuses revoked tokens.
 ///
@@ -206,7 +206,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// provider publishes (feature `jwks`); a token without `kid` is verified when exactly one
     /// key fits its `alg`. A key source found by discovery also requires `iss` to be its
     /// issuer. Unless [`validation`](Self::validation) is set, the allow-list is every
-    /// asymmetric algorithm (see [`ASYMMETRIC_ALGORITHMS`](crate::decode::ASYMMETRIC_ALGORITHMS)).
+    /// asymmetric algorithm (see [`ASYMMETRIC_ALGORITHMS`](crate::verify::ASYMMETRIC_ALGORITHMS)).
     /// Set the audience (the validation's `set_audience`, or use [`issuer`](Self::issuer) with
     /// [`Issuer::audience`]): without one, `jsonwebtoken` refuses every token carrying `aud`,
     /// as most providers' access tokens do.
@@ -377,12 +377,12 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// How many verified tokens the layer remembers (default
-    /// [`DEFAULT_CAPACITY`](crate::token_cache::DEFAULT_CAPACITY), rounded up to a power of
+    /// [`DEFAULT_CAPACITY`](crate::verify::token_cache::DEFAULT_CAPACITY), rounded up to a power of
     /// two; `0` switches the cache off, as [`no_verified_token_cache`](Self::no_verified_token_cache)
     /// does). A token seen before skips its signature verification; its time claims are
     /// checked on every request, and the revocation check runs on every request, hit or miss.
-    /// See [`token_cache`](crate::token_cache) for what the cache guarantees and the memory it
-    /// may use. A capacity over [`MAX_CAPACITY`](crate::token_cache::MAX_CAPACITY) fails
+    /// See [`token_cache`](crate::verify::token_cache) for what the cache guarantees and the memory it
+    /// may use. A capacity over [`MAX_CAPACITY`](crate::verify::token_cache::MAX_CAPACITY) fails
     /// `build()`.
     pub fn verified_token_cache(mut self, capacity: usize) -> Self {
         self.config.token_cache_capacity = capacity;
@@ -390,7 +390,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// The longest token the verified-token cache holds, in bytes (default
-    /// [`DEFAULT_MAX_TOKEN_LEN`](crate::token_cache::DEFAULT_MAX_TOKEN_LEN), 4 KiB): longer
+    /// [`DEFAULT_MAX_TOKEN_LEN`](crate::verify::token_cache::DEFAULT_MAX_TOKEN_LEN), 4 KiB): longer
     /// ones are verified on every request; `0` switches the cache off. Bounds the memory one
     /// entry can take.
     pub fn verified_token_cache_max_token_len(mut self, max_token_len: usize) -> Self {

@@ -51,7 +51,6 @@ pub mod backend;
 pub mod bearer;
 mod config;
 mod decision;
-pub mod decode;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod future;
@@ -66,7 +65,7 @@ pub mod scope;
 mod service;
 pub mod session;
 pub mod telemetry;
-pub mod token_cache;
+pub mod verify;
 
 #[cfg(feature = "moka")]
 pub use backend::moka::{CacheMetrics, CacheMode, MokaCache, MokaCacheBuilder};
@@ -81,7 +80,6 @@ pub use backend::{
 };
 pub use config::ConfigError;
 pub use decision::{FailurePolicy, Metrics};
-pub use decode::{Claims, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti, Scopes};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 pub use jwks::{Jwks, JwksBuilder, JwksError, JwksStats};
@@ -92,6 +90,11 @@ pub use purge::{Purger, spawn_purger};
 pub use reject::{DefaultReject, Reject, Rejection};
 pub use scope::RequireScopes;
 pub use service::JwtRevocation;
+/// The verification module's old path (it was `decode` before issue 26).
+pub use verify as decode;
+/// The verified-token cache's old path (it is [`verify::token_cache`] now).
+pub use verify::token_cache;
+pub use verify::{Claims, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti, Scopes};
 
 /// The NATS client `backend::nats` is built on, re-exported so that a `Client` can be made with
 /// the version this crate uses.

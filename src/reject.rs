@@ -18,7 +18,13 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::backend::RevokedBy;
 use crate::bearer::MalformedBearer;
-use crate::decode::InvalidToken;
+use crate::verify::InvalidToken;
+
+/// Marks a request the layer let through without a token (an `optional()` layer and no token,
+/// or a path `skip_paths` exempts), so a handler asking for claims answers 401, not 500. Zero
+/// sized: inserting it allocates nothing beyond the extensions map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unauthenticated;
 
 /// Why the layer refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,9 +30,8 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::ConfigError;
-use crate::decision::Unauthenticated;
-use crate::decode::{Claims, DefaultClaims};
-use crate::reject::{RejectSettings, Rejection};
+use crate::reject::{RejectSettings, Rejection, Unauthenticated};
+use crate::verify::{Claims, DefaultClaims};
 
 /// A predicate on verified claims; `false` is a 403.
 pub(crate) type ClaimsCheck<C> = Arc<dyn Fn(&Claims<C>) -> bool + Send + Sync>;

@@ -19,12 +19,12 @@ use tower::Service;
 
 use crate::backend::RevocationBackend;
 use crate::bearer::request_token;
-use crate::decision::{Shared, Unauthenticated};
-use crate::decode::{Claims, DefaultClaims, Unverified};
+use crate::decision::Shared;
 use crate::future::{KeyPending, Pending, ResponseFuture};
-use crate::reject::{DefaultReject, Reject, Rejection};
+use crate::reject::{DefaultReject, Reject, Rejection, Unauthenticated};
 use crate::scope::ClaimsCheck;
-use crate::token_cache::TokenCache;
+use crate::verify::token_cache::TokenCache;
+use crate::verify::{Claims, DefaultClaims, Unverified};
 
 /// The middleware service built by [`JwtRevocationLayer`](crate::JwtRevocationLayer).
 ///

@@ -87,7 +87,7 @@ pub(crate) fn parse(document: &[u8], allow_symmetric: bool) -> Result<Parsed, No
 }
 
 /// RS256/384/512 and PS256/384/512: the first six of the asymmetric algorithms.
-const RSA: &[Algorithm] = crate::decode::ASYMMETRIC_ALGORITHMS.split_at(6).0;
+const RSA: &[Algorithm] = crate::verify::algorithms::ASYMMETRIC_ALGORITHMS.split_at(6).0;
 const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 const MIN_RSA_MODULUS_BYTES: usize = 2048 / 8;
 

@@ -59,7 +59,7 @@ use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
 };
 use crate::config::ConfigError;
-use crate::decode::{KeySource, Verifier};
+use crate::verify::{KeySource, Verifier};
 
 /// The `events` member that makes a JWT a logout token (§2.4).
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";

@@ -24,7 +24,7 @@
 //! issuer, so that one provider's logout never ends another provider's user of the same `sub`.
 //! `key_by_issuer(bool)` overrides the declaration for one receiver.
 //!
-//! [`KeySource`]: crate::decode::KeySource
+//! [`KeySource`]: crate::verify::KeySource
 
 pub mod backchannel;
 pub mod ssf;
@@ -45,7 +45,7 @@ use crate::backend::{
 use jsonwebtoken::{Algorithm, Validation};
 
 use crate::config::ConfigError;
-use crate::decode::{
+use crate::verify::{
     ASYMMETRIC_ALGORITHMS, Claims, InvalidToken, Issuer, KeySource, MissingJti, Unverified, Verifier,
     normalize_typ,
 };

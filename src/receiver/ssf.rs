@@ -74,7 +74,7 @@ use crate::backend::{
     BoxError, Revocation, RevocationBackend, RevocationStore, from_unix_seconds, saturating_add,
 };
 use crate::config::ConfigError;
-use crate::decode::{KeySource, Verifier};
+use crate::verify::{KeySource, Verifier};
 
 /// The `typ` of a Security Event Token (RFC 8417 §2.3).
 pub const SET_TYP: &str = "secevent+jwt";

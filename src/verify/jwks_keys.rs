@@ -12,8 +12,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::Validation;
 
-use super::{Jwks, KeySnapshot};
-use crate::decode::{InvalidToken, KeyMiss, KeyedValidation};
+use super::error::InvalidToken;
+use super::validation::{KeyMiss, KeyedValidation};
+use crate::jwks::{Jwks, KeySnapshot};
 
 /// One issuer's use of a [`Jwks`].
 pub(crate) struct JwksKeys {

@@ -51,8 +51,8 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
+use super::claims::Claims;
 use crate::backend::unix_seconds;
-use crate::decode::{Claims, KeyStamp};
 
 /// The default number of cached tokens.
 pub const DEFAULT_CAPACITY: usize = 8192;
@@ -61,8 +61,7 @@ pub const DEFAULT_CAPACITY: usize = 8192;
 /// verified every time).
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 
-/// The largest capacity accepted (16 Mi entries, 640 MiB of empty slots).
-pub const MAX_CAPACITY: usize = 1 << 24;
+pub use crate::config::MAX_CAPACITY;
 
 /// When a verified token may be served from the cache, in Unix seconds (inclusive bounds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +74,16 @@ impl Window {
     fn contains(&self, now: u64) -> bool {
         self.from <= now && now <= self.until
     }
+}
+
+/// The keys a token was verified with: its issuer (an index into the verifier's issuers) and
+/// that issuer's key epoch, read before verifying. An entry of a verified-token cache is served
+/// only while [`Verifier::key_epoch`] of its issuer still gives the same epoch, so a key set
+/// change of one issuer flushes that issuer's tokens and no other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyStamp {
+    pub(crate) issuer: usize,
+    pub(crate) epoch: u64,
 }
 
 struct Entry<C> {
@@ -313,7 +322,7 @@ fn table_size(capacity: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DefaultClaims;
+    use crate::verify::DefaultClaims;
 
     fn claims(sub: &str) -> Arc<Claims> {
         Arc::new(serde_json::from_value(serde_json::json!({ "sub": sub })).unwrap())
