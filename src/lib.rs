@@ -46,6 +46,8 @@
 //! `moka`) adds `spawn_purger`; `metrics` publishes counters through the `metrics` facade.
 
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly): a badge on every item a feature gates.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 pub mod bearer;
