@@ -12,6 +12,8 @@
 //! `/login`, or any HS256 issuer with the same secret).
 #![allow(dead_code)]
 
+#[path = "support/edge.rs"]
+mod edge;
 #[path = "support/store.rs"]
 mod store;
 
@@ -24,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use store::{WithStore, with_store_from_env};
-use tower::{Layer, service_fn};
+use tower::service_fn;
 
 use tower_jwt_revocation::jsonwebtoken::DecodingKey;
 use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
@@ -85,7 +87,9 @@ where
         .failure_policy(policy)
         .build()
         .expect("the demo's layer configuration is valid");
-    let service = layer.layer(service_fn(move |request| handle(store.clone(), request)));
+    let service = edge::http()
+        .layer(layer)
+        .service(service_fn(move |request| handle(store.clone(), request)));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -52,6 +52,8 @@
 //! `RequireScopes` route layer), or in HS256 mode the `"admin": true` claim `/login` gives
 //! `ADMIN_SUBJECTS`.
 
+#[path = "support/edge.rs"]
+pub mod edge;
 #[path = "support/store.rs"]
 pub mod store;
 
@@ -389,7 +391,7 @@ where
             .route("/login", post(login::<S, X>))
             .route("/refresh", post(refresh::<S, X>));
     }
-    router.merge(protected).with_state(state)
+    router.merge(protected).with_state(state).layer(edge::http())
 }
 
 /// HS256 mode's admin check: the admin scope, or the `"admin": true` claim.

@@ -27,6 +27,8 @@
 //! ```
 #![allow(dead_code)]
 
+#[path = "support/edge.rs"]
+mod edge;
 #[path = "support/store.rs"]
 mod store;
 
@@ -247,6 +249,8 @@ where
 {
     let server = AuthServer::new(store.clone(), secret);
     tonic::transport::Server::builder()
+        .timeout(edge::TIMEOUT)
+        .layer(edge::grpc())
         .layer(auth_layer(store, secret, policy))
         .add_service(server)
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))

@@ -76,6 +76,40 @@ async fn login(app: &Router, sub: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The tower-http edge (`examples/support/edge.rs`): every answer carries an `x-request-id`
+/// (the client's own when it sent one), and the request's span and log line name the path but
+/// never the bearer token or a cookie.
+#[tokio::test]
+async fn requests_are_traced_with_an_id_and_without_their_credentials() {
+    let (_guard, logs) = common::capture_logs();
+    let app = demo();
+    let token = login(&app, "traced").await;
+    let (status, headers, _) = call(&app, "GET", "/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let generated = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let request = Request::builder()
+        .uri("/me")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header("cookie", "session=cookie-secret")
+        .header("x-request-id", "client-chosen-id")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-id");
+    let text = logs.text();
+    assert!(
+        text.contains("/me") && text.contains("client-chosen-id"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Sensitive"),
+        "credential headers are shown redacted: {text}"
+    );
+    assert!(!text.contains(&token), "the bearer token was logged");
+    assert!(!text.contains("cookie-secret"), "the cookie was logged");
+}
+
 #[tokio::test]
 async fn healthz_needs_no_token() {
     assert_eq!(

@@ -41,6 +41,6 @@ pub use claims::{Claims, DefaultClaims, MissingJti, Scopes};
 pub use error::InvalidToken;
 pub use keys::{Issuer, KeySet, KeySource};
 pub use verifier::Verifier;
-pub(crate) use verifier::{KeyWait, Unverified};
 #[cfg(feature = "receivers")]
 pub(crate) use verifier::normalize_typ;
+pub(crate) use verifier::{KeyWait, Unverified};

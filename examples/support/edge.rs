@@ -1,0 +1,96 @@
+//! The demos' HTTP edge, from `tower-http`, outside the revocation layer: every request gets an
+//! `x-request-id` (kept when the client sent one, echoed in the response), one span with its
+//! method, path and headers, and a log line with status and latency at `info`, with the
+//! credential headers (`Authorization`, `Cookie`, `Set-Cookie`, `DPoP`) shown as `Sensitive`;
+//! and a handler that takes longer than [`TIMEOUT`] is answered 503.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode, header};
+use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
+use tower_http::classify::{GrpcErrorsAsFailures, ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+/// How long a request may take before it is answered 503.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The headers that carry credentials: redacted in every span and log line.
+pub fn sensitive_headers() -> [HeaderName; 4] {
+    [
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::SET_COOKIE,
+        HeaderName::from_static("dpop"),
+    ]
+}
+
+/// The stack around an HTTP service (axum's `Router::layer`, or a bare hyper service):
+/// sensitive headers first (so the trace never sees them in clear), then the request id, the
+/// trace, the id echoed back, and the timeout innermost.
+pub type Edge = Stack<
+    TimeoutLayer,
+    Stack<
+        PropagateRequestIdLayer,
+        Stack<
+            TraceLayer<
+                SharedClassifier<ServerErrorsAsFailures>,
+                DefaultMakeSpan,
+                tower_http::trace::DefaultOnRequest,
+                DefaultOnResponse,
+            >,
+            Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
+        >,
+    >,
+>;
+
+/// See [`Edge`].
+pub fn http() -> ServiceBuilder<Edge> {
+    ServiceBuilder::new()
+        .layer(SetSensitiveHeadersLayer::new(sensitive_headers()))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO).include_headers(true))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TIMEOUT,
+        ))
+}
+
+/// The same for gRPC (tonic's `Server::builder().layer`): a gRPC trace, which counts error
+/// statuses as failures; the timeout is tonic's own (`Server::builder().timeout`), which
+/// answers with a gRPC status instead of an HTTP one.
+pub type GrpcEdge = Stack<
+    PropagateRequestIdLayer,
+    Stack<
+        TraceLayer<
+            SharedClassifier<GrpcErrorsAsFailures>,
+            DefaultMakeSpan,
+            tower_http::trace::DefaultOnRequest,
+            DefaultOnResponse,
+        >,
+        Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
+    >,
+>;
+
+/// See [`GrpcEdge`].
+pub fn grpc() -> ServiceBuilder<GrpcEdge> {
+    ServiceBuilder::new()
+        .layer(SetSensitiveHeadersLayer::new(sensitive_headers()))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO).include_headers(true))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+}
