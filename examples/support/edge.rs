@@ -30,67 +30,40 @@ pub fn sensitive_headers() -> [HeaderName; 4] {
     ]
 }
 
-/// The stack around an HTTP service (axum's `Router::layer`, or a bare hyper service):
-/// sensitive headers first (so the trace never sees them in clear), then the request id, the
-/// trace, the id echoed back, and the timeout innermost.
-pub type Edge = Stack<
-    TimeoutLayer,
+/// What both stacks share: sensitive headers first (so the trace never sees them in clear), then
+/// the request id, `trace`, and the id echoed back.
+pub type Traced<C> = Stack<
+    PropagateRequestIdLayer,
     Stack<
-        PropagateRequestIdLayer,
-        Stack<
-            TraceLayer<
-                SharedClassifier<ServerErrorsAsFailures>,
-                DefaultMakeSpan,
-                tower_http::trace::DefaultOnRequest,
-                DefaultOnResponse,
-            >,
-            Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
-        >,
+        TraceLayer<C>,
+        Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
     >,
 >;
 
-/// See [`Edge`].
-pub fn http() -> ServiceBuilder<Edge> {
+fn traced<C>(trace: TraceLayer<C>) -> ServiceBuilder<Traced<C>> {
     ServiceBuilder::new()
         .layer(SetSensitiveHeadersLayer::new(sensitive_headers()))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
-            TraceLayer::new_for_http()
+            trace
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO).include_headers(true))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            TIMEOUT,
-        ))
+}
+
+/// The stack around an HTTP service (axum's `Router::layer`, or a bare hyper service): the
+/// [`Traced`] layers with an HTTP trace, and the timeout innermost.
+pub fn http() -> ServiceBuilder<Stack<TimeoutLayer, Traced<SharedClassifier<ServerErrorsAsFailures>>>> {
+    traced(TraceLayer::new_for_http()).layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        TIMEOUT,
+    ))
 }
 
 /// The same for gRPC (tonic's `Server::builder().layer`): a gRPC trace, which counts error
 /// statuses as failures; the timeout is tonic's own (`Server::builder().timeout`), which
 /// answers with a gRPC status instead of an HTTP one.
-pub type GrpcEdge = Stack<
-    PropagateRequestIdLayer,
-    Stack<
-        TraceLayer<
-            SharedClassifier<GrpcErrorsAsFailures>,
-            DefaultMakeSpan,
-            tower_http::trace::DefaultOnRequest,
-            DefaultOnResponse,
-        >,
-        Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
-    >,
->;
-
-/// See [`GrpcEdge`].
-pub fn grpc() -> ServiceBuilder<GrpcEdge> {
-    ServiceBuilder::new()
-        .layer(SetSensitiveHeadersLayer::new(sensitive_headers()))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_grpc()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO).include_headers(true))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
+pub fn grpc() -> ServiceBuilder<Traced<SharedClassifier<GrpcErrorsAsFailures>>> {
+    traced(TraceLayer::new_for_grpc())
 }
