@@ -1,8 +1,15 @@
 //! The shape of `src/` (issue 26): no import circle between its files, and no file over 600
-//! lines. A file's imports are the `crate::` and `super::` paths it names outside its tests,
-//! resolved to the deepest module file they reach; a module naming its own submodules (to
-//! declare or re-export them) is not an import. A circle is a set of files each reaching the
-//! others through such imports: a newcomer cannot read one of them without the rest.
+//! lines.
+//!
+//! A file's imports are the paths it names outside its tests, comments and string literals:
+//! `crate::…`, `self::…`, `super::…` and its own submodules' `child::…`, with `use` groups
+//! expanded at every depth. A path is resolved to the deepest module file it reaches and then
+//! through that module's re-exports (`pub use`), so naming `crate::backend::X` reaches the file
+//! that defines `X`. A module's `mod child;` declarations and its `pub use` re-exports are not
+//! imports of its own (it only passes names on), unless the module also uses a re-exported
+//! name itself; everything else is, including a parent's `use child::f` and a child's
+//! `use super::*`. A circle is a set of files each reaching the others through such imports: a
+//! newcomer cannot read one of them without the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,45 +49,279 @@ fn modules() -> BTreeMap<Module, PathBuf> {
         .collect()
 }
 
-/// The source outside `#[cfg(test)]` modules and comments.
-fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => &text[..at],
-        None => &text,
-    };
-    text.lines()
-        .map(|line| match line.find("//") {
-            Some(at) => &line[..at],
-            None => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
 }
 
-/// The paths a file names: each `crate::a::b` and `super::a`, with `use` groups
-/// (`use crate::{a::X, b::{c, d}}`) expanded one level.
-fn paths(code: &str) -> Vec<(bool, Vec<String>)> {
-    let mut out = Vec::new();
-    for (start, prefix) in [("crate::", false), ("super::", true)] {
-        let mut rest = code;
-        while let Some(at) = rest.find(start) {
-            let before = rest[..at].chars().next_back();
-            rest = &rest[at + start.len()..];
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-                continue;
+/// `text` with comments and string and character literals blanked (newlines kept, so offsets
+/// and line numbers stay), lifetimes left alone.
+fn blank_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let previous_is_ident = i > 0 && is_ident(chars[i - 1]);
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                out.push(' ');
+                i += 1;
             }
-            if let Some(group) = rest.strip_prefix('{') {
-                let end = matching_brace(group);
-                for item in split_top(&group[..end]) {
-                    out.push((prefix, segments(item)));
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    out.push_str("  ");
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    out.push_str("  ");
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    out.push(blank(chars[i]));
+                    i += 1;
                 }
-            } else {
-                out.push((prefix, segments(rest)));
             }
+        } else if !previous_is_ident && (c == 'r' || (c == 'b' && next == Some('r'))) && {
+            let mut j = i + if c == 'b' { 2 } else { 1 };
+            while chars.get(j) == Some(&'#') {
+                j += 1;
+            }
+            chars.get(j) == Some(&'"')
+        } {
+            // A raw string: r"…", r#"…"#, br"…".
+            let mut j = i + if c == 'b' { 2 } else { 1 };
+            let mut hashes = 0;
+            while chars[j] == '#' {
+                hashes += 1;
+                j += 1;
+            }
+            j += 1;
+            loop {
+                if j >= chars.len() {
+                    break;
+                }
+                if chars[j] == '"' && (0..hashes).all(|k| chars.get(j + 1 + k) == Some(&'#')) {
+                    j += 1 + hashes;
+                    break;
+                }
+                j += 1;
+            }
+            out.extend(chars[i..j.min(chars.len())].iter().map(|&c| blank(c)));
+            i = j;
+        } else if c == '"' {
+            out.push(' ');
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                if i < chars.len() {
+                    out.push(blank(chars[i]));
+                    i += 1;
+                }
+            }
+            out.push(' ');
+            i += 1;
+        } else if c == '\'' && !previous_is_ident {
+            // A character literal ('x', '\n', '\u{..}'), or a lifetime ('a), which stays.
+            let literal_end = if next == Some('\\') {
+                (i + 2..chars.len()).find(|&j| chars[j] == '\'')
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            match literal_end {
+                Some(end) => {
+                    out.extend(std::iter::repeat_n(' ', end + 1 - i));
+                    i = end + 1;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(c);
+            i += 1;
         }
     }
     out
+}
+
+/// The end (exclusive) of the item starting at `from`: its first `;` (or `,`, for a field)
+/// outside brackets, the brace closing its first `{`, or the bracket closing what it is in.
+fn item_end(code: &str, from: usize) -> usize {
+    let mut depth = 0i32;
+    for (i, c) in code[from..].char_indices() {
+        match c {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' => {
+                depth -= 1;
+                if depth < 0 {
+                    return from + i;
+                }
+                if depth == 0 && c == '}' {
+                    return from + i + 1;
+                }
+            }
+            ';' | ',' if depth == 0 => return from + i + 1,
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// The source without comments, literals and `#[cfg(test)]` items (each such item alone is
+/// cut, not the rest of the file).
+fn code(text: &str) -> String {
+    let mut code = blank_literals(text);
+    while let Some(at) = code.find("#[cfg(test)]") {
+        let end = item_end(&code, at);
+        let blanked: String = code[at..end]
+            .chars()
+            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .collect();
+        code.replace_range(at..end, &blanked);
+    }
+    code
+}
+
+/// A path as written: its segments, the name it is known by (the last segment or its `as`
+/// alias), and whether it was named by a `pub use` (a re-export).
+#[derive(Debug, Clone, PartialEq)]
+struct Named {
+    segments: Vec<String>,
+    alias: Option<String>,
+    reexport: bool,
+}
+
+/// The spans of `pub use …;` statements (`pub(crate)`, `pub(super)` included).
+fn reexport_spans(code: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find("pub") {
+        let at = from + found;
+        from = at + 3;
+        if code[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let mut rest = &code[at + 3..];
+        if !rest.starts_with(|c: char| c.is_whitespace() || c == '(') {
+            continue;
+        }
+        if let Some(inner) = rest.trim_start().strip_prefix('(') {
+            let Some(close) = inner.find(')') else { continue };
+            rest = &inner[close + 1..];
+        }
+        if rest
+            .trim_start()
+            .strip_prefix("use")
+            .is_some_and(|r| r.starts_with(char::is_whitespace))
+        {
+            spans.push((at, item_end(code, at)));
+        }
+    }
+    spans
+}
+
+/// The paths a file names that start with `crate`, `self`, `super` or one of `children`.
+fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Named> {
+    let reexports = reexport_spans(code);
+    let chars: Vec<(usize, char)> = code.char_indices().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let (at, c) = chars[i];
+        let starts = is_ident(c)
+            && !c.is_ascii_digit()
+            && (i == 0 || {
+                let before = chars[i - 1].1;
+                !is_ident(before) && before != ':' && before != '$'
+            });
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let word_end = code[at..]
+            .find(|c: char| !is_ident(c))
+            .map_or(code.len(), |n| at + n);
+        let word = &code[at..word_end];
+        let rooted = matches!(word, "crate" | "self" | "super") || children.contains(word);
+        if rooted && code[word_end..].starts_with("::") {
+            let reexport = reexports.iter().any(|&(start, end)| (start..end).contains(&at));
+            let end = expand(code, at, Vec::new(), reexport, &mut out);
+            i = chars.partition_point(|&(offset, _)| offset < end);
+        } else {
+            i = chars.partition_point(|&(offset, _)| offset < word_end);
+        }
+    }
+    out
+}
+
+/// Reads the path at `at` (after `prefix`), groups expanded recursively; returns where it ends.
+fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, out: &mut Vec<Named>) -> usize {
+    loop {
+        let rest = &code[at..];
+        let skipped = rest.len() - rest.trim_start().len();
+        at += skipped;
+        let rest = &code[at..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut position = at + 1;
+            let close = at + 1 + matching_brace(group);
+            while position < close {
+                position = expand(code, position, prefix.clone(), reexport, out);
+                let rest = &code[position..close];
+                let skipped = rest.len() - rest.trim_start().len();
+                position += skipped;
+                if code[position..].starts_with(',') {
+                    position += 1;
+                }
+                if code[position..close].trim().is_empty() {
+                    break;
+                }
+            }
+            return close + 1;
+        }
+        let end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
+        if end == 0 {
+            if rest.starts_with('*') {
+                at += 1;
+            }
+            break;
+        }
+        prefix.push(rest[..end].to_owned());
+        at += end;
+        if code[at..].starts_with("::") {
+            at += 2;
+        } else {
+            break;
+        }
+    }
+    let rest = &code[at..];
+    let mut alias = None;
+    if let Some(after) = rest.trim_start().strip_prefix("as ") {
+        let after = after.trim_start();
+        let end = after.find(|c: char| !is_ident(c)).unwrap_or(after.len());
+        alias = Some(after[..end].to_owned());
+        at = code.len() - after.len() + end;
+    }
+    if !prefix.is_empty() {
+        out.push(Named {
+            segments: prefix,
+            alias,
+            reexport,
+        });
+    }
+    at
 }
 
 fn matching_brace(text: &str) -> usize {
@@ -96,70 +337,158 @@ fn matching_brace(text: &str) -> usize {
     text.len()
 }
 
-fn split_top(text: &str) -> Vec<&str> {
-    let (mut depth, mut start, mut out) = (0, 0, Vec::new());
-    for (i, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(text[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
+/// The names of the submodules a file declares (`mod x;`, `pub mod x;`, `pub(crate) mod x {`).
+fn children(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find("mod ") {
+        let at = from + found;
+        from = at + 4;
+        if code[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let rest = code[at + 4..].trim_start();
+        let end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
+        if end > 0 {
+            out.insert(rest[..end].to_owned());
         }
     }
-    out.push(text[start..].trim());
     out
 }
 
-/// `a::b::C` (up to the first character that is not part of a path) as segments.
-fn segments(text: &str) -> Vec<String> {
-    let end = text
-        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(text.len());
-    text[..end]
-        .split("::")
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// A file's own path (as written) made absolute: `super`, `self` and child names resolved.
+fn absolute(module: &Module, segments: &[String]) -> Module {
+    let mut base = module.clone();
+    let mut rest = segments;
+    match rest.first().map(String::as_str) {
+        Some("crate") => {
+            base.clear();
+            rest = &rest[1..];
+        }
+        Some("self") => rest = &rest[1..],
+        Some("super") => {
+            while rest.first().is_some_and(|s| s == "super") {
+                base.pop();
+                rest = &rest[1..];
+            }
+        }
+        _ => {}
+    }
+    base.extend(rest.iter().cloned());
+    base
+}
+
+struct Source {
+    code: String,
+    named: Vec<Named>,
 }
 
 /// The files each file imports.
 fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
     let modules = modules();
-    let resolve = |path: &[String]| -> Module {
-        (0..=path.len())
+    let sources: BTreeMap<Module, Source> = modules
+        .iter()
+        .filter(|(module, _)| module.last().is_none_or(|last| last != "tests"))
+        .map(|(module, file)| {
+            let code = code(&std::fs::read_to_string(file).unwrap());
+            let children = children(&code);
+            let named = paths(&code, &children)
+                .into_iter()
+                .map(|mut named| {
+                    named.segments = absolute(module, &named.segments);
+                    named
+                })
+                .collect();
+            (module.clone(), Source { code, named })
+        })
+        .collect();
+    // Each module's re-exports: the name it passes on, and the absolute path it names.
+    let reexports: BTreeMap<&Module, BTreeMap<String, &Module>> = sources
+        .iter()
+        .map(|(module, source)| {
+            let names = source
+                .named
+                .iter()
+                .filter(|named| named.reexport)
+                .filter_map(|named| {
+                    let name = named.alias.clone().or_else(|| named.segments.last().cloned())?;
+                    Some((name, &named.segments))
+                })
+                .collect();
+            (module, names)
+        })
+        .collect();
+    fn resolve(
+        path: &[String],
+        modules: &BTreeMap<Module, PathBuf>,
+        reexports: &BTreeMap<&Module, BTreeMap<String, &Module>>,
+        depth: usize,
+    ) -> Module {
+        let Some(file) = (0..=path.len())
             .rev()
             .map(|n| path[..n].to_vec())
             .find(|prefix| modules.contains_key(prefix))
-            .unwrap_or_default()
-    };
+        else {
+            return Module::new();
+        };
+        if depth < 8
+            && let Some(next) = path.get(file.len())
+            && let Some(target) = reexports.get(&file).and_then(|names| names.get(next))
+            && target.as_slice() != path
+        {
+            let mut followed = (*target).clone();
+            followed.extend(path[file.len() + 1..].iter().cloned());
+            return resolve(&followed, modules, reexports, depth + 1);
+        }
+        file
+    }
     let mut graph = BTreeMap::new();
-    for (module, file) in &modules {
+    for (module, source) in &sources {
         let mut targets = BTreeSet::new();
-        for (relative, mut path) in paths(&code(file)) {
-            let target = if relative {
-                // `super::` from `a/b.rs` (module a::b) is `a`; from `a/b/mod.rs` too.
-                let mut base = module.clone();
-                base.pop();
-                while path.first().is_some_and(|s| s == "super") {
-                    path.remove(0);
-                    base.pop();
+        for named in &source.named {
+            // A re-export imports only when the module uses the name itself.
+            if named.reexport {
+                let name = named.alias.clone().or_else(|| named.segments.last().cloned());
+                let used = name.is_some_and(|name| uses_word(&source.code, &name));
+                if !used {
+                    continue;
                 }
-                base.extend(path);
-                resolve(&base)
-            } else {
-                resolve(&path)
-            };
-            let own_submodule = target.len() > module.len() && target.starts_with(module);
-            if target != *module && !own_submodule && !target.is_empty() {
+            }
+            let target = resolve(&named.segments, &modules, &reexports, 0);
+            if target != *module && !target.is_empty() && sources.contains_key(&target) {
                 targets.insert(target);
             }
         }
         graph.insert(module.clone(), targets);
     }
     graph
+}
+
+/// Whether `word` occurs in `code` outside `use` statements, as a whole identifier.
+fn uses_word(code: &str, word: &str) -> bool {
+    let mut outside = code.to_owned();
+    let mut from = 0;
+    while let Some(found) = outside[from..].find("use ") {
+        let at = from + found;
+        from = at + 4;
+        if outside[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let end = item_end(&outside, at);
+        let blanked = " ".repeat(end - at);
+        outside.replace_range(at..end, &blanked);
+    }
+    let mut from = 0;
+    while let Some(found) = outside[from..].find(word) {
+        let at = from + found;
+        from = at + word.len();
+        let before = outside[..at].chars().next_back();
+        let after = outside[at + word.len()..].chars().next();
+        if !before.is_some_and(is_ident) && !after.is_some_and(is_ident) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Strongly connected components with more than one file (Tarjan).
@@ -269,9 +598,9 @@ fn no_source_file_over_600_lines() {
     );
 }
 
-/// The checker itself: a circle it must find, and imports it must not count.
+/// The checker itself: a circle it must find, and what it must and must not count as imports.
 #[test]
-fn the_checker_finds_a_circle_and_ignores_declarations() {
+fn the_checker_finds_a_circle_and_reads_paths_as_rust_does() {
     let module = |s: &str| -> Module { s.split("::").map(str::to_owned).collect() };
     let mut graph = BTreeMap::new();
     graph.insert(module("a"), BTreeSet::from([module("b")]));
@@ -281,15 +610,72 @@ fn the_checker_finds_a_circle_and_ignores_declarations() {
     let found = circles(&graph);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].len(), 3);
-    let parsed = paths("use crate::{decode::{Claims, KeyStamp}, config::MAX};\nlet x = super::super::y::Z;");
-    let parsed: Vec<Vec<String>> = parsed.into_iter().map(|(_, p)| p).collect();
-    assert!(parsed.contains(&vec!["decode".to_owned()]), "{parsed:?}");
+
+    let source = r##"
+        mod entries;
+        pub use entries::Passed;
+        use crate::{decode::{Claims, keys::KeyStamp}, config::MAX as LIMIT};
+        use entries::helper;
+        let x = super::super::y::Z;
+        /* crate::in_a_comment::X */ let s = "crate::in_a_string::X"; let r = r#"self::raw"#;
+        let c = '"'; let l: &'static str = crate::after_literals::X;
+        #[cfg(test)]
+        mod tests { use crate::only_in_tests::X; }
+        fn after_tests() { crate::after_tests::f() }
+    "##;
+    let code = code(source);
+    let children = children(&code);
+    assert_eq!(children, BTreeSet::from(["entries".to_owned()]));
+    let parsed: Vec<Named> = paths(&code, &children);
+    let segments: Vec<Vec<String>> = parsed.iter().map(|n| n.segments.clone()).collect();
+    let has = |path: &str| segments.contains(&module(path));
+    assert!(has("crate::decode::Claims"), "{segments:?}");
+    assert!(has("crate::decode::keys::KeyStamp"), "{segments:?}");
+    assert!(has("crate::config::MAX"), "{segments:?}");
+    assert!(has("entries::helper"), "{segments:?}");
+    assert!(has("super::super::y::Z"), "{segments:?}");
     assert!(
-        parsed.contains(&vec!["config".to_owned(), "MAX".to_owned()]),
-        "{parsed:?}"
+        !has("super::y::Z"),
+        "a second `super` is not a path of its own: {segments:?}"
     );
+    assert!(has("crate::after_literals::X"), "{segments:?}");
     assert!(
-        parsed.contains(&vec!["super".to_owned(), "y".to_owned(), "Z".to_owned()]),
-        "{parsed:?}"
+        has("crate::after_tests::f"),
+        "only the test module is cut: {segments:?}"
     );
+    for hidden in [
+        "crate::in_a_comment::X",
+        "crate::in_a_string::X",
+        "self::raw",
+        "crate::only_in_tests::X",
+    ] {
+        assert!(!has(hidden), "{hidden} is not code: {segments:?}");
+    }
+    let alias = parsed
+        .iter()
+        .find(|n| n.segments == module("crate::config::MAX"))
+        .unwrap();
+    assert_eq!(alias.alias.as_deref(), Some("LIMIT"));
+    let passed = parsed
+        .iter()
+        .find(|n| n.segments == module("entries::Passed"))
+        .unwrap();
+    assert!(passed.reexport);
+    assert!(
+        !parsed
+            .iter()
+            .find(|n| n.segments == module("entries::helper"))
+            .unwrap()
+            .reexport
+    );
+    assert_eq!(
+        absolute(&module("a::b"), &module("super::super::y::Z")),
+        module("y::Z")
+    );
+    assert_eq!(
+        absolute(&module("a::b"), &module("entries::f")),
+        module("a::b::entries::f")
+    );
+    assert!(uses_word("pub use x::Name; fn f() -> Name {}", "Name"));
+    assert!(!uses_word("pub use x::Name; fn f() -> Named {}", "Name"));
 }
