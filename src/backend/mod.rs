@@ -20,6 +20,7 @@
 //! [`SystemTime`]. [`unix_seconds`] and [`from_unix_seconds`] convert, saturating instead of
 //! panicking. ([`Lookup::subject_cutoff`] is compared with `iat`, so it is in the token's unit.)
 
+mod error;
 mod memory;
 #[cfg(feature = "moka")]
 pub mod moka;
@@ -29,14 +30,12 @@ pub mod nats;
 pub mod postgres;
 mod revocation;
 
+pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
-pub use revocation::{Revocation, RevocationTarget};
+pub use revocation::{Revocation, RevocationKind, RevocationTarget};
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A boxed error from a backend's client library, kept as the [`StoreError`]'s source.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What the backend needs to know about a verified token, borrowed from its claims.
 ///
@@ -168,32 +167,6 @@ pub(crate) fn cutoff_retention(lifetime: Duration, margin: Duration) -> Duration
     lifetime.saturating_add(margin.saturating_mul(2))
 }
 
-/// Why a backend could not answer.
-///
-/// Every variant means "unknown", never "not revoked": the layer hands it to its
-/// [`FailurePolicy`](crate::FailurePolicy). The display text is safe to log; it never contains a
-/// token or a connection secret.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The store could not be reached or failed to answer (connection refused, closed, I/O).
-    #[error("revocation store unavailable")]
-    Unavailable(#[source] BoxError),
-    /// The store did not answer within the configured time.
-    #[error("revocation store did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The store answered with an error that is not about reachability (a query or schema error).
-    #[error("revocation store query failed")]
-    Query(#[source] BoxError),
-    /// The arguments cannot be stored (for example an empty `jti`).
-    #[error("invalid revocation: {0}")]
-    InvalidInput(&'static str),
-    /// The store, cache tier or task cannot work as configured: there is no Tokio runtime to
-    /// run its tasks on, or a setting is out of range. Fix the code, not the database.
-    #[error("revocation store misconfigured: {0}")]
-    Config(&'static str),
-}
-
 /// The read side of a backend, asked on every request.
 ///
 /// Implementations answer from what they hold in [`try_check`](Self::try_check) when they can:
@@ -232,18 +205,6 @@ pub trait RevocationBackend: Send + Sync + 'static {
     fn issuer_keying(&self) -> bool {
         false
     }
-}
-
-/// Which kind of key a revocation record is filed under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevocationKind {
-    /// One token, keyed by `jti`.
-    Token,
-    /// One session, keyed by `sid`.
-    Session,
-    /// A subject cutoff, keyed by `sub`.
-    Subject,
 }
 
 /// One stored revocation, as listed by [`RevocationStore::list_by_subject`].

@@ -178,11 +178,11 @@ impl<'a> Revocation<'a> {
     }
 
     /// The kind of key this revocation is filed under.
-    pub fn kind(&self) -> super::RevocationKind {
+    pub fn kind(&self) -> RevocationKind {
         match self.target {
-            RevocationTarget::Token { .. } => super::RevocationKind::Token,
-            RevocationTarget::Session { .. } => super::RevocationKind::Session,
-            RevocationTarget::Subject { .. } => super::RevocationKind::Subject,
+            RevocationTarget::Token { .. } => RevocationKind::Token,
+            RevocationTarget::Session { .. } => RevocationKind::Session,
+            RevocationTarget::Subject { .. } => RevocationKind::Subject,
         }
     }
 
@@ -194,4 +194,16 @@ impl<'a> Revocation<'a> {
             RevocationTarget::Subject { subject, .. } => subject,
         }
     }
+}
+
+/// Which kind of key a revocation record is filed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// One token, keyed by `jti`.
+    Token,
+    /// One session, keyed by `sid`.
+    Session,
+    /// A subject cutoff, keyed by `sub`.
+    Subject,
 }

@@ -2,7 +2,7 @@
 //!
 //! A task holds one connection (the store's direct connection when it has one, see
 //! [`PgStore::with_direct_url`](super::PgStore::with_direct_url)) that `LISTEN`s on
-//! [`CHANNEL`](super::CHANNEL) and reads the ledger past the last `seq` it delivered:
+//! [`CHANNEL`] and reads the ledger past the last `seq` it delivered:
 //!
 //! - at connect (after `LISTEN`, so nothing committed from then on can be missed);
 //! - on every notification that names a `seq` past that point (a notification only wakes the
@@ -32,9 +32,11 @@ use sqlx::{Acquire, Row};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::CHANNEL;
 use super::sql::{EVENTS_SINCE, MAX_SEQ, Protocol, Statement, bounded, classify, event_from_row};
 use crate::backend::{FeedItem, StoreError};
+
+/// The `LISTEN` channel the ledger's triggers notify.
+pub const CHANNEL: &str = "jwt_revocation";
 
 /// Events read per catch-up query.
 const CATCH_UP_BATCH: i64 = 1_000;

@@ -4,7 +4,7 @@
 //! sqlx's `Migrator` keeps one history, `_sqlx_migrations`, and refuses to run when it holds a
 //! version it does not know (`VersionMissing`): an application with migrations of its own could
 //! neither run ours through it nor its own after ours. So [`run`] applies the same files
-//! (embedded by `sqlx::migrate!`, see [`MIGRATOR`](super::MIGRATOR)) and records them in
+//! (embedded by `sqlx::migrate!`, see [`MIGRATOR`]) and records them in
 //! [`HISTORY_TABLE`], with the columns sqlx uses:
 //!
 //! - Everything happens in one transaction that first takes a transaction-scoped advisory lock:
@@ -15,7 +15,7 @@
 //! - Versions recorded that this build does not know (a newer build migrated first, during a
 //!   rolling deploy) are left alone. A known version whose checksum differs is an error: its
 //!   file was edited after it ran.
-//! - A database migrated through `_sqlx_migrations` (by [`MIGRATOR`](super::MIGRATOR), or
+//! - A database migrated through `_sqlx_migrations` (by [`MIGRATOR`], or
 //!   `sqlx migrate run` on this crate's `migrations/`) is adopted: versions found there with the
 //!   same checksum are recorded in [`HISTORY_TABLE`] and not run again. `_sqlx_migrations` itself is
 //!   never written.
@@ -27,9 +27,15 @@ use std::time::Instant;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, Row};
 
-use super::MIGRATOR;
 use super::sql::{Protocol, Statement, classify};
 use crate::backend::StoreError;
+
+/// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
+/// to read them. Applications should run them with [`PgStore::migrate`](super::PgStore::migrate), which keeps their
+/// history in [`HISTORY_TABLE`] and so coexists with the application's own sqlx migrations;
+/// running this `Migrator` records them in `_sqlx_migrations`, where an application's
+/// `Migrator` then finds versions it does not know.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The table in which [`PgStore::migrate`](super::PgStore::migrate) records the crate's
 /// migrations.

@@ -38,8 +38,8 @@ mod ledger;
 mod migrate;
 pub(crate) mod sql;
 
-pub use feed::Subscription;
-pub use migrate::HISTORY_TABLE;
+pub use feed::{CHANNEL, Subscription};
+pub use migrate::{HISTORY_TABLE, MIGRATOR};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,16 +56,6 @@ use super::{
     Ledger, Revocation, RevocationBackend, RevocationEvent, RevocationKind, RevocationRecord,
     RevocationStore, RevocationTarget, StoreError, TokenFacts, Verdict,
 };
-
-/// The crate's migrations, for `#[sqlx::test(migrator = ...)]` fixtures and for tools that want
-/// to read them. Applications should run them with [`PgStore::migrate`], which keeps their
-/// history in [`HISTORY_TABLE`] and so coexists with the application's own sqlx migrations;
-/// running this `Migrator` records them in `_sqlx_migrations`, where an application's
-/// `Migrator` then finds versions it does not know.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// The `LISTEN` channel the ledger's triggers notify.
-pub const CHANNEL: &str = "jwt_revocation";
 
 /// The `application_name` of the change feed's connection, to find it in `pg_stat_activity`.
 pub const LISTENER_APPLICATION_NAME: &str = "tower-jwt-revocation-listener";

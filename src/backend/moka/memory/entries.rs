@@ -1,7 +1,41 @@
 //! How the tier's entries are kept: when a revoked entry expires, the negatives' bookkeeping,
 //! and the keys and writes of the maps keyed by issuer.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use super::super::positives::{Map, Positives};
+
+/// A revoked token or session, kept until `until` (moka drops the entry then); `None` keeps it
+/// until it is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Revoked {
+    pub(super) until: Option<Instant>,
+}
+
+pub(super) struct RevokedExpiry;
+
+/// The negatives, one map per key space. Cloned into the positives, which drop them before
+/// an entry they evict.
+#[derive(Clone)]
+pub(super) struct Negatives {
+    /// `jti`s a lookup found not revoked.
+    pub(super) tokens: Map<String, ()>,
+    /// `sid`s a lookup found not revoked, neither for every issuer nor under any one.
+    pub(super) sessions: Map<String, ()>,
+    /// Subjects whose entries in `cutoffs` and `any_cutoffs` (or their absence) a lookup found
+    /// current. A cutoff alone proves only that the subject's cutoff is *at least* that; whether
+    /// a later one exists is as stale as this marker.
+    pub(super) subjects: Map<String, ()>,
+    /// For tokens with an issuer, by issuer and `sid`: neither the `sid` nor the `sid` under
+    /// that issuer is revoked. (`sessions` then says: nor under any issuer.)
+    pub(super) issuer_sessions: Map<String, ()>,
+    /// For tokens with an issuer, by issuer and subject: the subject's entries in `cutoffs`
+    /// and in `issuer_cutoffs` under that issuer are current.
+    pub(super) issuer_subjects: Map<String, ()>,
+}
+
+/// The gate held shared (see `positives`).
+pub(super) type SharedGate<'a> = std::sync::RwLockReadGuard<'a, ()>;
 
 impl Revoked {
     /// Whether this entry lasts at least as long as one kept `until`.

@@ -38,14 +38,9 @@ use crate::backend::{
 };
 use crate::telemetry::{self, Count};
 
-/// A revoked token or session, kept until `until` (moka drops the entry then); `None` keeps it
-/// until it is evicted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Revoked {
-    until: Option<Instant>,
-}
+mod entries;
 
-struct RevokedExpiry;
+use entries::{Negatives, Revoked, RevokedExpiry, issuer_key, put_cutoff, put_revoked, with_issuer_key};
 
 /// Which answers from memory may be trusted at the moment of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,26 +52,6 @@ pub(super) struct Trust {
     /// A key the mirror may hold is confirmed with the ledger (`false` once the ledger failed to
     /// answer: then it is revoked, the safe side of a possible collision).
     pub(super) confirm: bool,
-}
-
-/// The negatives, one map per key space. Cloned into the positives, which drop them before
-/// an entry they evict.
-#[derive(Clone)]
-struct Negatives {
-    /// `jti`s a lookup found not revoked.
-    tokens: Map<String, ()>,
-    /// `sid`s a lookup found not revoked, neither for every issuer nor under any one.
-    sessions: Map<String, ()>,
-    /// Subjects whose entries in `cutoffs` and `any_cutoffs` (or their absence) a lookup found
-    /// current. A cutoff alone proves only that the subject's cutoff is *at least* that; whether
-    /// a later one exists is as stale as this marker.
-    subjects: Map<String, ()>,
-    /// For tokens with an issuer, by issuer and `sid`: neither the `sid` nor the `sid` under
-    /// that issuer is revoked. (`sessions` then says: nor under any issuer.)
-    issuer_sessions: Map<String, ()>,
-    /// For tokens with an issuer, by issuer and subject: the subject's entries in `cutoffs`
-    /// and in `issuer_cutoffs` under that issuer are current.
-    issuer_subjects: Map<String, ()>,
 }
 
 /// The maps of the tier and the rules for reading and writing them.
@@ -559,13 +534,6 @@ impl Memory {
         Instant::now().checked_add(left)
     }
 }
-
-/// The gate held shared (see `positives`).
-type SharedGate<'a> = std::sync::RwLockReadGuard<'a, ()>;
-
-mod entries;
-
-use entries::{issuer_key, put_cutoff, put_revoked, with_issuer_key};
 
 #[cfg(test)]
 mod tests;
