@@ -4,7 +4,7 @@
 //! `Authorization` header, and, when the layer names one, a cookie ([`cookie_token`]) for
 //! browser clients. A token in the query string is ignored on purpose (RFC 6750 §2.3 lets
 //! servers refuse it, and URLs end up in logs). It does not look inside the token;
-//! [`crate::decode`] does that.
+//! [`crate::verify`] does that.
 //!
 //! The grammar accepted is the RFC's: `Bearer` (any case), one or more spaces, then a `token68`
 //! (`A-Z a-z 0-9 - . _ ~ + /`, then optional trailing `=`), with surrounding optional whitespace

@@ -1,6 +1,6 @@
 //! [`ConfigError`]: every reason a layer refuses to be built. A bad configuration fails once,
 //! in `build()`, never per request; the checks live where the settings are understood
-//! ([`crate::layer`] for the layer's own, [`crate::decode`] for keys and validation).
+//! ([`crate::layer`] for the layer's own, [`crate::verify`] for keys and validation).
 
 /// The largest verified-token cache capacity accepted (16 Mi entries, 640 MiB of empty slots);
 /// also at [`token_cache::MAX_CAPACITY`](crate::verify::token_cache::MAX_CAPACITY).

@@ -4,7 +4,7 @@
 //! This module owns the builder and the checks that refuse a bad configuration when the layer is
 //! built, never per request. The per-request work is in [`crate::service`] (and its future);
 //! the decision each request ends in, with the policies and counters, in [`crate::decision`];
-//! token parsing and verification in [`crate::bearer`] and [`crate::decode`].
+//! token parsing and verification in [`crate::bearer`] and [`crate::verify`].
 
 use std::marker::PhantomData;
 use std::sync::Arc;

@@ -33,17 +33,15 @@
 //! The request path, in order (each step in its own module):
 //! 1. [`bearer`]: exactly one `Authorization: Bearer <token68>` header, bounded length.
 //! 2. [`token_cache`]: a token verified before skips step 3 (its time claims are checked again).
-//! 3. [`decode`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
+//! 3. [`verify`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
 //! 4. [`backend`]: the revocation check, through the synchronous fast path when the backend
 //!    can answer from memory, so a cache hit costs no allocation and no `.await`.
 //! 5. [`reject`]: the response of every refusal, built in one place.
 //!
-//! Features: `aws_lc_rs` (default) or `rust_crypto` (pure Rust) select `jsonwebtoken`'s crypto
-//! backend;
-//! `pem` (default) loads PEM keys; `axum` makes [`Claims`] an extractor; `postgres` adds
-//! `PgStore`, the durable ledger shared by every instance; `moka` adds `MokaCache`, the
-//! in-process tier that answers most checks from memory; `tokio` (on with `postgres` and
-//! `moka`) adds `spawn_purger`; `metrics` publishes counters through the `metrics` facade.
+//! **The manual is [`docs`]**: one page per topic (keys and identity providers, the backend
+//! chain and its consistency model, mirror mode, fleets on NATS, sessions, receivers, failure
+//! policy and trade-offs, metrics and operations, feature flags, the source layout), each
+//! example a doctest. Items a feature gates carry its badge on docs.rs.
 
 #![warn(missing_docs)]
 // docs.rs (`--cfg docsrs`, nightly): a badge on every item a feature gates.
@@ -53,6 +51,7 @@ pub mod backend;
 pub mod bearer;
 mod config;
 mod decision;
+pub mod docs;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod future;
@@ -104,3 +103,9 @@ pub use verify::{Claims, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti
 pub use async_nats;
 /// The `jsonwebtoken` this crate is built with, for keys and `Validation` of the same version.
 pub use jsonwebtoken;
+
+/// The README's examples, compiled with the doctests so that the front door never shows code
+/// that does not build.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -103,6 +103,10 @@ async fn requests_are_traced_with_an_id_and_without_their_credentials() {
         "{text}"
     );
     assert!(
+        text.contains(&generated),
+        "the id the edge generated is in the trace too: {text}"
+    );
+    assert!(
         text.contains("Sensitive"),
         "credential headers are shown redacted: {text}"
     );

@@ -208,7 +208,7 @@ async fn the_build_before_issuer_keys_runs_on_the_keyed_schema(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!((token, session, cutoff), (false, true, Some(1_000.0)));
-    // What it cannot do: see a key revoked under an issuer only (README, "Rolling deploy").
+    // What it cannot do: see a key revoked under an issuer only (docs::postgres, "Rolling deploy").
     let keyed_only = Revocation::session("s-2", in_an_hour).issuer("https://a.example");
     assert!(store.revoke(&keyed_only).await.unwrap());
     let (_, session, _): (bool, bool, Option<f64>) = sqlx::query_as(OLD_CHECK)

@@ -679,3 +679,33 @@ fn the_checker_finds_a_circle_and_reads_paths_as_rust_does() {
     assert!(uses_word("pub use x::Name; fn f() -> Name {}", "Name"));
     assert!(!uses_word("pub use x::Name; fn f() -> Named {}", "Name"));
 }
+
+/// README is the front door (issue 26): at most 15 KB, and every page of the manual
+/// (`src/docs/*.md`, each a module of `docs`) is linked from it.
+#[test]
+fn readme_is_a_front_door_to_every_page_of_the_manual() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.len() <= 15 * 1024, "README.md is {} bytes", readme.len());
+    let index = std::fs::read_to_string(root.join("src/docs/mod.rs")).unwrap();
+    let mut pages = Vec::new();
+    for entry in std::fs::read_dir(root.join("src/docs")).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            pages.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert!(pages.len() >= 10, "{pages:?}");
+    for page in &pages {
+        assert!(
+            index.contains(&format!(
+                "#[doc = include_str!(\"{page}.md\")]\npub mod {page} {{}}"
+            )),
+            "src/docs/{page}.md is not a module of docs"
+        );
+        assert!(
+            readme.contains(&format!("/tower_jwt_revocation/docs/{page}/index.html")),
+            "README.md does not link to docs::{page}"
+        );
+    }
+}

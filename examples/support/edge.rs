@@ -12,7 +12,7 @@ use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower_http::classify::{GrpcErrorsAsFailures, ServerErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -30,26 +30,32 @@ pub fn sensitive_headers() -> [HeaderName; 4] {
     ]
 }
 
-/// What both stacks share: sensitive headers first (so the trace never sees them in clear), then
-/// the request id, `trace`, and the id echoed back.
+/// What both stacks share, outermost first: the request's credential headers marked sensitive
+/// (so the trace never sees them in clear), the request id, `trace`, the id echoed back, and the
+/// response's credential headers marked inside the trace (an answer passes the layers inner to
+/// outer, so the trace logs them marked).
 pub type Traced<C> = Stack<
-    PropagateRequestIdLayer,
+    SetSensitiveResponseHeadersLayer,
     Stack<
-        TraceLayer<C>,
-        Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveHeadersLayer, Identity>>,
+        PropagateRequestIdLayer,
+        Stack<
+            TraceLayer<C>,
+            Stack<SetRequestIdLayer<MakeRequestUuid>, Stack<SetSensitiveRequestHeadersLayer, Identity>>,
+        >,
     >,
 >;
 
 fn traced<C>(trace: TraceLayer<C>) -> ServiceBuilder<Traced<C>> {
     ServiceBuilder::new()
-        .layer(SetSensitiveHeadersLayer::new(sensitive_headers()))
+        .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
             trace
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO).include_headers(true))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::INFO).include_headers(true)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetSensitiveResponseHeadersLayer::new(sensitive_headers()))
 }
 
 /// The stack around an HTTP service (axum's `Router::layer`, or a bare hyper service): the
@@ -63,7 +69,9 @@ pub fn http() -> ServiceBuilder<Stack<TimeoutLayer, Traced<SharedClassifier<Serv
 
 /// The same for gRPC (tonic's `Server::builder().layer`): a gRPC trace, which counts error
 /// statuses as failures; the timeout is tonic's own (`Server::builder().timeout`), which
-/// answers with a gRPC status instead of an HTTP one.
+/// answers with a gRPC status instead of an HTTP one. tonic applies it around the router, not
+/// inside these layers, so a call it times out may be answered without an `x-request-id` and
+/// logged by the trace as the cancelled call it is.
 pub fn grpc() -> ServiceBuilder<Traced<SharedClassifier<GrpcErrorsAsFailures>>> {
     traced(TraceLayer::new_for_grpc())
 }

@@ -10,7 +10,7 @@
 //! not a key set or holds no usable key. Requests read the current set through an atomically
 //! swapped pointer ([`arc_swap`]); only a background task writes it, so a refresh never blocks
 //! a request and never leaves a moment with no keys. Which token is verified with which key,
-//! under which validation, is [`crate::decode`]'s.
+//! under which validation, is [`crate::verify`]'s.
 //!
 //! ```no_run
 //! use tower_jwt_revocation::{Issuer, Jwks, JwtRevocationLayer, MemoryStore};
