@@ -130,10 +130,10 @@ fn blank_literals(text: &str) -> String {
             }
             out.push(' ');
             i += 1;
-        } else if c == '\'' && !previous_is_ident {
+        } else if c == '\'' && (!previous_is_ident || is_byte_prefix(&chars, i)) {
             // A character literal ('x', '\n', '\u{..}'), or a lifetime ('a), which stays.
             let literal_end = if next == Some('\\') {
-                (i + 2..chars.len()).find(|&j| chars[j] == '\'')
+                (i + 3..chars.len()).find(|&j| chars[j] == '\'')
             } else if chars.get(i + 2) == Some(&'\'') {
                 Some(i + 2)
             } else {
@@ -155,6 +155,12 @@ fn blank_literals(text: &str) -> String {
         }
     }
     out
+}
+
+/// Whether the `'` at `i` opens a byte literal: it follows a `b` that is not part of a longer
+/// identifier (`b'"'`).
+fn is_byte_prefix(chars: &[char], i: usize) -> bool {
+    i >= 1 && chars[i - 1] == 'b' && !(i >= 2 && is_ident(chars[i - 2]))
 }
 
 /// The end (exclusive) of the item starting at `from`: its first `;` (or `,`, for a field)
@@ -180,12 +186,122 @@ fn item_end(code: &str, from: usize) -> usize {
     code.len()
 }
 
-/// The source without comments, literals and `#[cfg(test)]` items (each such item alone is
-/// cut, not the rest of the file).
+/// Whether an attribute's `cfg(...)` content compiles its item for tests only: `test`, or
+/// `all(..., test, ...)` (never `not(test)` or `any(test, ...)`).
+fn test_only(cfg: &str) -> bool {
+    let cfg: String = cfg.chars().filter(|c| !c.is_whitespace()).collect();
+    cfg == "test"
+        || cfg
+            .strip_prefix("all(")
+            .and_then(|inner| inner.strip_suffix(')'))
+            .is_some_and(|inner| split_top_commas(inner).any(|part| part == "test"))
+}
+
+fn split_top_commas(text: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter()
+}
+
+/// The next test-only `#[cfg(...)]` attribute at or after `from`: its start and the end of its
+/// `]`.
+fn next_test_attribute(code: &str, mut from: usize) -> Option<(usize, usize)> {
+    while let Some(found) = code[from..].find("#[cfg(") {
+        let at = from + found;
+        let inner = at + "#[cfg(".len();
+        let close = inner + matching_paren(&code[inner..]);
+        from = inner;
+        if close < code.len() && test_only(&code[inner..close]) {
+            let end = code[close..].find(']').map_or(code.len(), |n| close + n + 1);
+            return Some((at, end));
+        }
+    }
+    None
+}
+
+fn matching_paren(text: &str) -> usize {
+    let mut depth = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => return i,
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+const ITEM_KEYWORDS: [&str; 14] = [
+    "fn", "impl", "mod", "struct", "enum", "union", "trait", "type", "use", "const", "static", "unsafe",
+    "async", "extern",
+];
+
+/// The end of what a test-only attribute ending at `from` applies to: an item (to its `;` or
+/// the brace closing its body, whatever its signature holds), or else a field, variant or
+/// statement (to its `,` or `;`, or the bracket closing what it is in).
+fn test_item_end(code: &str, from: usize) -> usize {
+    let mut at = from;
+    loop {
+        let rest = &code[at..];
+        let trimmed = rest.trim_start();
+        at += rest.len() - trimmed.len();
+        if trimmed.starts_with("#[") {
+            at += 1 + trimmed[1..].find(']').map_or(trimmed.len() - 1, |n| n + 1);
+        } else {
+            break;
+        }
+    }
+    let mut words = code[at..].split(|c: char| !is_ident(c)).filter(|w| !w.is_empty());
+    let mut first = words.next().unwrap_or_default();
+    if first == "pub" {
+        first = words
+            .find(|w| *w != "crate" && *w != "super" && *w != "self" && *w != "in")
+            .unwrap_or_default();
+    }
+    if !ITEM_KEYWORDS.contains(&first) {
+        return item_end(code, at);
+    }
+    let mut depth = 0i32;
+    for (i, c) in code[at..].char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ';' if depth == 0 => return at + i + 1,
+            '{' => return at + i + 1 + matching_brace(&code[at + i + 1..]) + 1,
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// The source without comments, literals and test-only items (each such item alone is cut,
+/// not the rest of the file; a file that opens with `#![cfg(test)]` is all test).
 fn code(text: &str) -> String {
     let mut code = blank_literals(text);
-    while let Some(at) = code.find("#[cfg(test)]") {
-        let end = item_end(&code, at);
+    if code.trim_start().starts_with("#![cfg(test)]") {
+        return String::new();
+    }
+    // `pub(in crate::a)` names where an item is visible, not what it imports.
+    while let Some(at) = code.find("pub(in ") {
+        let end = at + 4 + matching_paren(&code[at + 4..]);
+        code.replace_range(at + 3..=end, &" ".repeat(end - at - 2));
+    }
+    while let Some((at, attribute_end)) = next_test_attribute(&code, 0) {
+        let end = test_item_end(&code, attribute_end).min(code.len());
         let blanked: String = code[at..end]
             .chars()
             .map(|c| if c == '\n' { '\n' } else { ' ' })
@@ -196,12 +312,14 @@ fn code(text: &str) -> String {
 }
 
 /// A path as written: its segments, the name it is known by (the last segment or its `as`
-/// alias), and whether it was named by a `pub use` (a re-export).
+/// alias), whether it was named by a `pub use` (a re-export), and whether it ends in `::*`
+/// (then `segments` is the module it takes every name from).
 #[derive(Debug, Clone, PartialEq)]
 struct Named {
     segments: Vec<String>,
     alias: Option<String>,
     reexport: bool,
+    glob: bool,
 }
 
 /// The spans of `pub use …;` statements (`pub(crate)`, `pub(super)` included).
@@ -269,6 +387,7 @@ fn paths(code: &str, children: &BTreeSet<String>) -> Vec<Named> {
 
 /// Reads the path at `at` (after `prefix`), groups expanded recursively; returns where it ends.
 fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, out: &mut Vec<Named>) -> usize {
+    let mut glob = false;
     loop {
         let rest = &code[at..];
         let skipped = rest.len() - rest.trim_start().len();
@@ -278,7 +397,12 @@ fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, ou
             let mut position = at + 1;
             let close = at + 1 + matching_brace(group);
             while position < close {
+                let before = position;
                 position = expand(code, position, prefix.clone(), reexport, out);
+                if position <= before {
+                    // Nothing this reader understands (a macro, say): on to the next member.
+                    position = code[before..close].find(',').map_or(close, |n| before + n);
+                }
                 let rest = &code[position..close];
                 let skipped = rest.len() - rest.trim_start().len();
                 position += skipped;
@@ -291,14 +415,19 @@ fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, ou
             }
             return close + 1;
         }
-        let end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
-        if end == 0 {
+        let raw = usize::from(rest.starts_with("r#")) * 2;
+        let end = raw
+            + rest[raw..]
+                .find(|c: char| !is_ident(c))
+                .unwrap_or(rest.len() - raw);
+        if end == raw {
             if rest.starts_with('*') {
                 at += 1;
+                glob = true;
             }
             break;
         }
-        prefix.push(rest[..end].to_owned());
+        prefix.push(rest[raw..end].to_owned());
         at += end;
         if code[at..].starts_with("::") {
             at += 2;
@@ -319,6 +448,7 @@ fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, ou
             segments: prefix,
             alias,
             reexport,
+            glob,
         });
     }
     at
@@ -409,7 +539,7 @@ fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
             let names = source
                 .named
                 .iter()
-                .filter(|named| named.reexport)
+                .filter(|named| named.reexport && !named.glob)
                 .filter_map(|named| {
                     let name = named.alias.clone().or_else(|| named.segments.last().cloned())?;
                     Some((name, &named.segments))
@@ -418,10 +548,25 @@ fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
             (module, names)
         })
         .collect();
-    fn resolve(
+    // And the modules each one re-exports whole (`pub use x::*`).
+    let globs: BTreeMap<&Module, Vec<&Module>> = sources
+        .iter()
+        .map(|(module, source)| {
+            let whole = source
+                .named
+                .iter()
+                .filter(|named| named.reexport && named.glob)
+                .map(|named| &named.segments)
+                .collect();
+            (module, whole)
+        })
+        .collect();
+    let resolve = |path: &[String]| follow(path, &modules, &reexports, &globs, 0);
+    fn follow(
         path: &[String],
         modules: &BTreeMap<Module, PathBuf>,
         reexports: &BTreeMap<&Module, BTreeMap<String, &Module>>,
+        globs: &BTreeMap<&Module, Vec<&Module>>,
         depth: usize,
     ) -> Module {
         let Some(file) = (0..=path.len())
@@ -438,7 +583,15 @@ fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
         {
             let mut followed = (*target).clone();
             followed.extend(path[file.len() + 1..].iter().cloned());
-            return resolve(&followed, modules, reexports, depth + 1);
+            return follow(&followed, modules, reexports, globs, depth + 1);
+        }
+        if depth < 8
+            && path.len() > file.len()
+            && let Some(whole) = globs.get(&file).and_then(|whole| whole.first())
+        {
+            let mut followed = (*whole).clone();
+            followed.extend(path[file.len()..].iter().cloned());
+            return follow(&followed, modules, reexports, globs, depth + 1);
         }
         file
     }
@@ -446,7 +599,11 @@ fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
     for (module, source) in &sources {
         let mut targets = BTreeSet::new();
         for named in &source.named {
-            // A re-export imports only when the module uses the name itself.
+            // A re-export imports only when the module uses the name itself (a whole module
+            // re-exported is never a use of its own).
+            if named.reexport && named.glob {
+                continue;
+            }
             if named.reexport {
                 let name = named.alias.clone().or_else(|| named.segments.last().cloned());
                 let used = name.is_some_and(|name| uses_word(&source.code, &name));
@@ -454,9 +611,20 @@ fn imports() -> BTreeMap<Module, BTreeSet<Module>> {
                     continue;
                 }
             }
-            let target = resolve(&named.segments, &modules, &reexports, 0);
-            if target != *module && !target.is_empty() && sources.contains_key(&target) {
-                targets.insert(target);
+            let mut reached = vec![resolve(&named.segments)];
+            if named.glob {
+                // `use super::*`: every name the module passes on that this file uses reaches
+                // the file defining it.
+                for (name, path) in reexports.get(&reached[0]).into_iter().flatten() {
+                    if uses_word(&source.code, name) {
+                        reached.push(resolve(path));
+                    }
+                }
+            }
+            for target in reached {
+                if target != *module && !target.is_empty() && sources.contains_key(&target) {
+                    targets.insert(target);
+                }
             }
         }
         graph.insert(module.clone(), targets);
@@ -708,4 +876,52 @@ fn readme_is_a_front_door_to_every_page_of_the_manual() {
             "README.md does not link to docs::{page}"
         );
     }
+}
+
+/// What the review of the checker found it misread (issue 26): byte and escaped-quote literals,
+/// test-only items with generic signatures or `all(test, ..)`, raw identifiers, glob
+/// re-exports and `pub(in ..)` visibility.
+#[test]
+fn the_checker_reads_literals_test_items_and_globs() {
+    let module = |s: &str| -> Module { s.split("::").map(str::to_owned).collect() };
+    let source = r##"
+        mod x;
+        pub use x::*;
+        let quote = b'"'; let q = crate::after_byte::X;
+        let escaped = '\''; let e = crate::after_quote::X;
+        #[cfg(test)]
+        pub(super) fn finish(self) -> Result<(), Overflow> { crate::in_test_fn::X }
+        fn after() { crate::after_test_fn::X }
+        #[cfg(all(test, feature = "moka"))]
+        mod more { use crate::all_test::X; }
+        #[cfg(not(test))]
+        fn not_test() { crate::not_test::X }
+        #[cfg(test)]
+        const TABLE: [u8; 2] = [1, 2];
+        fn after_const() { crate::after_const::X }
+        use crate::{r#type::X, y::Z};
+        pub(in crate::visible) fn f() {}
+    "##;
+    let code = code(source);
+    let children = children(&code);
+    let parsed = paths(&code, &children);
+    let segments: Vec<Vec<String>> = parsed.iter().map(|n| n.segments.clone()).collect();
+    let has = |path: &str| segments.contains(&module(path));
+    for seen in [
+        "crate::after_byte::X",
+        "crate::after_quote::X",
+        "crate::after_test_fn::X",
+        "crate::not_test::X",
+        "crate::after_const::X",
+        "crate::type::X",
+        "crate::y::Z",
+    ] {
+        assert!(has(seen), "{seen} is code: {segments:?}");
+    }
+    for hidden in ["crate::in_test_fn::X", "crate::all_test::X", "crate::visible"] {
+        assert!(!has(hidden), "{hidden} is not an import: {segments:?}");
+    }
+    let glob = parsed.iter().find(|n| n.segments == module("x")).unwrap();
+    assert!(glob.glob && glob.reexport, "{glob:?}");
+    assert!(self::code(r#"#![cfg(test)] use crate::a::B;"#).trim().is_empty());
 }
