@@ -18,8 +18,8 @@
 //! | [`testing`] | hostile input, soak tests, fuzzing |
 //! | [`performance`] | what the benchmarks measure and the committed numbers |
 //!
-//! The pages are Markdown files beside this module (`src/docs/*.md`), so they read the same in
-//! an editor.
+//! The pages are Markdown files beside this module (`src/docs/*.md`); lines of their examples
+//! that start with `# ` are the doctests' hidden set-up, shown here only in the source.
 
 #[doc = include_str!("usage.md")]
 pub mod usage {}
