@@ -367,6 +367,8 @@ async fn store_errors_follow_the_failure_policy() {
         );
         assert_eq!(closed_layer.metrics().store_errors, 1);
         assert_eq!(closed_layer.metrics().authorized, 0);
+        // Mutation testing (issue 26): the slow path is counted, the fast path is not.
+        assert_eq!(closed_layer.metrics().slow_checks, u64::from(slow), "slow={slow}");
 
         let open_layer = builder(backend)
             .failure_policy(FailurePolicy::Open)
@@ -742,4 +744,97 @@ async fn optional_claims_of_the_wrong_type_are_a_server_error_too() {
             .body,
         "sub=bea"
     );
+}
+
+/// Required scopes and the claims predicate decide after the revocation check, under either
+/// failure policy (found by mutation testing, issue 26: with `||` for `&&`, a dropped `!` or the
+/// scope guard forced off, no test of this suite failed).
+#[tokio::test]
+async fn scopes_and_the_predicate_decide_after_the_revocation_check() {
+    let token = |jti: &str, sub: &str, scope: &str| {
+        let mut claims = claims(jti, sub);
+        claims["scope"] = json!(scope);
+        mint(claims)
+    };
+    let store = MemoryStore::new();
+    let layer = builder(store.clone())
+        .require_scopes(["orders"])
+        .require(|claims: &Claims| claims.sub.as_deref() != Some("mallory"))
+        .build()
+        .unwrap();
+    let routes = app(layer.clone());
+    // Every scope and the predicate: through.
+    assert_eq!(
+        bearer(&routes, &token("j1", "alice", "orders read")).await.status,
+        StatusCode::OK
+    );
+    // Scope missing, predicate true: 403 naming the scope.
+    let answer = bearer(&routes, &token("j2", "alice", "read")).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(answer.challenge.unwrap().contains("insufficient_scope"));
+    // Scope held, predicate false: 403 too (either check alone refuses).
+    assert_eq!(
+        bearer(&routes, &token("j3", "mallory", "orders")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Revoked and missing the scope: 401, the revocation decides first.
+    let revoked = token("j4", "alice", "read");
+    store
+        .revoke(&Revocation::token(
+            "j4",
+            SystemTime::now() + Duration::from_secs(600),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bearer(&routes, &revoked).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(layer.metrics().authorized, 1);
+    assert_eq!(layer.metrics().rejected_forbidden, 2);
+
+    // A predicate alone, and scopes alone.
+    let only_predicate = app(builder(MemoryStore::new())
+        .require(|claims: &Claims| claims.sub.as_deref() != Some("mallory"))
+        .build()
+        .unwrap());
+    assert_eq!(
+        bearer(&only_predicate, &token("j5", "alice", "")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bearer(&only_predicate, &token("j6", "mallory", "")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let only_scopes = app(builder(MemoryStore::new())
+        .require_scopes(["orders"])
+        .build()
+        .unwrap());
+    assert_eq!(
+        bearer(&only_scopes, &token("j7", "mallory", "orders"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bearer(&only_scopes, &token("j8", "alice", "read")).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Fail open lets an unknown answer through, but never past a missing scope.
+    for slow in [false, true] {
+        let open_layer = builder(FailingBackend { slow })
+            .failure_policy(FailurePolicy::Open)
+            .require_scopes(["orders"])
+            .build()
+            .unwrap();
+        let open = app(open_layer.clone());
+        assert_eq!(
+            bearer(&open, &token("j9", "alice", "orders")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            bearer(&open, &token("j10", "alice", "read")).await.status,
+            StatusCode::FORBIDDEN,
+            "slow={slow}"
+        );
+        assert_eq!(open_layer.metrics().fail_open_passes, 1, "slow={slow}");
+    }
 }

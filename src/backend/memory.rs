@@ -472,6 +472,15 @@ mod tests {
             Verdict::Revoked(RevokedBy::Subject)
         );
         assert_eq!(store.verdict(&facts("t7", None, "carol", 1_001)), Verdict::Active);
+        let listed = block_on(store.list_by_subject("carol", 10)).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].subject.as_deref(), Some("carol"));
+        // A subject cutoff tells a store whose tokens it ends through `owner` too, as token and
+        // session revocations do (mutation testing, issue 26: with `owner` dropped from
+        // `Revocation::subject`, nothing failed; the crate's stores key cutoffs by the subject,
+        // a store of the application's may read `owner` alone).
+        let cutoff = Revocation::subject("carol", from_unix_seconds(1_000));
+        assert_eq!(cutoff.owner, Some("carol"));
     }
 
     #[test]

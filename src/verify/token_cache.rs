@@ -399,6 +399,47 @@ mod tests {
         assert!(get(&cache, "new", epoch_0).is_some());
     }
 
+    /// A stamp's hint round-trips, and an issuer index past what the hint holds gives "no hint",
+    /// never another issuer's (mutation testing, issue 26: `(1 << 16) + 1` as the bound made
+    /// issuer 65 536 read back as issuer 0).
+    #[test]
+    fn a_packed_stamp_reads_back_or_not_at_all() {
+        for (issuer, epoch) in [(0, 0), (0, 7), (3, EPOCH_BITS), (65_534, 1)] {
+            assert_eq!(unpack(pack(stamp(issuer, epoch))), Some(stamp(issuer, epoch)));
+        }
+        assert_eq!(
+            unpack(pack(stamp(1, EPOCH_BITS + 2))),
+            Some(stamp(1, 1)),
+            "the epoch's low bits"
+        );
+        for issuer in [65_535, 65_536, 65_537, usize::MAX] {
+            assert_eq!(unpack(pack(stamp(issuer, 5))), None, "issuer {issuer}");
+        }
+    }
+
+    /// An entry servable until this very second still holds its slot (mutation testing,
+    /// issue 26: with `<=` for `<` in the vacancy hint, nothing failed).
+    #[test]
+    fn an_entry_in_its_last_second_is_not_free() {
+        for _ in 0..5 {
+            let cache = Cache::new(1, 4096);
+            insert(&cache, "old", &claims("a"), open());
+            let second = now();
+            cache.slots[0].until.store(second, Ordering::Relaxed);
+            insert(&cache, "new", &claims("b"), open());
+            if now() != second {
+                continue; // the clock ticked in between: the entry expired, try again
+            }
+            assert!(
+                get(&cache, "new", epoch_0).is_none(),
+                "a first verification takes no live slot"
+            );
+            assert!(get(&cache, "old", epoch_0).is_some());
+            return;
+        }
+        panic!("the clock ticked during each of five tries");
+    }
+
     #[test]
     fn an_entry_of_keys_that_changed_is_free_to_take_at_once() {
         let cache = Cache::new(1, 4096);
