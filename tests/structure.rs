@@ -232,17 +232,24 @@ fn next_test_attribute(code: &str, mut from: usize) -> Option<(usize, usize)> {
     None
 }
 
-fn matching_paren(text: &str) -> usize {
+/// Where the bracket closing an already opened `open` is in `text` (its length if none).
+fn matching(text: &str, open: char, close: char) -> usize {
     let mut depth = 0;
     for (i, c) in text.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' if depth == 0 => return i,
-            ')' => depth -= 1,
-            _ => {}
+        if c == open {
+            depth += 1;
+        } else if c == close {
+            if depth == 0 {
+                return i;
+            }
+            depth -= 1;
         }
     }
     text.len()
+}
+
+fn matching_paren(text: &str) -> usize {
+    matching(text, '(', ')')
 }
 
 const ITEM_KEYWORDS: [&str; 14] = [
@@ -455,16 +462,7 @@ fn expand(code: &str, mut at: usize, mut prefix: Vec<String>, reexport: bool, ou
 }
 
 fn matching_brace(text: &str) -> usize {
-    let mut depth = 0;
-    for (i, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return i,
-            '}' => depth -= 1,
-            _ => {}
-        }
-    }
-    text.len()
+    matching(text, '{', '}')
 }
 
 /// The names of the submodules a file declares (`mod x;`, `pub mod x;`, `pub(crate) mod x {`).
