@@ -11,6 +11,11 @@
 //! allowed as HTTP allows it around any field value. Anything else that claims the `Bearer`
 //! scheme is a malformed request, not "no token": a client that sent a broken credential gets a
 //! `400 invalid_request` and learns why, instead of a bare challenge.
+//!
+//! A layer that accepts DPoP-bound tokens ([`crate::dpop`]) reads the `DPoP` scheme of RFC 9449
+//! §7.1 the same way, with the same grammar ([`request_credentials`]); which scheme the client
+//! used is part of the answer, because a bound token must come with `DPoP` and an unbound one
+//! with `Bearer`.
 
 use http::{HeaderMap, header::AUTHORIZATION};
 
@@ -38,6 +43,25 @@ pub enum MalformedBearer {
     MultipleCookies,
 }
 
+/// The authorization scheme a token came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer` (RFC 6750), or the access-token cookie.
+    Bearer,
+    /// `Authorization: DPoP` (RFC 9449 §7.1): the token is bound to a key and a proof comes with
+    /// it.
+    Dpop,
+}
+
+/// A request's token and the scheme it came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials<'h> {
+    /// The token.
+    pub token: &'h str,
+    /// How it was presented.
+    pub scheme: Scheme,
+}
+
 /// Returns the bearer token of a request: `Ok(None)` when there is none (no `Authorization`
 /// header, or one with another scheme such as `Basic`), `Err` when the request is malformed.
 ///
@@ -52,6 +76,15 @@ pub enum MalformedBearer {
 /// assert_eq!(bearer_token(&headers, DEFAULT_MAX_TOKEN_LEN), Ok(Some("abc.def.ghi")));
 /// ```
 pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<Option<&str>, MalformedBearer> {
+    Ok(authorization(headers, max_len, false)?.map(|credentials| credentials.token))
+}
+
+/// The one `Authorization` header's credentials, in the schemes asked for.
+fn authorization(
+    headers: &HeaderMap,
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<Credentials<'_>>, MalformedBearer> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -59,7 +92,58 @@ pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<Option<&str>,
     if values.next().is_some() {
         return Err(MalformedBearer::MultipleHeaders);
     }
-    parse_credentials(value.as_bytes(), max_len)
+    let value = value.as_bytes();
+    if dpop && let Some(token) = parse_scheme(value, b"dpop", max_len)? {
+        return Ok(Some(Credentials {
+            token,
+            scheme: Scheme::Dpop,
+        }));
+    }
+    Ok(parse_credentials(value, max_len)?.map(|token| Credentials {
+        token,
+        scheme: Scheme::Bearer,
+    }))
+}
+
+/// The request's credentials: as [`request_token`], and, when `dpop` is true, also a token under
+/// the `DPoP` scheme (RFC 9449 §7.1, the same `token68` grammar). With `dpop` false a `DPoP`
+/// credential is another scheme: no token.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+/// use tower_jwt_revocation::bearer::{request_credentials, Scheme, DEFAULT_MAX_TOKEN_LEN};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(AUTHORIZATION, HeaderValue::from_static("DPoP abc.def.ghi"));
+/// let found = request_credentials(&headers, None, DEFAULT_MAX_TOKEN_LEN, true).unwrap().unwrap();
+/// assert_eq!((found.token, found.scheme), ("abc.def.ghi", Scheme::Dpop));
+/// assert_eq!(request_credentials(&headers, None, DEFAULT_MAX_TOKEN_LEN, false), Ok(None));
+/// ```
+pub fn request_credentials<'h>(
+    headers: &'h HeaderMap,
+    cookie: Option<&str>,
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<Credentials<'h>>, MalformedBearer> {
+    match (authorization(headers, max_len, dpop)?, cookie) {
+        (None, Some(name)) if !headers.contains_key(AUTHORIZATION) => {
+            Ok(cookie_token(headers, name, max_len)?.map(|token| Credentials {
+                token,
+                scheme: Scheme::Bearer,
+            }))
+        }
+        (found, _) => Ok(found),
+    }
+}
+
+/// Whether the request's `Authorization` header names the `DPoP` scheme (whatever follows it).
+pub(crate) fn names_dpop_scheme(headers: &HeaderMap) -> bool {
+    headers.get(AUTHORIZATION).is_some_and(|value| {
+        let value = value.as_bytes().trim_ascii_start();
+        value.len() >= 4
+            && value[..4].eq_ignore_ascii_case(b"dpop")
+            && value.get(4).is_none_or(|b| !is_scheme_char(*b))
+    })
 }
 
 /// The request's token: the bearer token of its `Authorization` header, or, only when it has no
@@ -70,30 +154,36 @@ pub fn request_token<'h>(
     cookie: Option<&str>,
     max_len: usize,
 ) -> Result<Option<&'h str>, MalformedBearer> {
-    match (bearer_token(headers, max_len)?, cookie) {
-        (None, Some(name)) if !headers.contains_key(AUTHORIZATION) => cookie_token(headers, name, max_len),
-        (found, _) => Ok(found),
-    }
+    Ok(request_credentials(headers, cookie, max_len, false)?.map(|credentials| credentials.token))
 }
 
 /// Parses one `Authorization` field value. Split out so fuzzing and tests reach it with
 /// arbitrary bytes, including bytes a `HeaderValue` could not hold.
 pub fn parse_credentials(value: &[u8], max_len: usize) -> Result<Option<&str>, MalformedBearer> {
+    parse_scheme(value, b"bearer", max_len)
+}
+
+/// One field value's token under `scheme` (lower case): `Ok(None)` for another scheme.
+fn parse_scheme<'v>(
+    value: &'v [u8],
+    scheme: &[u8],
+    max_len: usize,
+) -> Result<Option<&'v str>, MalformedBearer> {
     let value = value.trim_ascii();
-    const SCHEME: &[u8] = b"bearer";
-    let is_bearer = value.len() >= SCHEME.len()
-        && value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
-        && value.get(SCHEME.len()).is_none_or(|b| !is_scheme_char(*b));
-    if !is_bearer {
+    let is_scheme = value.len() >= scheme.len()
+        && value[..scheme.len()].eq_ignore_ascii_case(scheme)
+        && value.get(scheme.len()).is_none_or(|b| !is_scheme_char(*b));
+    if !is_scheme {
         // Another scheme (`Basic ...`) or garbage that names no scheme we own: for this layer
-        // the request simply carries no bearer token.
+        // the request simply carries no token.
         return Ok(None);
     }
-    let rest = &value[SCHEME.len()..];
+    let rest = &value[scheme.len()..];
     if rest.is_empty() {
         return Err(MalformedBearer::EmptyToken);
     }
-    // RFC 6750: `"Bearer" 1*SP b64token`; a tab or other separator is not SP.
+    // RFC 6750: `"Bearer" 1*SP b64token` (and RFC 9449's `DPoP` alike); a tab or other
+    // separator is not SP.
     if rest[0] != b' ' {
         return Err(MalformedBearer::InvalidCharacters);
     }
@@ -281,6 +371,30 @@ mod tests {
         assert_eq!(read(&["at=abc", "at=def"]), Err(MalformedBearer::MultipleCookies));
         assert_eq!(read(&["at="]), Err(MalformedBearer::EmptyToken));
         assert_eq!(read(&["at=a b"]), Err(MalformedBearer::InvalidCharacters));
+    }
+
+    #[test]
+    fn the_dpop_scheme_is_read_only_when_asked_for() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            headers
+        };
+        let read = |value: &'static str, dpop: bool| {
+            request_credentials(&with(value), None, MAX, dpop)
+                .map(|c| c.map(|c| (c.token.to_owned(), c.scheme)))
+        };
+        assert_eq!(read("DPoP abc", true), Ok(Some(("abc".into(), Scheme::Dpop))));
+        assert_eq!(read("dpop  abc", true), Ok(Some(("abc".into(), Scheme::Dpop))));
+        assert_eq!(read("Bearer abc", true), Ok(Some(("abc".into(), Scheme::Bearer))));
+        assert_eq!(read("DPoP abc", false), Ok(None));
+        assert_eq!(read("DPoPx abc", true), Ok(None));
+        assert_eq!(read("DPoP", true), Err(MalformedBearer::EmptyToken));
+        assert_eq!(read("DPoP a b", true), Err(MalformedBearer::InvalidCharacters));
+        assert!(names_dpop_scheme(&with("DPoP abc")));
+        assert!(names_dpop_scheme(&with("dpop")));
+        assert!(!names_dpop_scheme(&with("DPoPx abc")));
+        assert!(!names_dpop_scheme(&with("Bearer abc")));
     }
 
     #[test]

@@ -80,4 +80,26 @@ pub enum ConfigError {
     /// can file a revocation under it.
     #[error("issuer {0:?} cannot key revocations: it is empty or holds a NUL")]
     UnkeyableIssuer(String),
+    /// The DPoP resource (or the protected-resource metadata's `resource`) is not an absolute
+    /// `http` or `https` URL with a host and without user information, query or fragment.
+    #[error("resource {0:?} is not an absolute http(s) URL with a host, without query or fragment")]
+    InvalidResource(String),
+    /// The DPoP proof algorithms are empty or include an HMAC (a proof is signed by a public key).
+    #[error("DPoP proof algorithms must be a non-empty list of asymmetric algorithms")]
+    DpopAlgorithms,
+    /// The DPoP proof's maximum age is zero.
+    #[error("the DPoP proof max age must be positive")]
+    DpopWindow,
+    /// The DPoP replay window's capacity is zero or over
+    /// [`MAX_REPLAY_CAPACITY`](crate::dpop::MAX_REPLAY_CAPACITY).
+    #[error("the DPoP replay capacity {0} is zero or over the maximum")]
+    ReplayCapacity(usize),
+    /// The DPoP nonce secret is shorter than
+    /// [`MIN_NONCE_SECRET_LEN`](crate::dpop::MIN_NONCE_SECRET_LEN).
+    #[error("the DPoP nonce secret must be at least 32 bytes")]
+    NonceSecret,
+    /// The resource-metadata URL cannot be carried in a challenge (not an absolute `http(s)` URL,
+    /// or holding `"`, `\\`, controls or non-ASCII).
+    #[error("resource metadata URL {0:?} is not an absolute http(s) URL a challenge can carry")]
+    InvalidMetadataUrl(String),
 }

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::backend::{StoreError, Verdict};
+use crate::bearer::Credentials;
+use crate::dpop::{DPOP_NONCE, Dpop, DpopError};
 use serde::de::DeserializeOwned;
 
 use crate::reject::{Reject, RejectSettings, Rejection};
@@ -67,6 +69,8 @@ pub struct Metrics {
     pub token_cache_hits: u64,
     /// Tokens the verified-token cache did not hold (verified, and cached if they passed).
     pub token_cache_misses: u64,
+    /// Requests refused for their DPoP binding or proof ([`Rejection::Dpop`]).
+    pub rejected_dpop: u64,
 }
 
 /// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
@@ -82,6 +86,7 @@ pub(crate) struct Counters {
     rejected_unavailable: Count,
     rejected_forbidden: Count,
     rejected_keys_unavailable: Count,
+    rejected_dpop: Count,
     store_errors: Count,
     fail_open_passes: Count,
     slow_checks: Count,
@@ -106,6 +111,7 @@ impl Default for Counters {
             rejected_unavailable: outcome(&[("outcome", "unavailable")]),
             rejected_forbidden: outcome(&[("outcome", "insufficient_scope")]),
             rejected_keys_unavailable: outcome(&[("outcome", "keys_unavailable")]),
+            rejected_dpop: outcome(&[("outcome", "dpop_refused")]),
             fail_open_passes: outcome(&[("outcome", "fail_open")]),
             store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
             slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
@@ -139,6 +145,7 @@ impl Counters {
             rejected_keys_unavailable: self.rejected_keys_unavailable.get(),
             token_cache_hits: self.token_cache_hits.get(),
             token_cache_misses: self.token_cache_misses.get(),
+            rejected_dpop: self.rejected_dpop.get(),
         }
     }
 }
@@ -157,6 +164,8 @@ pub(crate) struct Shared<S, R> {
     pub(crate) max_token_len: usize,
     pub(crate) settings: RejectSettings,
     pub(crate) scopes: Option<RequiredScopes>,
+    /// The DPoP check, when the layer accepts DPoP-bound tokens.
+    pub(crate) dpop: Option<Dpop>,
     pub(crate) reject: R,
     pub(crate) counters: Counters,
 }
@@ -213,6 +222,31 @@ impl<S, R> Shared<S, R> {
             });
         }
         Ok(claims)
+    }
+
+    /// Checks a verified token's sender constraint: with DPoP configured, its binding and its
+    /// proof ([`Dpop::confirm`]); without, only that it is not bound (a bound token cannot be
+    /// accepted by a layer that cannot check its proof). Runs before the revocation check, on
+    /// every request, cached token or not.
+    pub(crate) fn confirm<C, B>(
+        &self,
+        claims: &Claims<C>,
+        credentials: Credentials<'_>,
+        request: &Request<B>,
+    ) -> Result<(), Rejection> {
+        match &self.dpop {
+            Some(dpop) => dpop
+                .confirm(
+                    claims,
+                    credentials,
+                    request.method(),
+                    request.uri().path(),
+                    request.headers(),
+                )
+                .map_err(Rejection::Dpop),
+            None if claims.dpop_jkt().is_some() => Err(Rejection::Dpop(DpopError::BoundTokenAsBearer)),
+            None => Ok(()),
+        }
     }
 
     /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy,
@@ -294,6 +328,7 @@ impl<S, R> Shared<S, R> {
             Rejection::Unavailable => &self.counters.rejected_unavailable,
             Rejection::InsufficientScope => &self.counters.rejected_forbidden,
             Rejection::KeysUnavailable => &self.counters.rejected_keys_unavailable,
+            Rejection::Dpop(_) => &self.counters.rejected_dpop,
         }
         .bump();
         tracing::debug!(
@@ -301,7 +336,15 @@ impl<S, R> Shared<S, R> {
             status = rejection.status().as_u16(),
             "request rejected"
         );
-        let response = rejection.to_response(request_headers, &self.settings);
+        let mut response = rejection.to_response(request_headers, &self.settings);
+        // With nonces required, every 401 hands out a current one (RFC 9449 §9), so a client's
+        // retry can carry it whatever it was refused for.
+        let unauthorized = rejection.status() == StatusCode::UNAUTHORIZED;
+        if let Some(nonce) = self.dpop.as_ref().filter(|_| unauthorized).and_then(Dpop::nonce)
+            && let Ok(nonce) = HeaderValue::from_str(&nonce)
+        {
+            response.headers_mut().insert(DPOP_NONCE, nonce);
+        }
         self.reject.reject(&rejection, response)
     }
 }

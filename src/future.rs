@@ -19,7 +19,7 @@ use tower::Service;
 use serde::de::DeserializeOwned;
 
 use crate::backend::RevocationBackend;
-use crate::bearer::request_token;
+use crate::bearer::request_credentials;
 use crate::decision::Shared;
 use crate::reject::{Reject, Rejection};
 use crate::scope::ClaimsCheck;
@@ -184,16 +184,26 @@ where
                     } = unverified.take().expect("ResponseFuture polled after completion");
                     let shared = Arc::clone(shared);
                     // The token was read from these headers in `call`; read again, it is the same.
-                    let verified = match request_token(
+                    let credentials = match request_credentials(
                         request.headers(),
                         shared.cookie.as_deref(),
                         shared.max_token_len,
+                        shared.dpop.is_some(),
                     ) {
-                        Ok(Some(token)) => shared.verify(cache.as_deref(), token, false),
+                        Ok(Some(credentials)) => Ok(credentials),
                         _ => Err(Unverified::Invalid(crate::InvalidToken::Malformed)),
                     };
+                    let verified = credentials.and_then(|credentials| {
+                        let claims = shared.verify(cache.as_deref(), credentials.token, false)?;
+                        Ok((claims, credentials))
+                    });
                     let claims = match verified {
-                        Ok(claims) => claims,
+                        Ok((claims, credentials)) => {
+                            if let Err(rejection) = shared.confirm(&claims, credentials, &request) {
+                                return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
+                            }
+                            claims
+                        }
                         Err(unverified) => {
                             let rejection = match unverified {
                                 Unverified::Invalid(invalid) => Rejection::Invalid(invalid),

@@ -17,7 +17,8 @@ use crate::backend::RevocationBackend;
 use crate::bearer::DEFAULT_MAX_TOKEN_LEN;
 use crate::config::ConfigError;
 use crate::decision::{Counters, FailurePolicy, Metrics, Shared, SkipPaths};
-use crate::reject::{DefaultReject, RejectSettings};
+use crate::dpop::{DpopConfig, DpopPolicy};
+use crate::reject::{DefaultReject, DpopChallenge, RejectSettings};
 use crate::scope::{ClaimsCheck, RequiredScopes};
 use crate::service::JwtRevocation;
 use crate::verify::token_cache::{self, TokenCache};
@@ -149,6 +150,7 @@ struct Config {
     token_cache_max_token_len: usize,
     /// `None`: key revocations by issuer as the backend declares (`issuer_keying`).
     key_by_issuer: Option<bool>,
+    dpop: Option<DpopConfig>,
 }
 
 impl<S> JwtRevocationBuilder<S> {
@@ -180,6 +182,7 @@ impl<S> JwtRevocationBuilder<S> {
                 settings: RejectSettings::default(),
                 token_cache_capacity: token_cache::DEFAULT_CAPACITY,
                 token_cache_max_token_len: token_cache::DEFAULT_MAX_TOKEN_LEN,
+                dpop: None,
             },
             reject: DefaultReject,
             check: None,
@@ -362,6 +365,25 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         self
     }
 
+    /// Accepts DPoP-bound tokens (RFC 9449) as `dpop` says: the `DPoP` scheme with a proof on
+    /// every request, checked after the token verified and before its revocation check (see
+    /// [`crate::dpop`]). Without it, a bound token is refused (as a bearer token it would let a
+    /// thief in) and the `DPoP` scheme is not read.
+    pub fn dpop(mut self, dpop: DpopConfig) -> Self {
+        self.config.dpop = Some(dpop);
+        self
+    }
+
+    /// Names the protected-resource metadata (RFC 9728) in every 401 challenge:
+    /// `resource_metadata="<url>"` (§5.1), so OAuth and MCP clients can discover the
+    /// authorization servers. Serve the document itself with
+    /// [`ProtectedResourceMetadata`](crate::resource_metadata::ProtectedResourceMetadata), whose
+    /// [`url`](crate::resource_metadata::ProtectedResourceMetadata::url) is the value to give here.
+    pub fn resource_metadata(mut self, url: impl Into<String>) -> Self {
+        self.config.settings.resource_metadata = Some(url.into());
+        self
+    }
+
     /// The `Retry-After` of a 503 under [`FailurePolicy::Closed`] (whole seconds, at least 1).
     /// Default 5 s.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
@@ -444,6 +466,18 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
         }
         if let Some(realm) = &config.settings.realm {
             crate::reject::check_realm(realm)?;
+        }
+        if let Some(url) = &config.settings.resource_metadata
+            && (crate::reject::check_realm(url).is_err() || crate::dpop::normalize_uri(url).is_none())
+        {
+            return Err(ConfigError::InvalidMetadataUrl(url.clone()));
+        }
+        let dpop = config.dpop.take().map(DpopConfig::build).transpose()?;
+        if let Some(dpop) = &dpop {
+            config.settings.dpop = Some(DpopChallenge {
+                algs: dpop.algs.clone(),
+                bearer_allowed: dpop.policy == DpopPolicy::Allowed,
+            });
         }
         if config.max_token_len == 0 {
             return Err(ConfigError::ZeroMaxTokenLen);
@@ -536,6 +570,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 max_token_len: config.max_token_len,
                 settings: config.settings,
                 scopes: (!scopes.is_empty()).then_some(scopes),
+                dpop,
                 reject: self.reject,
                 counters: Counters::default(),
             }),

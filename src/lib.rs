@@ -31,12 +31,18 @@
 //! ```
 //!
 //! The request path, in order (each step in its own module):
-//! 1. [`bearer`]: exactly one `Authorization: Bearer <token68>` header, bounded length.
+//! 1. [`bearer`]: exactly one `Authorization: Bearer <token68>` header (or `DPoP`), bounded
+//!    length.
 //! 2. [`token_cache`]: a token verified before skips step 3 (its time claims are checked again).
 //! 3. [`verify`]: signature, algorithm allow-list, time claims, `iss`/`aud`, optional `typ`.
-//! 4. [`backend`]: the revocation check, through the synchronous fast path when the backend
+//! 4. [`dpop`]: a DPoP-bound token's proof (RFC 9449), when the layer accepts them; a bound
+//!    token without one is refused.
+//! 5. [`backend`]: the revocation check, through the synchronous fast path when the backend
 //!    can answer from memory, so a cache hit costs no allocation and no `.await`.
-//! 5. [`reject`]: the response of every refusal, built in one place.
+//! 6. [`reject`]: the response of every refusal, built in one place.
+//!
+//! Beside the layer, [`resource_metadata`] serves RFC 9728's protected-resource metadata, which
+//! the layer's challenges can name.
 //!
 //! **The manual is [`docs`]**: one page per topic (keys and identity providers, the backend
 //! chain and its consistency model, mirror mode, fleets on NATS, sessions, receivers, failure
@@ -52,6 +58,7 @@ pub mod bearer;
 mod config;
 mod decision;
 pub mod docs;
+pub mod dpop;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod future;
@@ -62,6 +69,7 @@ pub mod purge;
 #[cfg(feature = "receivers")]
 pub mod receiver;
 pub mod reject;
+pub mod resource_metadata;
 pub mod scope;
 mod service;
 pub mod session;
@@ -95,7 +103,7 @@ pub use service::JwtRevocation;
 pub use verify as decode;
 /// The verified-token cache's old path (it is [`verify::token_cache`] now).
 pub use verify::token_cache;
-pub use verify::{Claims, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti, Scopes};
+pub use verify::{Claims, Confirmation, DefaultClaims, InvalidToken, Issuer, KeySet, MissingJti, Scopes};
 
 /// The NATS client `backend::nats` is built on, re-exported so that a `Client` can be made with
 /// the version this crate uses.

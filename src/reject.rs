@@ -17,7 +17,8 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::backend::RevokedBy;
-use crate::bearer::MalformedBearer;
+use crate::bearer::{MalformedBearer, names_dpop_scheme};
+use crate::dpop::DpopError;
 use crate::verify::InvalidToken;
 
 /// Marks a request the layer let through without a token (an `optional()` layer and no token,
@@ -49,14 +50,20 @@ pub enum Rejection {
     /// The identity provider's keys have not been fetched yet (or not since start-up): 503 with
     /// `Retry-After`; gRPC UNAVAILABLE.
     KeysUnavailable,
+    /// The token's DPoP binding or its proof was refused (RFC 9449): 401 with the `DPoP`
+    /// challenge naming `invalid_dpop_proof`, `use_dpop_nonce` or `invalid_token`; 400 for two
+    /// `DPoP` headers; 503 when the replay window is full. See [`DpopError`].
+    Dpop(DpopError),
 }
 
 impl Rejection {
     /// The HTTP status of the plain-HTTP response.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
-            Rejection::Unavailable | Rejection::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Malformed(_) | Rejection::Dpop(DpopError::MultipleProofs) => StatusCode::BAD_REQUEST,
+            Rejection::Unavailable
+            | Rejection::KeysUnavailable
+            | Rejection::Dpop(DpopError::ReplayWindowFull) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::InsufficientScope => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -69,6 +76,7 @@ impl Rejection {
             Rejection::Malformed(_) => Some("invalid_request"),
             Rejection::InsufficientScope => Some("insufficient_scope"),
             Rejection::Invalid(_) | Rejection::Revoked(_) => Some("invalid_token"),
+            Rejection::Dpop(dpop) => dpop.error_code(),
         }
     }
 
@@ -86,6 +94,7 @@ impl Rejection {
             Rejection::Unavailable => "authorization temporarily unavailable",
             Rejection::InsufficientScope => "insufficient scope",
             Rejection::KeysUnavailable => "signing keys not available yet",
+            Rejection::Dpop(dpop) => dpop.description(),
         }
     }
 
@@ -93,7 +102,9 @@ impl Rejection {
     /// not fetched yet, 7 PERMISSION_DENIED for a missing scope.
     pub fn grpc_status(&self) -> u16 {
         match self {
-            Rejection::Unavailable | Rejection::KeysUnavailable => 14,
+            Rejection::Unavailable
+            | Rejection::KeysUnavailable
+            | Rejection::Dpop(DpopError::ReplayWindowFull) => 14,
             Rejection::InsufficientScope => 7,
             _ => 16,
         }
@@ -101,50 +112,95 @@ impl Rejection {
 
     /// Whether this is a 503 a client should retry (after `Retry-After`).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Rejection::Unavailable | Rejection::KeysUnavailable)
+        matches!(
+            self,
+            Rejection::Unavailable
+                | Rejection::KeysUnavailable
+                | Rejection::Dpop(DpopError::ReplayWindowFull)
+        )
     }
 
     /// A small JSON rendering, `{"error": ..., "error_description": ...}`, for hooks that want
     /// a body. The error is the RFC 6750 code, `unauthorized` for a missing token, or
     /// `temporarily_unavailable` for an outage.
     pub fn json_body(&self) -> String {
-        let error = self.error_code().unwrap_or(match self {
-            Rejection::Unavailable | Rejection::KeysUnavailable => "temporarily_unavailable",
-            _ => "unauthorized",
+        let error = self.error_code().unwrap_or(if self.is_retryable() {
+            "temporarily_unavailable"
+        } else {
+            "unauthorized"
         });
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
     }
 
     /// The `WWW-Authenticate` challenge, or `None` for an outage (RFC 6750 has no code for it).
     pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
-        self.challenge(realm, None)
+        let settings = RejectSettings {
+            realm: realm.map(str::to_owned),
+            ..RejectSettings::default()
+        };
+        self.challenge(&settings, false)
     }
 
-    /// The challenge with the `scope` a 403 names (RFC 6750 §3: the scope needed).
-    fn challenge(&self, realm: Option<&str>, scope: Option<&str>) -> Option<HeaderValue> {
+    /// The challenges of the response: `Bearer` (RFC 6750), and with DPoP the `DPoP` one (RFC
+    /// 9449 §7.1) beside or instead of it, in one field value, the challenge naming the error
+    /// first. The error goes to the `DPoP` challenge for a DPoP case, a request that used the
+    /// `DPoP` scheme, or a layer that takes no bearer tokens; to the `Bearer` one otherwise. A 403
+    /// names the `scope` needed (RFC 6750 §3), a 401 the `resource_metadata` (RFC 9728 §5.1).
+    fn challenge(&self, settings: &RejectSettings, dpop_scheme: bool) -> Option<HeaderValue> {
         if self.is_retryable() {
             return None;
         }
-        let mut params = Vec::with_capacity(4);
-        if let Some(realm) = realm {
-            params.push(format!("realm=\"{realm}\""));
-        }
+        let mut error = Vec::with_capacity(3);
         if let Some(code) = self.error_code() {
-            params.push(format!("error=\"{code}\""));
-            params.push(format!("error_description=\"{}\"", self.description()));
+            error.push(format!("error=\"{code}\""));
+            error.push(format!("error_description=\"{}\"", self.description()));
         }
         if *self == Rejection::InsufficientScope
-            && let Some(scope) = scope
+            && let Some(scope) = &settings.scope
         {
-            params.push(format!("scope=\"{scope}\""));
+            error.push(format!("scope=\"{scope}\""));
         }
-        let value = if params.is_empty() {
-            "Bearer".to_owned()
-        } else {
-            format!("Bearer {}", params.join(", "))
+        let metadata = settings
+            .resource_metadata
+            .as_ref()
+            .filter(|_| self.status() == StatusCode::UNAUTHORIZED)
+            .map(|url| format!("resource_metadata=\"{url}\""));
+        let realm = settings.realm.as_ref().map(|realm| format!("realm=\"{realm}\""));
+        let render = |scheme: &str, error: &[String], algs: Option<String>| {
+            let params: Vec<&str> = realm
+                .iter()
+                .chain(error)
+                .chain(algs.iter())
+                .chain(metadata.iter())
+                .map(String::as_str)
+                .collect();
+            if params.is_empty() {
+                scheme.to_owned()
+            } else {
+                format!("{scheme} {}", params.join(", "))
+            }
         };
-        // Descriptions are fixed ASCII, and realms and scopes are checked when the layer is
-        // built, so the value is always a valid header; `ok()` is the fallback never taken.
+        let value = match &settings.dpop {
+            None => render("Bearer", &error, None),
+            Some(dpop) => {
+                let on_dpop = matches!(self, Rejection::Dpop(_)) || dpop_scheme || !dpop.bearer_allowed;
+                let algs = Some(format!("algs=\"{}\"", dpop.algs));
+                let (dpop_error, bearer_error) = if on_dpop {
+                    (&error[..], &[][..])
+                } else {
+                    (&[][..], &error[..])
+                };
+                let dpop_challenge = render("DPoP", dpop_error, algs);
+                match (dpop.bearer_allowed, on_dpop && !error.is_empty()) {
+                    (false, _) => dpop_challenge,
+                    (true, true) => format!("{dpop_challenge}, {}", render("Bearer", bearer_error, None)),
+                    (true, false) => format!("{}, {dpop_challenge}", render("Bearer", bearer_error, None)),
+                }
+            }
+        };
+        // Descriptions are fixed ASCII, and realms, scopes, algorithms and the metadata URL are
+        // checked when the layer is built, so the value is always a valid header; `ok()` is the
+        // fallback never taken.
         HeaderValue::from_str(&value).ok()
     }
 
@@ -167,7 +223,7 @@ impl Rejection {
         }
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        if let Some(challenge) = self.challenge(settings.realm.as_deref(), settings.scope.as_deref()) {
+        if let Some(challenge) = self.challenge(settings, names_dpop_scheme(request_headers)) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if self.is_retryable() {
@@ -189,6 +245,21 @@ pub struct RejectSettings {
     pub retry_after: Duration,
     /// The `scope` a 403 names: the required scopes, space-separated.
     pub scope: Option<String>,
+    /// With DPoP: the `DPoP` challenge's `algs`, and whether the `Bearer` challenge is offered
+    /// beside it.
+    pub dpop: Option<DpopChallenge>,
+    /// The URL of the protected-resource metadata (RFC 9728), named in every 401 challenge.
+    pub resource_metadata: Option<String>,
+}
+
+/// What the `DPoP` challenge says (RFC 9449 §7.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopChallenge {
+    /// The proof algorithms accepted, space-separated.
+    pub algs: String,
+    /// Whether bearer tokens are accepted too ([`DpopPolicy::Allowed`](crate::dpop::DpopPolicy)):
+    /// then the `Bearer` challenge is offered beside the `DPoP` one.
+    pub bearer_allowed: bool,
 }
 
 impl Default for RejectSettings {
@@ -197,6 +268,8 @@ impl Default for RejectSettings {
             realm: None,
             retry_after: Duration::from_secs(5),
             scope: None,
+            dpop: None,
+            resource_metadata: None,
         }
     }
 }
@@ -339,6 +412,84 @@ mod tests {
         assert_eq!(keys.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(keys.headers()[RETRY_AFTER], "5");
         assert!(keys.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn dpop_challenges_follow_rfc_9449_and_name_the_metadata() {
+        use http::header::AUTHORIZATION;
+        let allowed = RejectSettings {
+            realm: Some("api".into()),
+            dpop: Some(DpopChallenge {
+                algs: "ES256 EdDSA".into(),
+                bearer_allowed: true,
+            }),
+            resource_metadata: Some("https://api.example/.well-known/oauth-protected-resource".into()),
+            ..RejectSettings::default()
+        };
+        let answer = |rejection: Rejection, settings: &RejectSettings, scheme: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(scheme));
+            let res: Response<()> = rejection.to_response(&headers, settings);
+            let challenge = res
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            (res.status(), challenge)
+        };
+        let metadata = r#"resource_metadata="https://api.example/.well-known/oauth-protected-resource""#;
+        assert_eq!(
+            answer(Rejection::Dpop(DpopError::Replayed), &allowed, "DPoP x"),
+            (
+                StatusCode::UNAUTHORIZED,
+                Some(format!(
+                    r#"DPoP realm="api", error="invalid_dpop_proof", error_description="DPoP proof replayed", algs="ES256 EdDSA", {metadata}, Bearer realm="api", {metadata}"#
+                ))
+            )
+        );
+        // A bearer token's own error stays on the Bearer challenge.
+        assert_eq!(
+            answer(Rejection::Revoked(RevokedBy::Token), &allowed, "Bearer x").1,
+            Some(format!(
+                r#"Bearer realm="api", error="invalid_token", error_description="token revoked", {metadata}, DPoP realm="api", algs="ES256 EdDSA", {metadata}"#
+            ))
+        );
+        // The same error under the DPoP scheme is the DPoP challenge's.
+        assert!(
+            answer(Rejection::Revoked(RevokedBy::Token), &allowed, "DPoP x")
+                .1
+                .unwrap()
+                .starts_with(r#"DPoP realm="api", error="invalid_token""#)
+        );
+        let required = RejectSettings {
+            dpop: Some(DpopChallenge {
+                algs: "ES256".into(),
+                bearer_allowed: false,
+            }),
+            ..RejectSettings::default()
+        };
+        assert_eq!(
+            answer(Rejection::MissingToken, &required, "Basic x").1.as_deref(),
+            Some(r#"DPoP algs="ES256""#)
+        );
+        assert_eq!(
+            answer(Rejection::Dpop(DpopError::UnboundToken), &required, "Bearer x")
+                .1
+                .as_deref(),
+            Some(r#"DPoP error="invalid_token", error_description="token is not DPoP-bound", algs="ES256""#)
+        );
+        let (status, challenge) = answer(Rejection::Dpop(DpopError::MultipleProofs), &required, "DPoP x");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(challenge.unwrap().contains(r#"error="invalid_request""#));
+        let (status, challenge) = answer(Rejection::Dpop(DpopError::ReplayWindowFull), &required, "DPoP x");
+        assert_eq!((status, challenge), (StatusCode::SERVICE_UNAVAILABLE, None));
+        // No metadata on a 403; the scope instead.
+        let scoped = RejectSettings {
+            scope: Some("read".into()),
+            ..allowed.clone()
+        };
+        let forbidden = answer(Rejection::InsufficientScope, &scoped, "Bearer x");
+        assert_eq!(forbidden.0, StatusCode::FORBIDDEN);
+        assert!(!forbidden.1.unwrap().contains("resource_metadata"));
     }
 
     #[test]

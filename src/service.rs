@@ -1,7 +1,7 @@
 //! [`JwtRevocation`]: the service the layer wraps around an inner service.
 //!
 //! This module owns the order of the request path: bearer syntax, then signature and time
-//! claims, then revocation, then scopes, so a malformed, forged or expired token never costs a
+//! claims, then the sender constraint (DPoP), then revocation, then scopes, so a malformed, forged or expired token never costs a
 //! store lookup and a revoked one is a 401 even where it also lacks a scope.
 //! A backend that answers on its fast path ([`RevocationBackend::try_check`]) lets the request go
 //! straight to the inner service inside `call`; only a backend that must wait gets a
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tower::Service;
 
 use crate::backend::RevocationBackend;
-use crate::bearer::request_token;
+use crate::bearer::request_credentials;
 use crate::decision::Shared;
 use crate::future::{KeyPending, Pending, ResponseFuture};
 use crate::reject::{DefaultReject, Reject, Rejection, Unauthenticated};
@@ -113,8 +113,13 @@ where
             request.extensions_mut().insert(Unauthenticated);
             return ResponseFuture::inner(self.inner.call(request));
         }
-        let token = match request_token(request.headers(), shared.cookie.as_deref(), shared.max_token_len) {
-            Ok(Some(token)) => token,
+        let credentials = match request_credentials(
+            request.headers(),
+            shared.cookie.as_deref(),
+            shared.max_token_len,
+            shared.dpop.is_some(),
+        ) {
+            Ok(Some(credentials)) => credentials,
             Ok(None) if shared.optional => {
                 shared.count_anonymous();
                 request.extensions_mut().insert(Unauthenticated);
@@ -123,7 +128,7 @@ where
             Ok(None) => return self.rejected(Rejection::MissingToken, &request),
             Err(malformed) => return self.rejected(Rejection::Malformed(malformed), &request),
         };
-        let claims: Arc<Claims<C>> = match shared.verify(self.cache.as_deref(), token, true) {
+        let claims: Arc<Claims<C>> = match shared.verify(self.cache.as_deref(), credentials.token, true) {
             Ok(claims) => claims,
             Err(Unverified::Invalid(invalid)) => return self.rejected(Rejection::Invalid(invalid), &request),
             Err(Unverified::KeysUnavailable) => return self.rejected(Rejection::KeysUnavailable, &request),
@@ -137,6 +142,9 @@ where
                 return ResponseFuture::awaiting_keys(wait, pending, Arc::clone(&self.shared));
             }
         };
+        if let Err(rejection) = shared.confirm(&claims, credentials, &request) {
+            return self.rejected(rejection, &request);
+        }
         match shared.backend.try_check(&claims.facts()) {
             Some(answer) => match shared.decide(answer, &claims, self.check.as_ref()) {
                 Ok(()) => {

@@ -44,6 +44,11 @@ pub struct Claims<C = DefaultClaims> {
     /// Scopes as Okta and Entra ID send them (`scp`: an array or a space-separated string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scp: Option<Scopes>,
+    /// The confirmation claim (RFC 7800 §3.1): for a DPoP-bound token, the thumbprint of the key
+    /// every request's proof must be signed with (RFC 9449 §6.1). Read it with
+    /// [`dpop_jkt`](Self::dpop_jkt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
     /// The application's own claims.
     #[serde(flatten)]
     pub custom: C,
@@ -126,6 +131,12 @@ impl<C> Claims<C> {
         self.revocation_issuer.as_deref()
     }
 
+    /// The RFC 7638 thumbprint of the key this token is bound to (`cnf.jkt`), for a DPoP-bound
+    /// token; `None` for a bearer token.
+    pub fn dpop_jkt(&self) -> Option<&str> {
+        self.cnf.as_ref()?.jkt.as_deref()
+    }
+
     /// Every scope the token grants: those of `scope` and of `scp`.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.iter().chain(self.scp.iter()).flat_map(Scopes::iter)
@@ -148,6 +159,18 @@ impl<C> Claims<C> {
             issuer: self.revocation_issuer(),
         }
     }
+}
+
+/// A token's `cnf` claim (RFC 7800): the key it is bound to. Members other than `jkt` (such as
+/// mTLS's `x5t#S256`) are kept in `other`, so a handler can see them; the layer enforces `jkt`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The base64url SHA-256 thumbprint (RFC 7638) of the DPoP key (RFC 9449 §6.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// Every other confirmation member.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A scope claim: a space-separated string (RFC 8693 §4.2) or an array of strings.

@@ -37,7 +37,7 @@ mod verifier;
 mod tests;
 
 pub use algorithms::{ASYMMETRIC_ALGORITHMS, install_crypto_provider};
-pub use claims::{Claims, DefaultClaims, MissingJti, Scopes};
+pub use claims::{Claims, Confirmation, DefaultClaims, MissingJti, Scopes};
 pub use error::InvalidToken;
 pub use keys::{Issuer, KeySet, KeySource};
 pub use verifier::Verifier;

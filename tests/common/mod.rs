@@ -220,6 +220,7 @@ pub async fn revoke_by_sql(pool: &sqlx::PgPool, jti: &str) {
 }
 
 pub mod cluster;
+pub mod dpop;
 pub mod faulty;
 pub mod nats;
 pub mod pgbouncer;

@@ -1,0 +1,611 @@
+//! DPoP (RFC 9449) in the layer, with real signatures: tokens bound to a client key by
+//! `cnf.jkt`, proofs signed by ES256, RS256 and EdDSA test keys, and one failing case for every
+//! rule the layer enforces.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::dpop::{Client, EDDSA, ES256, RS256, ath};
+use common::{mint, now};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use http::{HeaderMap, Request, StatusCode};
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+use tower_jwt_revocation::dpop::{DpopConfig, DpopError, DpopPolicy, InvalidProof};
+use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tower_jwt_revocation::{
+    Claims, ConfigError, JwtRevocationLayer, MemoryStore, Rejection, RevocationStore,
+};
+
+const ORIGIN: &str = "https://api.example.com";
+const URL: &str = "https://api.example.com/me";
+
+fn layer_with(store: &MemoryStore, dpop: Option<DpopConfig>) -> JwtRevocationLayer<MemoryStore> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_nbf = true;
+    let builder = JwtRevocationLayer::builder(store.clone())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .validation(validation)
+        .realm("api");
+    match dpop {
+        Some(dpop) => builder.dpop(dpop),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+fn layer(dpop: DpopConfig) -> JwtRevocationLayer<MemoryStore> {
+    layer_with(&MemoryStore::new(), Some(dpop))
+}
+
+/// A fresh token bound to `client`'s key.
+fn bound_token(jti: &str, client: Client) -> String {
+    let mut claims = common::claims(jti, "alice");
+    claims["cnf"] = json!({"jkt": client.jkt()});
+    mint(claims)
+}
+
+fn bearer_token(jti: &str) -> String {
+    mint(common::claims(jti, "alice"))
+}
+
+/// What the inner service saw: the token's key binding, from the claims in the extensions.
+async fn send(
+    layer: &JwtRevocationLayer<MemoryStore>,
+    request: http::request::Builder,
+) -> (StatusCode, HeaderMap, String) {
+    let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
+        let claims = request.extensions().get::<Arc<Claims>>().cloned();
+        let seen = claims
+            .map(|c| c.dpop_jkt().unwrap_or("bearer").to_owned())
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(seen))
+    }));
+    let response = service.oneshot(request.body(()).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body)
+}
+
+fn dpop_request(token: &str, proof: &str) -> http::request::Builder {
+    Request::get("/me")
+        .header(AUTHORIZATION, format!("DPoP {token}"))
+        .header("DPoP", proof)
+}
+
+fn challenge(headers: &HeaderMap) -> String {
+    headers
+        .get(WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_dpop_bound_token_sent_as_bearer_is_refused() {
+    // Fails on the main of issue 27's start: a layer that cannot check proofs let a bound token
+    // in as a bearer token, so a thief needed nothing but the token.
+    let without_dpop = layer_with(&MemoryStore::new(), None);
+    let token = bound_token("b1", ES256);
+    let (status, headers, _) = send(
+        &without_dpop,
+        Request::get("/me").header(AUTHORIZATION, format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).contains(r#"error="invalid_token""#),
+        "{headers:?}"
+    );
+
+    let with_dpop = layer(DpopConfig::new(ORIGIN));
+    let (status, headers, _) = send(
+        &with_dpop,
+        Request::get("/me").header(AUTHORIZATION, format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).starts_with(r#"DPoP realm="api", error="invalid_token", error_description="DPoP-bound token presented as a bearer token""#),
+        "{headers:?}"
+    );
+    // The same token with its proof is accepted.
+    let (status, _, seen) = send(&with_dpop, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!((status, seen), (StatusCode::OK, ES256.jkt()));
+}
+
+#[tokio::test]
+async fn proofs_signed_with_es256_rs256_and_eddsa_are_accepted() {
+    let layer = layer(DpopConfig::new(ORIGIN));
+    for (i, client) in [ES256, RS256, EDDSA].into_iter().enumerate() {
+        let token = bound_token(&format!("k{i}"), client);
+        let (status, headers, seen) =
+            send(&layer, dpop_request(&token, &client.proof("GET", URL, &token))).await;
+        assert_eq!(status, StatusCode::OK, "{client:?}: {headers:?}");
+        assert_eq!(seen, client.jkt());
+    }
+    // Unbound bearer tokens still work under the default policy.
+    let (status, _, seen) = send(
+        &layer,
+        Request::get("/me").header(AUTHORIZATION, format!("Bearer {}", bearer_token("plain"))),
+    )
+    .await;
+    assert_eq!((status, seen.as_str()), (StatusCode::OK, "bearer"));
+}
+
+/// How a case breaks a good proof: the header and claims it changes, or another signer.
+struct Case {
+    name: &'static str,
+    header: Value,
+    claims: Value,
+    expected: DpopError,
+}
+
+fn case(name: &'static str, header: Value, claims: Value, expected: DpopError) -> Case {
+    Case {
+        name,
+        header,
+        claims,
+        expected,
+    }
+}
+
+#[tokio::test]
+async fn every_rule_of_rfc_9449_has_a_failing_case() {
+    let layer = layer(DpopConfig::new(ORIGIN).max_age(std::time::Duration::from_secs(60)));
+    let token = bound_token("rules", ES256);
+    let other_token = bound_token("other", ES256);
+    let mut private = ES256.jwk();
+    private["d"] = json!("c2VjcmV0LXNjYWxhci1ub3QtcmVhbGx5LWEta2V5LWF0LWFsbA");
+    let cases = vec![
+        case(
+            "another method",
+            json!({}),
+            json!({"htm": "POST"}),
+            DpopError::InvalidProof(InvalidProof::Method),
+        ),
+        case(
+            "another path",
+            json!({}),
+            json!({"htu": "https://api.example.com/admin"}),
+            DpopError::InvalidProof(InvalidProof::Uri),
+        ),
+        case(
+            "another host",
+            json!({}),
+            json!({"htu": "https://evil.example.com/me"}),
+            DpopError::InvalidProof(InvalidProof::Uri),
+        ),
+        case(
+            "another scheme",
+            json!({}),
+            json!({"htu": "http://api.example.com/me"}),
+            DpopError::InvalidProof(InvalidProof::Uri),
+        ),
+        case(
+            "no ath",
+            json!({}),
+            json!({"ath": null}),
+            DpopError::InvalidProof(InvalidProof::TokenHash),
+        ),
+        case(
+            "another token's ath",
+            json!({}),
+            json!({"ath": ath(&other_token)}),
+            DpopError::InvalidProof(InvalidProof::TokenHash),
+        ),
+        case(
+            "stale iat",
+            json!({}),
+            json!({"iat": now() - 120}),
+            DpopError::InvalidProof(InvalidProof::Stale),
+        ),
+        case(
+            "future iat",
+            json!({}),
+            json!({"iat": now() + 60}),
+            DpopError::InvalidProof(InvalidProof::IssuedInFuture),
+        ),
+        case(
+            "no iat",
+            json!({}),
+            json!({"iat": null}),
+            DpopError::InvalidProof(InvalidProof::MissingClaim),
+        ),
+        case(
+            "no jti",
+            json!({}),
+            json!({"jti": null}),
+            DpopError::InvalidProof(InvalidProof::MissingClaim),
+        ),
+        case(
+            "typ JWT",
+            json!({"typ": "JWT"}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Type),
+        ),
+        case(
+            "no typ",
+            json!({"typ": null}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Type),
+        ),
+        case(
+            "private key in the header",
+            json!({"jwk": private}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::PrivateKey),
+        ),
+        case(
+            "no jwk",
+            json!({"jwk": null}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Key),
+        ),
+        case(
+            "an RSA key for ES256",
+            json!({"jwk": RS256.jwk()}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Key),
+        ),
+        case(
+            "alg none",
+            json!({"alg": "none"}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Algorithm),
+        ),
+        case(
+            "alg HS256",
+            json!({"alg": "HS256"}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Algorithm),
+        ),
+        case(
+            "a crit header",
+            json!({"crit": ["exp"]}),
+            json!({}),
+            DpopError::InvalidProof(InvalidProof::Malformed),
+        ),
+    ];
+    for case in cases {
+        let mut header = ES256.header();
+        let mut claims = ES256.claims("GET", URL, &token);
+        for (target, changes) in [(&mut header, &case.header), (&mut claims, &case.claims)] {
+            for (name, value) in changes.as_object().unwrap() {
+                match value {
+                    Value::Null => target.remove(name),
+                    value => target.insert(name.clone(), value.clone()),
+                };
+            }
+        }
+        let proof = ES256.sign(&header, &claims);
+        let (status, headers, _) = send(&layer, dpop_request(&token, &proof)).await;
+        let expected = Rejection::Dpop(case.expected);
+        assert_eq!(status, expected.status(), "{}", case.name);
+        let challenge = challenge(&headers);
+        assert!(
+            challenge.starts_with(&format!(
+                r#"DPoP realm="api", error="{}", error_description="{}""#,
+                expected.error_code().unwrap(),
+                expected.description()
+            )),
+            "{}: {challenge}",
+            case.name
+        );
+        assert!(
+            challenge.contains(r#"algs="ES256 ES384 EdDSA PS256 PS384 PS512 RS256 RS384 RS512""#),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains(r#"Bearer realm="api""#),
+            "the Bearer challenge beside: {challenge}"
+        );
+    }
+    assert_eq!(layer.metrics().rejected_dpop, 18);
+    assert_eq!(layer.metrics().authorized, 0);
+}
+
+#[tokio::test]
+async fn another_key_another_token_and_two_proofs_are_refused() {
+    let layer = layer(DpopConfig::new(ORIGIN));
+    let token = bound_token("t", ES256);
+    // A proof by another client's key, well-formed in every other way.
+    let (status, headers, _) = send(&layer, dpop_request(&token, &EDDSA.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&headers).contains("DPoP proof key does not match the token binding"));
+    // The header names one key (the token's), another key signs.
+    let named = Client {
+        key: common::provider::Key::RsaA,
+        alg: Algorithm::RS256,
+    };
+    let bound_to_named = bound_token("named", named);
+    let proof = RS256.sign(&named.header(), &named.claims("GET", URL, &bound_to_named));
+    let (status, headers, _) = send(&layer, dpop_request(&bound_to_named, &proof)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).contains("DPoP proof signature invalid"),
+        "{headers:?}"
+    );
+    // Two DPoP headers: 400 invalid_request.
+    let request = dpop_request(&token, &ES256.proof("GET", URL, &token))
+        .header("DPoP", ES256.proof("GET", URL, &token));
+    let (status, headers, _) = send(&layer, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(challenge(&headers).contains(r#"error="invalid_request""#));
+    // The DPoP scheme without a proof.
+    let (status, headers, _) = send(
+        &layer,
+        Request::get("/me").header(AUTHORIZATION, format!("DPoP {token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers)
+            .contains(r#"error="invalid_dpop_proof", error_description="DPoP proof required""#)
+    );
+    // An unbound token under the DPoP scheme, with a proof.
+    let unbound = bearer_token("u");
+    let (status, headers, _) = send(&layer, dpop_request(&unbound, &ES256.proof("GET", URL, &unbound))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&headers).contains("token is not DPoP-bound"));
+    // Garbage in the header: refused, never a panic or a 500.
+    for garbage in [
+        "x",
+        "a.b.c",
+        "....",
+        "eyJhbGciOiJub25lIn0.e30.",
+        &"A".repeat(9000),
+    ] {
+        let (status, _, _) = send(&layer, dpop_request(&token, garbage)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{garbage:.20}");
+    }
+}
+
+#[tokio::test]
+async fn the_host_header_is_never_the_origin_and_the_query_is_ignored() {
+    let layer = layer(DpopConfig::new("HTTPS://API.example.com:443"));
+    let token = bound_token("h", ES256);
+    // A proof for the host the client claims, not the configured one: refused.
+    let proof = ES256.proof("GET", "https://evil.example.com/me", &token);
+    let request = dpop_request(&token, &proof).header(HOST, "evil.example.com");
+    assert_eq!(send(&layer, request).await.0, StatusCode::UNAUTHORIZED);
+    // The configured origin, whatever Host says; query and fragment are not compared.
+    let proof = ES256.proof("GET", "https://api.example.com/me?page=2#top", &token);
+    let request = Request::get("/me?page=3")
+        .header(AUTHORIZATION, format!("DPoP {token}"))
+        .header("DPoP", proof)
+        .header(HOST, "evil.example.com");
+    assert_eq!(send(&layer, request).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_proof_is_accepted_once_and_a_cached_token_still_needs_a_fresh_one() {
+    let layer = layer(DpopConfig::new(ORIGIN));
+    let token = bound_token("cached", ES256);
+    let proof = ES256.proof("GET", URL, &token);
+    assert_eq!(send(&layer, dpop_request(&token, &proof)).await.0, StatusCode::OK);
+    // The token is in the verified-token cache now; its replayed proof is refused all the same.
+    let (status, headers, _) = send(&layer, dpop_request(&token, &proof)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&headers).contains("DPoP proof replayed"));
+    let (status, _, _) = send(
+        &layer,
+        Request::get("/me").header(AUTHORIZATION, format!("DPoP {token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no proof, cached token");
+    assert_eq!(
+        send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let metrics = layer.metrics();
+    assert!(metrics.token_cache_hits >= 3, "{metrics:?}");
+    assert_eq!(metrics.authorized, 2);
+}
+
+#[tokio::test]
+async fn revocation_and_scopes_apply_to_bound_tokens_as_to_bearer_ones() {
+    let store = MemoryStore::new();
+    let layer = layer_with(&store, Some(DpopConfig::new(ORIGIN)));
+    let token = bound_token("revoked", ES256);
+    assert_eq!(
+        send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    store
+        .revoke(&tower_jwt_revocation::Revocation::token(
+            "revoked",
+            common::in_an_hour(),
+        ))
+        .await
+        .unwrap();
+    let (status, headers, _) = send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers)
+            .starts_with(r#"DPoP realm="api", error="invalid_token", error_description="token revoked""#),
+        "{headers:?}"
+    );
+
+    let scoped = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .validation(Validation::new(Algorithm::HS256))
+        .require_scopes(["admin"])
+        .dpop(DpopConfig::new(ORIGIN))
+        .build()
+        .unwrap();
+    let token = bound_token("scoped", ES256);
+    let (status, headers, _) = send(&scoped, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        challenge(&headers).starts_with(r#"DPoP error="insufficient_scope""#),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn under_required_every_token_must_be_bound() {
+    let layer = layer(DpopConfig::new(ORIGIN).policy(DpopPolicy::Required));
+    let (status, headers, _) = send(
+        &layer,
+        Request::get("/me").header(AUTHORIZATION, format!("Bearer {}", bearer_token("unbound"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&headers),
+        r#"DPoP realm="api", error="invalid_token", error_description="token is not DPoP-bound", algs="ES256 ES384 EdDSA PS256 PS384 PS512 RS256 RS384 RS512""#
+    );
+    // No token: the DPoP challenge alone.
+    let (status, headers, _) = send(&layer, Request::get("/me")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).starts_with("DPoP realm=\"api\", algs="),
+        "{headers:?}"
+    );
+    let token = bound_token("bound", RS256);
+    assert_eq!(
+        send(&layer, dpop_request(&token, &RS256.proof("GET", URL, &token)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn once_a_nonce_is_required_a_proof_without_one_is_never_accepted() {
+    let secret = b"a nonce secret shared by the fleet, 32+ bytes";
+    let layer = layer(DpopConfig::new(ORIGIN).require_nonce(secret.to_vec()));
+    let token = bound_token("n", ES256);
+    let (status, headers, _) = send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).starts_with(r#"DPoP realm="api", error="use_dpop_nonce""#),
+        "{headers:?}"
+    );
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    for bad in [json!("not-a-nonce"), json!(""), json!(42)] {
+        let mut claims = ES256.claims("GET", URL, &token);
+        claims.insert("nonce".into(), bad.clone());
+        let (status, _, _) = send(
+            &layer,
+            dpop_request(&token, &ES256.sign(&ES256.header(), &claims)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let mut claims = ES256.claims("GET", URL, &token);
+    claims.insert("nonce".into(), json!(nonce));
+    let (status, headers, _) = send(
+        &layer,
+        dpop_request(&token, &ES256.sign(&ES256.header(), &claims)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{headers:?}");
+    // Another instance with the same secret accepts the same nonce.
+    let twin = self::layer(DpopConfig::new(ORIGIN).require_nonce(secret.to_vec()));
+    let mut claims = ES256.claims("GET", URL, &token);
+    claims.insert("nonce".into(), json!(nonce));
+    assert_eq!(
+        send(&twin, dpop_request(&token, &ES256.sign(&ES256.header(), &claims)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_full_replay_window_refuses_with_503_instead_of_forgetting() {
+    // One bucket of 8 slots.
+    let layer = layer(DpopConfig::new(ORIGIN).replay_capacity(8));
+    let token = bound_token("full", ES256);
+    for _ in 0..8 {
+        assert_eq!(
+            send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token)))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    let (status, headers, _) = send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn grpc_requests_get_status_16_and_challenges_name_the_metadata() {
+    let layer = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .validation(Validation::new(Algorithm::HS256))
+        .dpop(DpopConfig::new(ORIGIN))
+        .resource_metadata("https://api.example.com/.well-known/oauth-protected-resource")
+        .build()
+        .unwrap();
+    let token = bound_token("g", ES256);
+    let request = Request::post("/demo.Greeter/Hello")
+        .header(CONTENT_TYPE, "application/grpc")
+        .header(AUTHORIZATION, format!("Bearer {token}"));
+    let (status, headers, _) = send(&layer, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "16");
+    // A gRPC proof names POST and the method's path.
+    let proof = ES256.proof("POST", "https://api.example.com/demo.Greeter/Hello", &token);
+    let request = Request::post("/demo.Greeter/Hello")
+        .header(CONTENT_TYPE, "application/grpc")
+        .header(AUTHORIZATION, format!("DPoP {token}"))
+        .header("DPoP", proof);
+    let (status, headers, _) = send(&layer, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("grpc-status"));
+    let (status, headers, _) = send(&layer, Request::get("/me")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&headers),
+        r#"Bearer resource_metadata="https://api.example.com/.well-known/oauth-protected-resource", DPoP algs="ES256 ES384 EdDSA PS256 PS384 PS512 RS256 RS384 RS512", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource""#
+    );
+}
+
+#[test]
+fn bad_dpop_settings_fail_the_build() {
+    let build = |dpop: DpopConfig| {
+        JwtRevocationLayer::builder(MemoryStore::new())
+            .decoding_key(DecodingKey::from_secret(common::SECRET))
+            .dpop(dpop)
+            .build()
+            .err()
+    };
+    assert_eq!(
+        build(DpopConfig::new("api.example.com")),
+        Some(ConfigError::InvalidResource("api.example.com".into()))
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).algorithms([Algorithm::HS256])),
+        Some(ConfigError::DpopAlgorithms)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).algorithms([])),
+        Some(ConfigError::DpopAlgorithms)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).require_nonce(b"short".to_vec())),
+        Some(ConfigError::NonceSecret)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).replay_capacity(0)),
+        Some(ConfigError::ReplayCapacity(0))
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).max_age(std::time::Duration::ZERO)),
+        Some(ConfigError::DpopWindow)
+    );
+    let metadata = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .resource_metadata("https://x.example/\"quoted\"")
+        .build()
+        .err();
+    assert!(matches!(metadata, Some(ConfigError::InvalidMetadataUrl(_))));
+}
