@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --example hyper_server      # BIND_ADDR (default 127.0.0.1:3001), JWT_SECRET,
-//!                                       # DATABASE_URL, REVOCATION_CACHE, FAILURE_POLICY
+//!                                       # DATABASE_URL, REVOCATION_CACHE, FAILURE_POLICY,
+//!                                       # RESOURCE_URL, DPOP (DPoP as in the axum demo)
 //! ```
 //!
 //! `GET /me` answers the caller's claims as JSON; `POST /logout` revokes the presented token;
@@ -27,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use store::{WithStore, with_store_from_env};
 use tower::service_fn;
+use tower_jwt_revocation::dpop::DpopConfig;
 
 use tower_jwt_revocation::jsonwebtoken::DecodingKey;
 use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
@@ -78,15 +80,24 @@ async fn handle<S: RevocationStore>(
 }
 
 /// Serves on `listener` until the task is dropped: one hyper HTTP/1.1 connection task per client.
-pub async fn serve<S>(listener: tokio::net::TcpListener, store: S, secret: &[u8], policy: FailurePolicy)
-where
+pub async fn serve<S>(
+    listener: tokio::net::TcpListener,
+    store: S,
+    secret: &[u8],
+    policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
+) where
     S: RevocationBackend + RevocationStore + Clone,
 {
-    let layer = JwtRevocationLayer::builder(store.clone())
+    let builder = JwtRevocationLayer::builder(store.clone())
         .decoding_key(DecodingKey::from_secret(secret))
-        .failure_policy(policy)
-        .build()
-        .expect("the demo's layer configuration is valid");
+        .failure_policy(policy);
+    let layer = match dpop {
+        Some(dpop) => builder.dpop(dpop),
+        None => builder,
+    }
+    .build()
+    .expect("the demo's layer configuration is valid");
     let service = edge::http()
         .layer(layer)
         .service(service_fn(move |request| handle(store.clone(), request)));
@@ -110,6 +121,7 @@ struct Demo {
     listener: tokio::net::TcpListener,
     secret: Vec<u8>,
     policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
 }
 
 impl WithStore for Demo {
@@ -124,7 +136,7 @@ impl WithStore for Demo {
         X: tower_jwt_revocation::session::Sessions,
     {
         tracing::info!(addr = %self.listener.local_addr()?, store = description, "hyper demo listening");
-        serve(self.listener, store, &self.secret, self.policy).await;
+        serve(self.listener, store, &self.secret, self.policy, self.dpop).await;
         Ok(())
     }
 }
@@ -133,11 +145,13 @@ impl WithStore for Demo {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store::init_tracing();
     let (secret, policy) = (store::secret_from_env(), store::failure_policy_from_env()?);
+    let dpop = store::dpop_from_env()?;
     let listener = store::listener_from_env("127.0.0.1:3001").await?;
     with_store_from_env(Demo {
         listener,
         secret,
         policy,
+        dpop,
     })
     .await
 }

@@ -34,6 +34,13 @@
 //! - `SSF_AUDIENCE`: the `aud` security event tokens must name (default `OIDC_CLIENT_ID`)
 //! - `BASELINE_ROUTE=1`: serve `GET /baseline/me` with a provider too (for load comparisons; it
 //!   checks no revocation, so it is off with a provider unless asked for)
+//! - `RESOURCE_URL`: this resource's identifier (RFC 9728), an absolute `http(s)` URL whose
+//!   origin is what DPoP proofs' `htu` must name (never the `Host` header). Enables DPoP-bound
+//!   tokens (RFC 9449: `Authorization: DPoP` with a `DPoP` proof) and serves
+//!   `GET /.well-known/oauth-protected-resource` (the well-known segment before the URL's path,
+//!   if it has one), named by `resource_metadata` in every 401 challenge
+//! - `DPOP` (with `RESOURCE_URL`): `allowed` (default: bound tokens need proofs, bearer tokens
+//!   still work) or `required` (every token must be DPoP-bound)
 //!
 //! Routes: `GET /healthz` (liveness), `GET /readyz` (200 once the keys are loaded and the
 //! revocation tier has proved sync since start, else 503 with `Retry-After`), `GET /metrics` (Prometheus text: the layer's, the cache's and the
@@ -70,11 +77,13 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
+pub use store::{Resource, resource_from_vars};
 use store::{WithStore, with_store_from_env};
 use tower_jwt_revocation::backend::unix_seconds;
 use tower_jwt_revocation::decode::{ASYMMETRIC_ALGORITHMS, KeySource, Verifier};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::receiver::{BackChannelLogout, SetReceiver};
+use tower_jwt_revocation::resource_metadata::ProtectedResourceMetadata;
 use tower_jwt_revocation::session::{AccessToken, Issued, SessionError, SessionMeta, Sessions};
 use tower_jwt_revocation::{
     Claims, DefaultClaims, FailurePolicy, Jwks, JwtRevocationLayer, MissingJti, Rejection, RequireScopes,
@@ -109,6 +118,8 @@ pub struct Config {
     pub baseline_with_provider: bool,
     /// `POST /backchannel-logout` and `POST /ssf/events`, for `OIDC_ISSUER`.
     pub receivers: Option<Receivers>,
+    /// `RESOURCE_URL` and `DPOP`: DPoP and the protected-resource metadata.
+    pub resource: Option<Resource>,
 }
 
 /// Where the provider's revocation messages come from and whom they address: `OIDC_ISSUER`
@@ -128,8 +139,9 @@ pub struct Receivers {
 pub const ADMIN_SCOPE: &str = "revocations:admin";
 
 impl Config {
-    /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS`, `FAILURE_POLICY`, `JWT_AUDIENCE` and the provider
-    /// settings (`OIDC_ISSUER` or `JWKS_URL`, `JWKS_ALLOW_HTTP`, `JWKS_MIN_REFRESH_SECS`); with a
+    /// Reads `JWT_SECRET`, `ADMIN_SUBJECTS`, `FAILURE_POLICY`, `JWT_AUDIENCE`, `RESOURCE_URL`,
+    /// `DPOP` and the provider settings (`OIDC_ISSUER` or `JWKS_URL`, `JWKS_ALLOW_HTTP`,
+    /// `JWKS_MIN_REFRESH_SECS`); with a
     /// provider, starts fetching its keys (so call it inside the Tokio runtime).
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -153,6 +165,7 @@ impl Config {
             Some(other) => return Err(format!("BASELINE_ROUTE must be 0 or 1, not {other:?}")),
         };
         let receivers = receivers_from_vars(var);
+        let resource = resource_from_vars(var)?;
         Ok(Self {
             secret,
             admin_subjects,
@@ -162,6 +175,7 @@ impl Config {
             audience: var("JWT_AUDIENCE"),
             baseline_with_provider,
             receivers,
+            resource,
         })
     }
 }
@@ -285,6 +299,23 @@ where
         )
         .expect("the demo's baseline configuration is valid"),
     );
+    // DPoP and the protected-resource metadata, with `RESOURCE_URL`.
+    let metadata = config.resource.as_ref().map(|resource| {
+        let dpop = resource.dpop_config();
+        let mut metadata = ProtectedResourceMetadata::new(&resource.url)
+            .expect("RESOURCE_URL was checked when read")
+            .resource_name("tower-jwt-revocation demo")
+            .scopes_supported([ADMIN_SCOPE])
+            .dpop(&dpop);
+        if let Some(issuer) = config.provider.as_ref().and_then(|jwks| jwks.issuer()) {
+            metadata = metadata.authorization_server(issuer);
+        }
+        (dpop, metadata)
+    });
+    let auth = match &metadata {
+        Some((dpop, metadata)) => auth.dpop(dpop.clone()).resource_metadata(metadata.url()),
+        None => auth,
+    };
     let auth = auth
         .validation(validation)
         .max_token_lifetime(config.max_token_lifetime())
@@ -363,6 +394,9 @@ where
     router = router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", readyz);
+    if let Some((_, metadata)) = &metadata {
+        router = router.route_service(&metadata.path(), metadata.service());
+    }
     // Outside the bearer layer: their tokens are the provider's credentials.
     if let (Some(jwks), Some(receivers)) = (&state.config.provider, &state.config.receivers) {
         let lifetime = state.config.max_token_lifetime();

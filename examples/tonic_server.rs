@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! cargo run --example tonic_server      # BIND_ADDR (default 127.0.0.1:50051), JWT_SECRET,
-//!                                       # DATABASE_URL, REVOCATION_CACHE as for the axum demo
+//!                                       # DATABASE_URL, REVOCATION_CACHE, RESOURCE_URL, DPOP
+//!                                       # as for the axum demo
 //! ```
+//!
+//! With `RESOURCE_URL`, DPoP-bound tokens are taken as the axum demo takes them: `authorization:
+//! DPoP <token>` and a `dpop` proof in the request metadata, whose `htm` is `POST` and whose
+//! `htu` is the resource's origin followed by the method's path (`/demo.Auth/Me`).
 //!
 //! `Server::builder().layer(JwtRevocationLayer)` wraps every method; `skip_paths` carves
 //! `Login` out, since a client has no token before it logs in. A method reads the caller's
@@ -47,6 +52,7 @@ use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 use tower::{Service, service_fn};
 use tower_jwt_revocation::backend::unix_seconds;
+use tower_jwt_revocation::dpop::DpopConfig;
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use tower_jwt_revocation::{Claims, FailurePolicy, JwtRevocationLayer, RevocationBackend, RevocationStore};
 
@@ -228,13 +234,18 @@ pub fn auth_layer<S: RevocationBackend>(
     store: S,
     secret: &[u8],
     policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
 ) -> JwtRevocationLayer<S> {
-    JwtRevocationLayer::builder(store)
+    let builder = JwtRevocationLayer::builder(store)
         .decoding_key(DecodingKey::from_secret(secret))
         .failure_policy(policy)
-        .skip_paths(|path| path == LOGIN)
-        .build()
-        .expect("the demo's layer configuration is valid")
+        .skip_paths(|path| path == LOGIN);
+    match dpop {
+        Some(dpop) => builder.dpop(dpop),
+        None => builder,
+    }
+    .build()
+    .expect("the demo's layer configuration is valid")
 }
 
 /// Serves `demo.Auth` on `listener` until the process ends.
@@ -243,6 +254,7 @@ pub async fn serve<S>(
     store: S,
     secret: &[u8],
     policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
 ) -> Result<(), tonic::transport::Error>
 where
     S: RevocationBackend + RevocationStore + Clone,
@@ -251,7 +263,7 @@ where
     tonic::transport::Server::builder()
         .timeout(edge::TIMEOUT)
         .layer(edge::grpc())
-        .layer(auth_layer(store, secret, policy))
+        .layer(auth_layer(store, secret, policy, dpop))
         .add_service(server)
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
         .await
@@ -278,16 +290,35 @@ impl AuthClient {
         Q: prost::Message + Send + Sync + 'static,
         A: prost::Message + Default + Send + Sync + 'static,
     {
+        let credentials = token.map(|token| (format!("Bearer {token}"), None));
+        self.call(path, message, credentials).await
+    }
+
+    /// Calls `path` with an `authorization` value and, for a DPoP-bound token, its proof.
+    async fn call<Q, A>(
+        &mut self,
+        path: &'static str,
+        message: Q,
+        credentials: Option<(String, Option<String>)>,
+    ) -> Result<A, Status>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
         self.grpc
             .ready()
             .await
             .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
         let mut request = Request::new(message);
-        if let Some(token) = token {
-            let value = format!("Bearer {token}")
+        if let Some((authorization, proof)) = credentials {
+            let value = authorization
                 .parse()
                 .map_err(|_| Status::invalid_argument("bad token"))?;
             request.metadata_mut().insert("authorization", value);
+            if let Some(proof) = proof {
+                let value = proof.parse().map_err(|_| Status::invalid_argument("bad proof"))?;
+                request.metadata_mut().insert("dpop", value);
+            }
         }
         let codec = ProstCodec::<Q, A>::default();
         Ok(self
@@ -309,12 +340,24 @@ impl AuthClient {
     pub async fn logout(&mut self, token: &str) -> Result<Empty, Status> {
         self.unary(LOGOUT, Empty {}, Some(token)).await
     }
+
+    /// `Me` with a DPoP-bound token and its proof (for `POST` on the resource's origin followed
+    /// by `/demo.Auth/Me`).
+    pub async fn me_with_proof(&mut self, token: &str, proof: &str) -> Result<MeReply, Status> {
+        self.call(
+            ME,
+            Empty {},
+            Some((format!("DPoP {token}"), Some(proof.to_owned()))),
+        )
+        .await
+    }
 }
 
 struct Demo {
     listener: tokio::net::TcpListener,
     secret: Vec<u8>,
     policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
 }
 
 impl WithStore for Demo {
@@ -329,7 +372,7 @@ impl WithStore for Demo {
         X: tower_jwt_revocation::session::Sessions,
     {
         tracing::info!(addr = %self.listener.local_addr()?, store = description, "gRPC demo listening");
-        serve(self.listener, store, &self.secret, self.policy).await?;
+        serve(self.listener, store, &self.secret, self.policy, self.dpop).await?;
         Ok(())
     }
 }
@@ -338,11 +381,13 @@ impl WithStore for Demo {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store::init_tracing();
     let (secret, policy) = (store::secret_from_env(), store::failure_policy_from_env()?);
+    let dpop = store::dpop_from_env()?;
     let listener = store::listener_from_env("127.0.0.1:50051").await?;
     with_store_from_env(Demo {
         listener,
         secret,
         policy,
+        dpop,
     })
     .await
 }

@@ -44,6 +44,7 @@ impl WithStore for Handoff {
             audience: None,
             baseline_with_provider: false,
             receivers: None,
+            resource: None,
         };
         let _ = self.0.send(server::app(store, sessions, config));
         std::future::pending::<()>().await;

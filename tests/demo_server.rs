@@ -29,6 +29,7 @@ fn demo() -> Router {
         audience: None,
         baseline_with_provider: false,
         receivers: None,
+        resource: None,
     };
     let store = MemoryStore::new();
     server::app(
@@ -295,6 +296,7 @@ async fn with_postgres_a_logout_survives_a_server_restart(pool: sqlx::PgPool) {
         audience: None,
         baseline_with_provider: false,
         receivers: None,
+        resource: None,
     };
     let fresh_pool = || async {
         sqlx::postgres::PgPoolOptions::new()
@@ -511,6 +513,7 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
                 audience: None,
                 baseline_with_provider: false,
                 receivers: None,
+                resource: None,
             },
         )
     });
@@ -583,6 +586,7 @@ mod provider_mode {
             audience: audience.map(str::to_owned),
             baseline_with_provider: baseline,
             receivers: server::receivers_from_vars(vars),
+            resource: server::resource_from_vars(vars).unwrap(),
         };
         let store = MemoryStore::new();
         server::app(
@@ -886,6 +890,210 @@ mod provider_mode {
         ]));
         assert!(matches!(ok, Ok(Some(_))));
     }
+
+    /// `RESOURCE_URL` and `DPOP`: the demo takes DPoP-bound provider tokens and publishes its
+    /// protected-resource metadata (on the main issue 27 started from, that path was 404 and a
+    /// bound token sent as Bearer was 200).
+    mod dpop {
+        use super::*;
+        use crate::common::dpop::{ES256, RS256};
+
+        const RESOURCE: &str = "http://127.0.0.1:3000";
+
+        async fn demo_dpop(provider: &Provider, policy: &str) -> Router {
+            let vars = |name: &str| match name {
+                "OIDC_ISSUER" => Some(provider.issuer()),
+                "JWKS_ALLOW_HTTP" => Some("1".to_owned()),
+                "RESOURCE_URL" => Some(RESOURCE.to_owned()),
+                "DPOP" => Some(policy.to_owned()),
+                _ => None,
+            };
+            let config = server::Config {
+                secret: SECRET.to_vec(),
+                admin_subjects: vec![],
+                failure_policy: tower_jwt_revocation::FailurePolicy::Closed,
+                metrics: None,
+                provider: server::provider_from_vars(vars).unwrap(),
+                audience: Some("demo-api".into()),
+                baseline_with_provider: false,
+                receivers: None,
+                resource: server::resource_from_vars(vars).unwrap(),
+            };
+            let store = MemoryStore::new();
+            server::app(
+                store.clone(),
+                MemorySessions::new(store, SessionConfig::default()),
+                config,
+            )
+        }
+
+        async fn send(
+            app: &Router,
+            method: &str,
+            path: &str,
+            authorization: Option<String>,
+            proof: Option<String>,
+        ) -> (StatusCode, http::HeaderMap, Value) {
+            let mut req = Request::builder().method(method).uri(path);
+            if let Some(authorization) = authorization {
+                req = req.header(AUTHORIZATION, authorization);
+            }
+            if let Some(proof) = proof {
+                req = req.header("DPoP", proof);
+            }
+            let res = app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let (status, headers) = (res.status(), res.headers().clone());
+            let bytes = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+            (
+                status,
+                headers,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+
+        fn bound(provider: &Provider, jti: &str, jkt: &str) -> String {
+            token(provider, jti, json!({"aud": "demo-api", "cnf": {"jkt": jkt}}))
+        }
+
+        #[tokio::test]
+        async fn the_metadata_is_served_and_named_by_every_401() {
+            let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+            let app = demo_dpop(&provider, "required").await;
+            let (status, headers, body) =
+                send(&app, "GET", "/.well-known/oauth-protected-resource", None, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(headers[CONTENT_TYPE], "application/json");
+            assert_eq!(body["resource"], RESOURCE);
+            assert_eq!(body["authorization_servers"], json!([provider.issuer()]));
+            assert_eq!(body["scopes_supported"], json!(["revocations:admin"]));
+            assert_eq!(body["bearer_methods_supported"], json!(["header"]));
+            assert_eq!(body["dpop_bound_access_tokens_required"], true);
+            assert_eq!(body["dpop_signing_alg_values_supported"][0], "ES256");
+            // No token: the DPoP challenge alone under `required`, naming the metadata.
+            let (status, headers, _) = send(&app, "GET", "/me", None, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            let challenge = headers[WWW_AUTHENTICATE].to_str().unwrap();
+            assert!(
+                challenge.starts_with("DPoP realm=\"demo\", algs=\"ES256"),
+                "{challenge}"
+            );
+            assert!(
+                challenge.contains(
+                    r#"resource_metadata="http://127.0.0.1:3000/.well-known/oauth-protected-resource""#
+                ),
+                "{challenge}"
+            );
+            // Without RESOURCE_URL there is no such document.
+            let plain = demo_for(&provider, Some("demo-api")).await;
+            assert_eq!(
+                call(&plain, "GET", "/.well-known/oauth-protected-resource", None, None)
+                    .await
+                    .0,
+                StatusCode::NOT_FOUND
+            );
+        }
+
+        #[tokio::test]
+        async fn bound_tokens_need_their_proof_and_logout_ends_them() {
+            let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+            let app = demo_dpop(&provider, "allowed").await;
+            let token = bound(&provider, "d1", &ES256.jkt());
+            let url = format!("{RESOURCE}/me");
+            let dpop = |proof: String| (Some(format!("DPoP {token}")), Some(proof));
+            let (authorization, proof) = dpop(ES256.proof("GET", &url, &token));
+            let (status, _, body) = send(&app, "GET", "/me", authorization, proof).await;
+            assert_eq!(
+                (status, body["sub"].as_str()),
+                (StatusCode::OK, Some("pat")),
+                "{body}"
+            );
+            // The bound token alone, as Bearer: refused, with a JSON body and the DPoP challenge.
+            let (status, headers, body) =
+                send(&app, "GET", "/me", Some(format!("Bearer {token}")), None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["error"], "invalid_token");
+            assert!(
+                headers[WWW_AUTHENTICATE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("DPoP realm=\"demo\", error=\"invalid_token\"")
+            );
+            // Another key's proof.
+            let (authorization, proof) = dpop(RS256.proof("GET", &url, &token));
+            let (status, _, body) = send(&app, "GET", "/me", authorization, proof).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("invalid_dpop_proof"))
+            );
+            // An unbound token still works as Bearer under `allowed`.
+            let plain = token_for(&provider, "d2");
+            assert_eq!(
+                send(&app, "GET", "/me", Some(format!("Bearer {plain}")), None)
+                    .await
+                    .0,
+                StatusCode::OK
+            );
+            // Logout with a proof for POST /logout ends the bound token.
+            let (authorization, proof) = dpop(ES256.proof("POST", &format!("{RESOURCE}/logout"), &token));
+            assert_eq!(
+                send(&app, "POST", "/logout", authorization, proof).await.0,
+                StatusCode::NO_CONTENT
+            );
+            let (authorization, proof) = dpop(ES256.proof("GET", &url, &token));
+            let (status, _, body) = send(&app, "GET", "/me", authorization, proof).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["error_description"], "token revoked");
+        }
+
+        fn token_for(provider: &Provider, jti: &str) -> String {
+            token(provider, jti, json!({"aud": "demo-api"}))
+        }
+
+        #[tokio::test]
+        async fn under_required_an_unbound_token_is_refused() {
+            let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+            let app = demo_dpop(&provider, "required").await;
+            let plain = token_for(&provider, "r1");
+            let (status, _, body) = send(&app, "GET", "/me", Some(format!("Bearer {plain}")), None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["error_description"], "token is not DPoP-bound");
+        }
+
+        #[test]
+        fn resource_settings_are_checked() {
+            let vars = |pairs: &'static [(&'static str, &'static str)]| {
+                move |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| (*v).to_owned())
+                }
+            };
+            assert!(server::resource_from_vars(vars(&[])).unwrap().is_none());
+            for bad in [
+                &[("DPOP", "required")][..],
+                &[("RESOURCE_URL", "https://a.example"), ("DPOP", "yes")],
+                &[("RESOURCE_URL", "a.example")],
+                &[("RESOURCE_URL", "https://a.example/?q")],
+            ] {
+                assert!(server::resource_from_vars(vars(bad)).is_err(), "{bad:?}");
+            }
+            let ok = server::resource_from_vars(vars(&[("RESOURCE_URL", "https://a.example/v1")]))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (ok.url.as_str(), ok.dpop),
+                (
+                    "https://a.example/v1",
+                    tower_jwt_revocation::dpop::DpopPolicy::Allowed
+                )
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -899,6 +1107,7 @@ async fn jwt_audience_in_hs256_mode_is_required_and_carried_by_login_tokens() {
         audience: Some("demo-api".into()),
         baseline_with_provider: false,
         receivers: None,
+        resource: None,
     };
     let store = MemoryStore::new();
     let app = server::app(

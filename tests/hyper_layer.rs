@@ -20,6 +20,16 @@ async fn send(
     path: &str,
     authorization: Option<&str>,
 ) -> (StatusCode, Option<String>, String) {
+    send_with_proof(addr, method, path, authorization, None).await
+}
+
+async fn send_with_proof(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    authorization: Option<&str>,
+    proof: Option<&str>,
+) -> (StatusCode, Option<String>, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -31,6 +41,9 @@ async fn send(
         .header("host", "localhost");
     if let Some(auth) = authorization {
         req = req.header(AUTHORIZATION, auth);
+    }
+    if let Some(proof) = proof {
+        req = req.header("DPoP", proof);
     }
     let res = sender
         .send_request(req.body(Empty::<Bytes>::new()).unwrap())
@@ -54,6 +67,7 @@ async fn the_hyper_example_enforces_logout_over_http() {
         MemoryStore::new(),
         SECRET,
         FailurePolicy::Closed,
+        None,
     ));
     let auth = format!("Bearer {}", mint(claims("h1", "hana")));
 
@@ -84,5 +98,36 @@ async fn the_hyper_example_enforces_logout_over_http() {
     assert_eq!(
         challenge.as_deref(),
         Some(r#"Bearer error="invalid_token", error_description="token revoked""#)
+    );
+}
+
+#[tokio::test]
+async fn the_hyper_example_checks_dpop_proofs_against_its_origin() {
+    use common::dpop::ES256;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = "https://hyper.example.com";
+    tokio::spawn(hyper_server::serve(
+        listener,
+        MemoryStore::new(),
+        SECRET,
+        FailurePolicy::Closed,
+        Some(tower_jwt_revocation::dpop::DpopConfig::new(origin)),
+    ));
+    let mut bound = claims("hd1", "hana");
+    bound["cnf"] = serde_json::json!({"jkt": ES256.jkt()});
+    let token = mint(bound);
+    let auth = format!("DPoP {token}");
+    let proof = ES256.proof("GET", &format!("{origin}/me"), &token);
+    let (status, _, body) = send_with_proof(addr, Method::GET, "/me", Some(&auth), Some(&proof)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The request's Host is localhost; a proof naming it is for another resource.
+    let proof = ES256.proof("GET", "http://localhost/me", &token);
+    let (status, challenge, _) = send_with_proof(addr, Method::GET, "/me", Some(&auth), Some(&proof)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge
+            .unwrap()
+            .contains("DPoP proof htu does not match the request URI")
     );
 }

@@ -19,6 +19,7 @@ async fn start(store: MemoryStore) -> std::net::SocketAddr {
         store,
         SECRET,
         FailurePolicy::Closed,
+        None,
     ));
     addr
 }
@@ -68,6 +69,7 @@ async fn a_store_outage_is_unavailable_under_the_closed_policy() {
                 FailingBackend::default(),
                 SECRET,
                 FailurePolicy::Closed,
+                None,
             ))
             .add_service(AuthServer::new(MemoryStore::new(), SECRET))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
@@ -105,5 +107,54 @@ async fn a_missing_scope_is_permission_denied() {
     assert_eq!(
         (denied.code(), denied.message()),
         (Code::PermissionDenied, "insufficient scope")
+    );
+}
+
+#[tokio::test]
+async fn grpc_callers_with_dpop_bound_tokens_send_a_proof_for_the_method() {
+    use common::dpop::{ES256, RS256};
+    use tower_jwt_revocation::dpop::DpopConfig;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tonic_server::serve(
+        listener,
+        MemoryStore::new(),
+        SECRET,
+        FailurePolicy::Closed,
+        Some(DpopConfig::new("https://grpc.example.com")),
+    ));
+    let mut client = AuthClient::connect(addr).await.unwrap();
+    let mut bound = claims("g1", "dora");
+    bound["cnf"] = serde_json::json!({"jkt": ES256.jkt()});
+    let token = mint(bound);
+    let htu = "https://grpc.example.com/demo.Auth/Me";
+    let me = client
+        .me_with_proof(&token, &ES256.proof("POST", htu, &token))
+        .await
+        .unwrap();
+    assert_eq!(me.sub, "dora");
+    let as_bearer = client.me(Some(&token)).await.unwrap_err();
+    assert_eq!(
+        (as_bearer.code(), as_bearer.message()),
+        (
+            Code::Unauthenticated,
+            "DPoP-bound token presented as a bearer token"
+        )
+    );
+    let other_key = client
+        .me_with_proof(&token, &RS256.proof("POST", htu, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(other_key.code(), Code::Unauthenticated);
+    let wrong_method = client
+        .me_with_proof(&token, &ES256.proof("GET", htu, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (wrong_method.code(), wrong_method.message()),
+        (
+            Code::Unauthenticated,
+            "DPoP proof htm does not match the request method"
+        )
     );
 }

@@ -81,6 +81,49 @@ pub fn failure_policy_from_env() -> Result<FailurePolicy, String> {
     }
 }
 
+/// The resource identifier (`RESOURCE_URL`) and which tokens must be DPoP-bound (`DPOP`).
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// The resource identifier, also the origin DPoP proofs name.
+    pub url: String,
+    /// `DPOP`: `allowed` or `required`.
+    pub dpop: tower_jwt_revocation::dpop::DpopPolicy,
+}
+
+/// Reads `RESOURCE_URL` and `DPOP`; `DPOP` without `RESOURCE_URL` is refused (the proofs' origin
+/// would be unknown).
+pub fn resource_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Resource>, String> {
+    let dpop = match var("DPOP").as_deref() {
+        None | Some("allowed") => tower_jwt_revocation::dpop::DpopPolicy::Allowed,
+        Some("required") => tower_jwt_revocation::dpop::DpopPolicy::Required,
+        Some(other) => return Err(format!("DPOP must be allowed or required, not {other:?}")),
+    };
+    match var("RESOURCE_URL") {
+        None if var("DPOP").is_some() => Err("DPOP needs RESOURCE_URL (the origin proofs name)".into()),
+        None => Ok(None),
+        Some(url) => {
+            let _checked = tower_jwt_revocation::resource_metadata::ProtectedResourceMetadata::new(&url)
+                .map_err(|e| format!("RESOURCE_URL: {e}"))?;
+            Ok(Some(Resource { url, dpop }))
+        }
+    }
+}
+
+impl Resource {
+    /// The layer's DPoP settings for this resource.
+    pub fn dpop_config(&self) -> tower_jwt_revocation::dpop::DpopConfig {
+        tower_jwt_revocation::dpop::DpopConfig::new(&self.url).policy(self.dpop)
+    }
+}
+
+/// `RESOURCE_URL` and `DPOP` from the environment, as DPoP settings for the layer.
+pub fn dpop_from_env() -> Result<Option<tower_jwt_revocation::dpop::DpopConfig>, String> {
+    Ok(
+        resource_from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?
+            .map(|r| r.dpop_config()),
+    )
+}
+
 /// `REVOCATION_CACHE`: `None` for `off`.
 fn cache_mode(value: Option<&str>) -> Result<Option<CacheMode>, String> {
     match value {
