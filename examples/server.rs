@@ -41,6 +41,9 @@
 //!   if it has one), named by `resource_metadata` in every 401 challenge
 //! - `DPOP` (with `RESOURCE_URL`): `allowed` (default: bound tokens need proofs, bearer tokens
 //!   still work) or `required` (every token must be DPoP-bound)
+//! - `DPOP_NONCE_SECRET` (with `RESOURCE_URL`, at least 32 bytes): require a server nonce in every
+//!   proof (RFC 9449 §9: a proof without a current one gets 401 `use_dpop_nonce` and a
+//!   `DPoP-Nonce`); every instance given the same secret accepts the others' nonces
 //!
 //! Routes: `GET /healthz` (liveness), `GET /readyz` (200 once the keys are loaded and the
 //! revocation tier has proved sync since start, else 503 with `Retry-After`), `GET /metrics` (Prometheus text: the layer's, the cache's and the

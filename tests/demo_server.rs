@@ -1079,6 +1079,14 @@ mod provider_mode {
                 &[("RESOURCE_URL", "https://a.example"), ("DPOP", "yes")],
                 &[("RESOURCE_URL", "a.example")],
                 &[("RESOURCE_URL", "https://a.example/?q")],
+                &[(
+                    "DPOP_NONCE_SECRET",
+                    "a secret long enough to be accepted, if alone",
+                )],
+                &[
+                    ("RESOURCE_URL", "https://a.example"),
+                    ("DPOP_NONCE_SECRET", "short"),
+                ],
             ] {
                 assert!(server::resource_from_vars(vars(bad)).is_err(), "{bad:?}");
             }

@@ -81,30 +81,50 @@ pub fn failure_policy_from_env() -> Result<FailurePolicy, String> {
     }
 }
 
-/// The resource identifier (`RESOURCE_URL`) and which tokens must be DPoP-bound (`DPOP`).
+/// The resource identifier (`RESOURCE_URL`), which tokens must be DPoP-bound (`DPOP`), and the
+/// secret of required server nonces (`DPOP_NONCE_SECRET`).
 #[derive(Clone, Debug)]
 pub struct Resource {
     /// The resource identifier, also the origin DPoP proofs name.
     pub url: String,
     /// `DPOP`: `allowed` or `required`.
     pub dpop: tower_jwt_revocation::dpop::DpopPolicy,
+    /// `DPOP_NONCE_SECRET`: with it every proof must carry a current server nonce; give every
+    /// instance the same one.
+    pub nonce_secret: Option<String>,
 }
 
-/// Reads `RESOURCE_URL` and `DPOP`; `DPOP` without `RESOURCE_URL` is refused (the proofs' origin
-/// would be unknown).
+/// Reads `RESOURCE_URL`, `DPOP` and `DPOP_NONCE_SECRET`; either of the last two without
+/// `RESOURCE_URL` is refused (the proofs' origin would be unknown).
 pub fn resource_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Resource>, String> {
+    use tower_jwt_revocation::dpop::{DpopPolicy, MIN_NONCE_SECRET_LEN};
     let dpop = match var("DPOP").as_deref() {
-        None | Some("allowed") => tower_jwt_revocation::dpop::DpopPolicy::Allowed,
-        Some("required") => tower_jwt_revocation::dpop::DpopPolicy::Required,
+        None | Some("allowed") => DpopPolicy::Allowed,
+        Some("required") => DpopPolicy::Required,
         Some(other) => return Err(format!("DPOP must be allowed or required, not {other:?}")),
     };
+    let nonce_secret = var("DPOP_NONCE_SECRET");
+    if nonce_secret
+        .as_ref()
+        .is_some_and(|secret| secret.len() < MIN_NONCE_SECRET_LEN)
+    {
+        return Err(format!(
+            "DPOP_NONCE_SECRET must be at least {MIN_NONCE_SECRET_LEN} bytes"
+        ));
+    }
     match var("RESOURCE_URL") {
-        None if var("DPOP").is_some() => Err("DPOP needs RESOURCE_URL (the origin proofs name)".into()),
+        None if var("DPOP").is_some() || nonce_secret.is_some() => {
+            Err("DPOP and DPOP_NONCE_SECRET need RESOURCE_URL (the origin proofs name)".into())
+        }
         None => Ok(None),
         Some(url) => {
             let _checked = tower_jwt_revocation::resource_metadata::ProtectedResourceMetadata::new(&url)
                 .map_err(|e| format!("RESOURCE_URL: {e}"))?;
-            Ok(Some(Resource { url, dpop }))
+            Ok(Some(Resource {
+                url,
+                dpop,
+                nonce_secret,
+            }))
         }
     }
 }
@@ -112,7 +132,11 @@ pub fn resource_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option
 impl Resource {
     /// The layer's DPoP settings for this resource.
     pub fn dpop_config(&self) -> tower_jwt_revocation::dpop::DpopConfig {
-        tower_jwt_revocation::dpop::DpopConfig::new(&self.url).policy(self.dpop)
+        let config = tower_jwt_revocation::dpop::DpopConfig::new(&self.url).policy(self.dpop);
+        match &self.nonce_secret {
+            Some(secret) => config.require_nonce(secret.as_bytes()),
+            None => config,
+        }
     }
 }
 
