@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for target in bearer request_path receivers; do
+for target in bearer request_path receivers dpop; do
   echo "== fuzzing $target for ${seconds}s"
   cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=4096 -timeout=10
 done

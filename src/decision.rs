@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::backend::{StoreError, Verdict};
 use crate::bearer::Credentials;
-use crate::dpop::{DPOP_NONCE, Dpop, DpopError};
+use crate::dpop::{DPOP_NONCE, Dpop, DpopError, Unrecorded};
 use serde::de::DeserializeOwned;
 
 use crate::reject::{Reject, RejectSettings, Rejection};
@@ -166,6 +166,8 @@ pub(crate) struct Shared<S, R> {
     pub(crate) scopes: Option<RequiredScopes>,
     /// The DPoP check, when the layer accepts DPoP-bound tokens.
     pub(crate) dpop: Option<Dpop>,
+    /// Tokens bound by a `cnf` method other than DPoP's are let in (a proxy checks them).
+    pub(crate) accept_unchecked_confirmation: bool,
     pub(crate) reject: R,
     pub(crate) counters: Counters,
 }
@@ -226,14 +228,20 @@ impl<S, R> Shared<S, R> {
 
     /// Checks a verified token's sender constraint: with DPoP configured, its binding and its
     /// proof ([`Dpop::confirm`]); without, only that it is not bound (a bound token cannot be
-    /// accepted by a layer that cannot check its proof). Runs before the revocation check, on
-    /// every request, cached token or not.
+    /// accepted by a layer that cannot check its proof), and in either case that it is bound by
+    /// no method the layer cannot check. Runs before the revocation check, on every request,
+    /// cached token or not; the proof it returns is recorded by [`decide`](Self::decide) once
+    /// the request is admitted.
     pub(crate) fn confirm<C, B>(
         &self,
         claims: &Claims<C>,
         credentials: Credentials<'_>,
         request: &Request<B>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<Unrecorded>, Rejection> {
+        let other_binding = claims.cnf.as_ref().is_some_and(|cnf| !cnf.other.is_empty());
+        if other_binding && !self.accept_unchecked_confirmation {
+            return Err(Rejection::Dpop(DpopError::UnsupportedBinding));
+        }
         match &self.dpop {
             Some(dpop) => dpop
                 .confirm(
@@ -245,20 +253,30 @@ impl<S, R> Shared<S, R> {
                 )
                 .map_err(Rejection::Dpop),
             None if claims.dpop_jkt().is_some() => Err(Rejection::Dpop(DpopError::BoundTokenAsBearer)),
-            None => Ok(()),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the proof of a request about to be admitted (see [`Dpop::record`]).
+    fn record(&self, proof: Option<Unrecorded>) -> Result<(), Rejection> {
+        match (&self.dpop, proof) {
+            (Some(dpop), Some(proof)) => dpop.record(proof).map_err(Rejection::Dpop),
+            _ => Ok(()),
         }
     }
 
     /// Turns a backend answer into "pass" (`Ok`) or a rejection, applying the failure policy,
     /// then, for a token that passes, the required scopes and the claims predicate `check`
-    /// (403), which therefore never run for a revoked token. The one place this decision is
-    /// made, for the fast and the slow path alike. Store errors are logged as an outage's start
-    /// and end, not once per request.
+    /// (403), which therefore never run for a revoked token, and last the DPoP `proof`'s replay
+    /// check, so only an admitted request's proof takes room in the window. The one place this
+    /// decision is made, for the fast and the slow path alike. Store errors are logged as an
+    /// outage's start and end, not once per request.
     pub(crate) fn decide<C>(
         &self,
         answer: Result<Verdict, StoreError>,
         claims: &Claims<C>,
         check: Option<&ClaimsCheck<C>>,
+        proof: Option<Unrecorded>,
     ) -> Result<(), Rejection> {
         let denied = || {
             self.scopes
@@ -269,6 +287,7 @@ impl<S, R> Shared<S, R> {
         match answer {
             Ok(Verdict::Active) if denied() => Err(Rejection::InsufficientScope),
             Ok(Verdict::Active) => {
+                self.record(proof)?;
                 self.counters.authorized.bump();
                 Ok(())
             }
@@ -285,6 +304,7 @@ impl<S, R> Shared<S, R> {
                         if denied() {
                             return Err(Rejection::InsufficientScope);
                         }
+                        self.record(proof)?;
                         self.counters.fail_open_passes.bump();
                         Ok(())
                     }
@@ -300,11 +320,12 @@ impl<S, R> Shared<S, R> {
         answer: Result<Verdict, StoreError>,
         claims: &Claims<C>,
         check: Option<&ClaimsCheck<C>>,
+        proof: Option<Unrecorded>,
     ) -> Result<(), Rejection> {
         if answer.is_ok() {
             self.counters.outage.succeeded();
         }
-        self.decide(answer, claims, check)
+        self.decide(answer, claims, check, proof)
     }
 
     pub(crate) fn count_anonymous(&self) {

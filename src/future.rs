@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::RevocationBackend;
 use crate::bearer::request_credentials;
 use crate::decision::Shared;
+use crate::dpop::Unrecorded;
 use crate::reject::{Reject, Rejection};
 use crate::scope::ClaimsCheck;
 use crate::verify::token_cache::TokenCache;
@@ -33,6 +34,8 @@ pub(crate) struct Pending<Inner, ReqBody, C> {
     pub(crate) claims: Arc<Claims<C>>,
     /// The claims predicate, run once the token is known not to be revoked.
     pub(crate) check: Option<ClaimsCheck<C>>,
+    /// The DPoP proof, recorded in the replay window if the request is admitted.
+    pub(crate) proof: Option<Unrecorded>,
 }
 
 /// What a request waiting for the key set carries until the fetch ends.
@@ -163,8 +166,9 @@ where
                         request,
                         claims,
                         check,
+                        proof,
                     } = pending.take().expect("ResponseFuture polled after completion");
-                    let decision = shared.decide_slow(answer, &claims, check.as_ref());
+                    let decision = shared.decide_slow(answer, &claims, check.as_ref(), proof);
                     match admit(decision, &mut inner, request, claims, shared) {
                         Ok(future) => state.set(State::Inner { future }),
                         Err(response) => return Poll::Ready(Ok(response)),
@@ -197,13 +201,13 @@ where
                         let claims = shared.verify(cache.as_deref(), credentials.token, false)?;
                         Ok((claims, credentials))
                     });
-                    let claims = match verified {
-                        Ok((claims, credentials)) => {
-                            if let Err(rejection) = shared.confirm(&claims, credentials, &request) {
+                    let (claims, proof) = match verified {
+                        Ok((claims, credentials)) => match shared.confirm(&claims, credentials, &request) {
+                            Ok(proof) => (claims, proof),
+                            Err(rejection) => {
                                 return Poll::Ready(Ok(shared.reject(rejection, request.headers())));
                             }
-                            claims
-                        }
+                        },
                         Err(unverified) => {
                             let rejection = match unverified {
                                 Unverified::Invalid(invalid) => Rejection::Invalid(invalid),
@@ -216,7 +220,7 @@ where
                     };
                     match shared.backend.try_check(&claims.facts()) {
                         Some(answer) => {
-                            let decision = shared.decide(answer, &claims, check.as_ref());
+                            let decision = shared.decide(answer, &claims, check.as_ref(), proof);
                             match admit(decision, &mut inner, request, claims, &shared) {
                                 Ok(future) => state.set(State::Inner { future }),
                                 Err(response) => return Poll::Ready(Ok(response)),
@@ -232,6 +236,7 @@ where
                                     request,
                                     claims,
                                     check,
+                                    proof,
                                 }),
                                 shared,
                             });

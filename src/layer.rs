@@ -151,6 +151,7 @@ struct Config {
     /// `None`: key revocations by issuer as the backend declares (`issuer_keying`).
     key_by_issuer: Option<bool>,
     dpop: Option<DpopConfig>,
+    accept_unchecked_confirmation: bool,
 }
 
 impl<S> JwtRevocationBuilder<S> {
@@ -183,6 +184,7 @@ impl<S> JwtRevocationBuilder<S> {
                 token_cache_capacity: token_cache::DEFAULT_CAPACITY,
                 token_cache_max_token_len: token_cache::DEFAULT_MAX_TOKEN_LEN,
                 dpop: None,
+                accept_unchecked_confirmation: false,
             },
             reject: DefaultReject,
             check: None,
@@ -371,6 +373,15 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     /// thief in) and the `DPoP` scheme is not read.
     pub fn dpop(mut self, dpop: DpopConfig) -> Self {
         self.config.dpop = Some(dpop);
+        self
+    }
+
+    /// Accepts tokens whose `cnf` binds them by a method other than DPoP's `jkt` (mTLS's
+    /// `x5t#S256`, RFC 8705; a `jwk`), which the layer cannot check: only where something in
+    /// front of it (a TLS-terminating proxy) checks that binding. Without it such a token is
+    /// refused, 401 `invalid_token`, as a bound token without its proof must be.
+    pub fn accept_unchecked_confirmation(mut self) -> Self {
+        self.config.accept_unchecked_confirmation = true;
         self
     }
 
@@ -571,6 +582,7 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
                 settings: config.settings,
                 scopes: (!scopes.is_empty()).then_some(scopes),
                 dpop,
+                accept_unchecked_confirmation: config.accept_unchecked_confirmation,
                 reject: self.reject,
                 counters: Counters::default(),
             }),

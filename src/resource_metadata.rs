@@ -267,6 +267,43 @@ mod tests {
     }
 
     #[test]
+    fn dpop_settings_are_advertised() {
+        use crate::dpop::{DpopConfig, DpopPolicy};
+        use jsonwebtoken::Algorithm;
+        let required = DpopConfig::new("https://api.example.com")
+            .policy(DpopPolicy::Required)
+            .algorithms([Algorithm::ES256, Algorithm::EdDSA]);
+        let json: serde_json::Value = serde_json::from_str(
+            &ProtectedResourceMetadata::new("https://api.example.com")
+                .unwrap()
+                .scopes_supported(["read"])
+                .jwks_uri("https://api.example.com/jwks")
+                .resource_documentation("https://docs.example.com")
+                .dpop(&required)
+                .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            json["dpop_signing_alg_values_supported"],
+            serde_json::json!(["ES256", "EdDSA"])
+        );
+        assert_eq!(json["dpop_bound_access_tokens_required"], true);
+        assert_eq!(json["scopes_supported"], serde_json::json!(["read"]));
+        assert_eq!(json["jwks_uri"], "https://api.example.com/jwks");
+        assert_eq!(json["resource_documentation"], "https://docs.example.com");
+        let allowed = DpopConfig::new("https://api.example.com");
+        let json = ProtectedResourceMetadata::new("https://api.example.com")
+            .unwrap()
+            .dpop(&allowed)
+            .to_json();
+        assert!(!json.contains("dpop_bound_access_tokens_required"), "{json}");
+        assert!(
+            json.contains(r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA""#),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn the_service_answers_get_and_head_at_its_path_only() {
         let mut service = ProtectedResourceMetadata::new("https://api.example.com/v1")
             .unwrap()

@@ -142,11 +142,12 @@ where
                 return ResponseFuture::awaiting_keys(wait, pending, Arc::clone(&self.shared));
             }
         };
-        if let Err(rejection) = shared.confirm(&claims, credentials, &request) {
-            return self.rejected(rejection, &request);
-        }
+        let proof = match shared.confirm(&claims, credentials, &request) {
+            Ok(proof) => proof,
+            Err(rejection) => return self.rejected(rejection, &request),
+        };
         match shared.backend.try_check(&claims.facts()) {
-            Some(answer) => match shared.decide(answer, &claims, self.check.as_ref()) {
+            Some(answer) => match shared.decide(answer, &claims, self.check.as_ref(), proof) {
                 Ok(()) => {
                     request.extensions_mut().insert(claims);
                     ResponseFuture::inner(self.inner.call(request))
@@ -163,6 +164,7 @@ where
                         request,
                         claims,
                         check: self.check.clone(),
+                        proof,
                     },
                     Arc::clone(&self.shared),
                 )

@@ -520,10 +520,10 @@ async fn once_a_nonce_is_required_a_proof_without_one_is_never_accepted() {
 
 #[tokio::test]
 async fn a_full_replay_window_refuses_with_503_instead_of_forgetting() {
-    // One bucket of 8 slots.
-    let layer = layer(DpopConfig::new(ORIGIN).replay_capacity(8));
+    // Two buckets of 8 slots: every proof can go to either.
+    let layer = layer(DpopConfig::new(ORIGIN).replay_capacity(16));
     let token = bound_token("full", ES256);
-    for _ in 0..8 {
+    for _ in 0..16 {
         assert_eq!(
             send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token)))
                 .await
@@ -608,4 +608,331 @@ fn bad_dpop_settings_fail_the_build() {
         .build()
         .err();
     assert!(matches!(metadata, Some(ConfigError::InvalidMetadataUrl(_))));
+}
+
+#[tokio::test]
+async fn the_key_wait_path_checks_the_binding_and_proof_as_the_fast_path_does() {
+    use common::provider::{Key, MIN_REFRESH, Provider, builder, sign};
+    let provider = Provider::start(vec![Key::RsaA.jwk(Some("a"), None)]).await;
+    let jwks = builder(provider.jwks_url(), false)
+        .max_refresh_interval(std::time::Duration::from_secs(3600))
+        .build_and_fetch()
+        .await
+        .unwrap();
+    let layer = JwtRevocationLayer::builder(MemoryStore::new())
+        .jwks(jwks.clone())
+        .dpop(DpopConfig::new(ORIGIN))
+        .build()
+        .unwrap();
+    let mut keys = vec![Key::RsaA.jwk(Some("a"), None)];
+    // Each request names a key the layer has not seen, so it waits for a fetch first.
+    let cases: [(Key, Algorithm, &str, &str, StatusCode, &str); 3] = [
+        (Key::P384, Algorithm::ES384, "c", "proof", StatusCode::OK, ""),
+        (
+            Key::RsaB,
+            Algorithm::RS256,
+            "d",
+            "no proof",
+            StatusCode::UNAUTHORIZED,
+            "DPoP proof required",
+        ),
+        (
+            Key::Ed25519,
+            Algorithm::EdDSA,
+            "e",
+            "as bearer",
+            StatusCode::UNAUTHORIZED,
+            "DPoP-bound token presented as a bearer token",
+        ),
+    ];
+    for (i, (key, alg, kid, how, expected, description)) in cases.into_iter().enumerate() {
+        keys.push(key.jwk(Some(kid), None));
+        provider.set_keys(keys.clone());
+        // Refetches are at most one per MIN_REFRESH: let that much pass since the last one.
+        tokio::time::sleep(MIN_REFRESH).await;
+        let claims = json!({"jti": kid, "sub": "kw", "exp": now() + 60, "cnf": {"jkt": ES256.jkt()}});
+        let token = sign(key, alg, Some(kid), &claims);
+        let request = match how {
+            "proof" => dpop_request(&token, &ES256.proof("GET", URL, &token)),
+            "no proof" => Request::get("/me").header(AUTHORIZATION, format!("DPoP {token}")),
+            _ => Request::get("/me").header(AUTHORIZATION, format!("Bearer {token}")),
+        };
+        let (status, headers, _) = send(&layer, request).await;
+        assert_eq!(status, expected, "{how}: {headers:?}");
+        assert!(challenge(&headers).contains(description), "{how}: {headers:?}");
+        assert_eq!(
+            jwks.stats().unknown_kid_fetches,
+            i as u64 + 1,
+            "{how} took the key-wait path"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_iat_window_is_max_age_plus_the_leeway_each_way() {
+    // max_age 60 s, leeway 5 s: accepted from 65 s old to 5 s ahead (margins of 2-3 s for the
+    // test's own clock).
+    let layer = layer(DpopConfig::new(ORIGIN));
+    let token = bound_token("iat", ES256);
+    let at = |iat: u64| {
+        let mut claims = ES256.claims("GET", URL, &token);
+        claims.insert("iat".into(), json!(iat));
+        ES256.sign(&ES256.header(), &claims)
+    };
+    for (iat, expected) in [
+        (now() - 62, StatusCode::OK),
+        (now() + 3, StatusCode::OK),
+        (now() - 68, StatusCode::UNAUTHORIZED),
+        (now() + 8, StatusCode::UNAUTHORIZED),
+    ] {
+        assert_eq!(
+            send(&layer, dpop_request(&token, &at(iat))).await.0,
+            expected,
+            "iat {iat} at {}",
+            now()
+        );
+    }
+}
+
+#[tokio::test]
+async fn more_malformed_proofs_are_refused() {
+    let layer = layer(DpopConfig::new(ORIGIN));
+    let token = bound_token("more", ES256);
+    let p384 = Client {
+        key: common::provider::Key::P384,
+        alg: Algorithm::ES384,
+    };
+    let refused = |header: Value, claims: Value, expected: InvalidProof| (header, claims, expected);
+    let cases = [
+        refused(json!({"jwk": {"alg": "ES384"}}), json!({}), InvalidProof::Key),
+        refused(json!({"jwk": p384.jwk()}), json!({}), InvalidProof::Key),
+        refused(
+            json!({"jwk": {"kty": "oct", "k": "c2VjcmV0"}}),
+            json!({}),
+            InvalidProof::PrivateKey,
+        ),
+        refused(
+            json!({}),
+            json!({"jti": "x".repeat(257)}),
+            InvalidProof::MissingClaim,
+        ),
+        refused(json!({}), json!({"htm": ["GET"]}), InvalidProof::MissingClaim),
+        refused(json!({}), json!({"htu": null}), InvalidProof::MissingClaim),
+        refused(json!({}), json!({"iat": "now"}), InvalidProof::MissingClaim),
+        refused(json!({}), json!({"nonce": 42}), InvalidProof::MissingClaim),
+    ];
+    for (header_changes, claim_changes, expected) in cases {
+        let mut header = ES256.header();
+        let mut claims = ES256.claims("GET", URL, &token);
+        for (target, changes) in [(&mut header, &header_changes), (&mut claims, &claim_changes)] {
+            for (name, value) in changes.as_object().unwrap() {
+                match (name.as_str(), value) {
+                    (_, Value::Null) => {
+                        target.remove(name);
+                    }
+                    // Merge into the header's key.
+                    ("jwk", Value::Object(members)) if !members.contains_key("kty") => {
+                        target["jwk"].as_object_mut().unwrap().extend(members.clone());
+                    }
+                    _ => {
+                        target.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        let (status, headers, _) = send(&layer, dpop_request(&token, &ES256.sign(&header, &claims))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{header_changes} {claim_changes}"
+        );
+        assert!(
+            challenge(&headers).contains(expected.description()),
+            "{header_changes} {claim_changes}: {headers:?}"
+        );
+    }
+    // JSON arrays where objects belong, and a duplicate member.
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let good = ES256.proof("GET", URL, &token);
+    let (header, rest) = good.split_once('.').unwrap();
+    let header_json: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    let as_array = json!([header_json["typ"], header_json["alg"], header_json["jwk"]]).to_string();
+    let duplicate = header_json.to_string().replacen('{', r#"{"alg":"ES256","#, 1);
+    for header in [as_array, duplicate] {
+        let proof = format!("{}.{rest}", b64(&header));
+        let (status, headers, _) = send(&layer, dpop_request(&token, &proof)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
+        assert!(
+            challenge(&headers).contains("malformed DPoP proof"),
+            "{header}: {headers:?}"
+        );
+    }
+    // `application/dpop+jwt` is the same media type.
+    let mut header = ES256.header();
+    header.insert("typ".into(), json!("application/DPoP+JWT"));
+    let proof = ES256.sign(&header, &ES256.claims("GET", URL, &token));
+    assert_eq!(send(&layer, dpop_request(&token, &proof)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_algorithm_list_narrows_what_proofs_may_use() {
+    let layer = layer(DpopConfig::new(ORIGIN).algorithms([Algorithm::ES256]));
+    let token = bound_token("narrow", EDDSA);
+    let (status, headers, _) = send(&layer, dpop_request(&token, &EDDSA.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge(&headers).contains(r#"DPoP proof algorithm not allowed", algs="ES256""#),
+        "{headers:?}"
+    );
+    // And PS256, ES384 proofs pass where they are allowed.
+    let wide = self::layer(DpopConfig::new(ORIGIN));
+    for client in [
+        Client {
+            key: common::provider::Key::RsaA,
+            alg: Algorithm::PS256,
+        },
+        Client {
+            key: common::provider::Key::P384,
+            alg: Algorithm::ES384,
+        },
+    ] {
+        let token = bound_token(&format!("{:?}", client.alg), client);
+        let (status, headers, _) = send(&wide, dpop_request(&token, &client.proof("GET", URL, &token))).await;
+        assert_eq!(status, StatusCode::OK, "{client:?}: {headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn nonce_refusals_say_use_dpop_nonce_and_every_401_hands_one_out() {
+    let secret = b"a nonce secret shared by the fleet, 32+ bytes";
+    let layer = layer(DpopConfig::new(ORIGIN).require_nonce(secret.to_vec()));
+    let other =
+        self::layer(DpopConfig::new(ORIGIN).require_nonce(b"another fleet's nonce secret, as long".to_vec()));
+    let token = bound_token("nonce-codes", ES256);
+    let (_, headers, _) = send(&other, Request::get("/me")).await;
+    let foreign = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    for nonce in [json!("not-a-nonce"), json!(""), json!(foreign)] {
+        let mut claims = ES256.claims("GET", URL, &token);
+        claims.insert("nonce".into(), nonce.clone());
+        let (status, headers, _) = send(
+            &layer,
+            dpop_request(&token, &ES256.sign(&ES256.header(), &claims)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{nonce}");
+        assert!(
+            challenge(&headers).contains(r#"error="use_dpop_nonce""#),
+            "{nonce}: {headers:?}"
+        );
+        assert!(headers.contains_key("dpop-nonce"));
+    }
+    // Any 401 hands out a nonce: no token, a bad token, a bearer token under the wrong scheme.
+    for request in [
+        Request::get("/me"),
+        Request::get("/me").header(AUTHORIZATION, "Bearer abc.def.ghi"),
+        Request::get("/me").header(AUTHORIZATION, format!("Bearer {token}")),
+    ] {
+        let (status, headers, _) = send(&layer, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key("dpop-nonce"), "{headers:?}");
+    }
+    // A 200 does not (a client learns the next nonce from its next use_dpop_nonce).
+    let (_, headers, _) = send(&layer, Request::get("/me")).await;
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let mut claims = ES256.claims("GET", URL, &token);
+    claims.insert("nonce".into(), json!(nonce));
+    let (status, headers, _) = send(
+        &layer,
+        dpop_request(&token, &ES256.sign(&ES256.header(), &claims)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("dpop-nonce"));
+}
+
+#[tokio::test]
+async fn bound_tokens_in_cookies_and_the_dpop_scheme_without_dpop_are_refused() {
+    let store = MemoryStore::new();
+    let with_cookie = JwtRevocationLayer::builder(store.clone())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .validation(Validation::new(Algorithm::HS256))
+        .cookie("at")
+        .dpop(DpopConfig::new(ORIGIN))
+        .build()
+        .unwrap();
+    let token = bound_token("cookie", ES256);
+    let (status, headers, _) = send(
+        &with_cookie,
+        Request::get("/me").header("cookie", format!("at={token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&headers).contains("DPoP-bound token presented as a bearer token"));
+    // A layer without DPoP does not read the DPoP scheme: no token, a bare challenge.
+    let without = layer_with(&store, None);
+    let (status, headers, _) = send(&without, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&headers), r#"Bearer realm="api""#);
+}
+
+#[tokio::test]
+async fn tokens_bound_another_way_are_refused_unless_a_proxy_checks_them() {
+    let mut claims = common::claims("mtls", "alice");
+    claims["cnf"] = json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"});
+    let token = mint(claims);
+    let bearer = || Request::get("/me").header(AUTHORIZATION, format!("Bearer {token}"));
+    for layer in [
+        layer_with(&MemoryStore::new(), None),
+        layer(DpopConfig::new(ORIGIN)),
+    ] {
+        let (status, headers, _) = send(&layer, bearer()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            challenge(&headers).contains("token bound by a confirmation method this resource cannot check")
+        );
+    }
+    let behind_proxy = JwtRevocationLayer::builder(MemoryStore::new())
+        .decoding_key(DecodingKey::from_secret(common::SECRET))
+        .validation(Validation::new(Algorithm::HS256))
+        .accept_unchecked_confirmation()
+        .build()
+        .unwrap();
+    assert_eq!(send(&behind_proxy, bearer()).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_revoked_tokens_proofs_take_no_room_in_the_replay_window() {
+    let store = MemoryStore::new();
+    let layer = layer_with(&store, Some(DpopConfig::new(ORIGIN).replay_capacity(16)));
+    let revoked = bound_token("gone", ES256);
+    store
+        .revoke(&tower_jwt_revocation::Revocation::token(
+            "gone",
+            common::in_an_hour(),
+        ))
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        let (status, headers, _) =
+            send(&layer, dpop_request(&revoked, &ES256.proof("GET", URL, &revoked))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(challenge(&headers).contains("token revoked"));
+    }
+    // The window's 16 slots are all free for a live token.
+    let token = bound_token("live", ES256);
+    for i in 0..16 {
+        assert_eq!(
+            send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token)))
+                .await
+                .0,
+            StatusCode::OK,
+            "proof {i}"
+        );
+    }
 }

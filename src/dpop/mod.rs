@@ -40,13 +40,24 @@
 //!
 //! **Replay** ([`DpopConfig::replay_capacity`]): each instance keeps the proofs it accepted, by
 //! (`jkt`, `jti`), until their `iat` window closes, in a fixed lock-free table; a full table
-//! refuses (503) rather than forgets. The window is per instance: a proof captured on its way to
-//! one instance can be replayed once to another one within its window (seconds, by default 60
-//! plus the leeway), for the same method and URI. Where that matters, require server nonces
-//! ([`DpopConfig::require_nonce`]), which bound how long a proof can be used ahead (the nonce's
-//! slot) but not a replay to a second instance, or route each client to one instance. A window
-//! shared through a store would close the gap at the price of a round trip on every request;
-//! this crate does not ship one.
+//! refuses (503) rather than forgets. A proof is recorded only once its token passed the
+//! revocation and scope checks, so a revoked token's proofs take no room. The window is per
+//! instance: a proof captured on its way to one instance can be replayed once to each other
+//! instance within its window (seconds: by default 60 plus the leeway), for the same method,
+//! URI and token. Where that matters, route each client to one instance, or shorten the window
+//! ([`DpopConfig::max_age`]); server nonces ([`DpopConfig::require_nonce`]) bound how far ahead
+//! a stolen key can sign proofs, not a replay to a second instance. A window shared through a
+//! store would close the gap at the price of a round trip on every request; this crate does not
+//! ship one.
+//!
+//! **Other bindings**: a token whose `cnf` binds it some other way (mTLS's `x5t#S256`, RFC 8705,
+//! or a bare `jwk`) is refused, since the layer cannot check that binding; a deployment whose
+//! proxy checks the certificate says so with
+//! [`JwtRevocationBuilder::accept_unchecked_confirmation`](crate::JwtRevocationBuilder::accept_unchecked_confirmation).
+//!
+//! **Paths**: `htu` is compared with the path the layer sees. Put the layer where the request
+//! still has the path the client sent (outside `axum::Router::nest`, or any middleware that
+//! rewrites the URI), or every honest proof is refused.
 //!
 //! **Answers**: 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"` (or
 //! `invalid_token` for the token itself, `use_dpop_nonce` with a `DPoP-Nonce` header when a nonce
@@ -100,9 +111,14 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 /// The default clock [`leeway`](DpopConfig::leeway).
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
-/// The default [`replay_capacity`](DpopConfig::replay_capacity): 2^20 proofs (8 MiB), room for
-/// about 8 000 accepted proofs a second with the default window before buckets fill.
+/// The default [`replay_capacity`](DpopConfig::replay_capacity): 2^20 proofs (8 MiB). The table
+/// holds 65 % of its capacity live without a refusal, so with the default window (60 s, 5 s
+/// leeway, each entry kept 10 s more) this is room for about 9 000 accepted proofs a second per
+/// instance.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 1 << 20;
+/// The longest proof window accepted: [`max_age`](DpopConfig::max_age) plus the
+/// [`leeway`](DpopConfig::leeway) at most an hour.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// The largest replay capacity accepted (2^27 proofs, 1 GiB).
 pub const MAX_REPLAY_CAPACITY: usize = 1 << 27;
 /// The default [`nonce_lifetime`](DpopConfig::nonce_lifetime).
@@ -150,6 +166,10 @@ pub enum DpopError {
     /// cannot be recorded is not accepted).
     #[error("DPoP replay window full")]
     ReplayWindowFull,
+    /// The token's `cnf` binds it by a method the layer cannot check (mTLS's `x5t#S256`, a bare
+    /// `jwk`): 401 `invalid_token`, unless the application accepts such tokens.
+    #[error("token bound by a confirmation method this resource cannot check")]
+    UnsupportedBinding,
 }
 
 impl DpopError {
@@ -164,6 +184,9 @@ impl DpopError {
             DpopError::BoundTokenAsBearer => "DPoP-bound token presented as a bearer token",
             DpopError::UnboundToken => "token is not DPoP-bound",
             DpopError::ReplayWindowFull => "DPoP replay window full",
+            DpopError::UnsupportedBinding => {
+                "token bound by a confirmation method this resource cannot check"
+            }
         }
     }
 
@@ -175,7 +198,9 @@ impl DpopError {
                 Some("invalid_dpop_proof")
             }
             DpopError::UseNonce => Some("use_dpop_nonce"),
-            DpopError::BoundTokenAsBearer | DpopError::UnboundToken => Some("invalid_token"),
+            DpopError::BoundTokenAsBearer | DpopError::UnboundToken | DpopError::UnsupportedBinding => {
+                Some("invalid_token")
+            }
             DpopError::MultipleProofs => Some("invalid_request"),
             DpopError::ReplayWindowFull => None,
         }
@@ -213,9 +238,10 @@ impl std::fmt::Debug for DpopConfig {
 }
 
 impl DpopConfig {
-    /// DPoP for the resource at `resource`: an absolute `http` or `https` URL whose origin
-    /// (scheme, host and port) is what every proof's `htu` must start with, followed by the
-    /// request's path. A path in it is ignored for `htu` (it is the resource identifier's, for
+    /// DPoP for the resource at `resource`: an absolute `http` or `https` URL, without query or
+    /// fragment, whose origin (scheme, host and port) is what every proof's `htu` must start
+    /// with, followed by the request's path. A path in it is ignored for `htu` (it is the
+    /// resource identifier's, for
     /// [`ProtectedResourceMetadata`](crate::resource_metadata::ProtectedResourceMetadata)).
     pub fn new(resource: impl Into<String>) -> Self {
         Self {
@@ -244,8 +270,9 @@ impl DpopConfig {
         self
     }
 
-    /// How old a proof's `iat` may be (default [`DEFAULT_MAX_AGE`], 60 s); the replay window
-    /// keeps each proof this long plus the leeway. Zero fails `build()`.
+    /// How old a proof's `iat` may be (default [`DEFAULT_MAX_AGE`], 60 s, whole seconds); the
+    /// replay window keeps each proof this long plus the leeway. Under a second, or with the
+    /// leeway over [`MAX_WINDOW`], fails `build()`.
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
         self
@@ -259,8 +286,8 @@ impl DpopConfig {
     }
 
     /// How many accepted proofs the replay window holds (default [`DEFAULT_REPLAY_CAPACITY`],
-    /// 8 bytes each, rounded up to whole buckets of 8). At the bound a proof is refused with 503,
-    /// never accepted unrecorded. More than [`MAX_REPLAY_CAPACITY`], or zero, fails `build()`.
+    /// 8 bytes each, rounded up to whole buckets of 8, at least 16); plan for 65 % of it live at
+    /// once. At the bound a proof is refused with 503, never accepted unrecorded. More than [`MAX_REPLAY_CAPACITY`], or zero, fails `build()`.
     pub fn replay_capacity(mut self, capacity: usize) -> Self {
         self.replay_capacity = capacity;
         self
@@ -295,7 +322,9 @@ impl DpopConfig {
 
     /// Checks the configuration and builds what the layer checks requests with.
     pub(crate) fn build(self) -> Result<Dpop, ConfigError> {
-        let origin = normalize_uri(&self.resource)
+        let origin = Some(&self.resource)
+            .filter(|resource| !resource.contains(['?', '#']))
+            .and_then(|resource| normalize_uri(resource))
             .and_then(|uri| {
                 let path_start = uri.find("://")? + 3;
                 let path = uri[path_start..].find('/')? + path_start;
@@ -310,7 +339,7 @@ impl DpopConfig {
         {
             return Err(ConfigError::DpopAlgorithms);
         }
-        if self.max_age.is_zero() {
+        if self.max_age.as_secs() == 0 || self.max_age.saturating_add(self.leeway) > MAX_WINDOW {
             return Err(ConfigError::DpopWindow);
         }
         if self.replay_capacity == 0 || self.replay_capacity > MAX_REPLAY_CAPACITY {
@@ -341,6 +370,16 @@ impl DpopConfig {
     }
 }
 
+/// A proof that passed every check but the replay window's, carried until its request is
+/// admitted.
+#[derive(Debug)]
+pub(crate) struct Unrecorded {
+    jkt: String,
+    jti: String,
+    /// When its `iat` window closes (Unix seconds).
+    until: u64,
+}
+
 /// The built DPoP check, shared by every service of a layer.
 #[derive(Debug)]
 pub(crate) struct Dpop {
@@ -357,7 +396,9 @@ pub(crate) struct Dpop {
 }
 
 impl Dpop {
-    /// Checks a verified token's binding and, for a bound token, its request's proof.
+    /// Checks a verified token's binding and, for a bound token, its request's proof: every
+    /// check but the replay window's, which [`record`](Self::record) makes once the request is
+    /// otherwise admitted. `Ok(None)` for a bearer token the policy lets in.
     pub(crate) fn confirm<C>(
         &self,
         claims: &Claims<C>,
@@ -365,13 +406,13 @@ impl Dpop {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-    ) -> Result<(), DpopError> {
+    ) -> Result<Option<Unrecorded>, DpopError> {
         let jkt = match (credentials.scheme, claims.dpop_jkt()) {
             (Scheme::Bearer, Some(_)) => return Err(DpopError::BoundTokenAsBearer),
             (Scheme::Bearer, None) if self.policy == DpopPolicy::Required => {
                 return Err(DpopError::UnboundToken);
             }
-            (Scheme::Bearer, None) => return Ok(()),
+            (Scheme::Bearer, None) => return Ok(None),
             (Scheme::Dpop, None) => return Err(DpopError::UnboundToken),
             (Scheme::Dpop, Some(jkt)) => jkt,
         };
@@ -405,13 +446,26 @@ impl Dpop {
         {
             return Err(DpopError::UseNonce);
         }
-        // Recorded last: a proof that fails any other check takes no room in the window. It
-        // stays until the `iat` check would refuse it anyway.
-        let until = proof.iat.saturating_add(self.max_age).saturating_add(self.leeway);
-        match self.replay.record(&proof.jkt, &proof.jti, until, now) {
+        Ok(Some(Unrecorded {
+            until: proof.iat.saturating_add(self.max_age).saturating_add(self.leeway),
+            jkt: proof.jkt,
+            jti: proof.jti,
+        }))
+    }
+
+    /// Records an admitted request's proof in the replay window: `Err` if it was accepted
+    /// before. Last, so that a proof refused for any other reason, or whose token is revoked,
+    /// takes no room. The clock is read again here: a request that waited for the revocation
+    /// check is recorded at the time it is admitted.
+    pub(crate) fn record(&self, proof: Unrecorded) -> Result<(), DpopError> {
+        match self
+            .replay
+            .record(&proof.jkt, &proof.jti, proof.until, unix_now())
+        {
             Seen::First => Ok(()),
             Seen::Replayed => Err(DpopError::Replayed),
             Seen::Full => Err(DpopError::ReplayWindowFull),
+            Seen::Stale => Err(DpopError::InvalidProof(InvalidProof::Stale)),
         }
     }
 

@@ -1,12 +1,16 @@
 //! Server nonces (RFC 9449 §9): values a proof must carry once the resource server asks for
-//! them, so that a proof cannot be made ahead of time.
+//! them, so that a proof cannot be made further ahead than a nonce lives. Any client, with or
+//! without credentials, gets the current nonce from any 401: a nonce bounds how long a stolen
+//! key can pre-sign proofs (up to two lifetimes), not who can sign them.
 //!
 //! The nonces are stateless: a nonce is the number of the time slot it was issued in and an
 //! HMAC-SHA256 of that number under a secret, so every instance given the same secret issues and
 //! accepts the same nonces without sharing any state. A nonce is accepted in the slot it was
 //! issued in and the next one, so it lives between one and two [lifetimes](super::DpopConfig::nonce_lifetime).
 //! What this does not give: a nonce per client or per request (a nonce is shared by every client
-//! in its slot); replays are the replay window's job.
+//! in its slot); replays are the replay window's job; a `DPoP-Nonce` on successful responses
+//! (clients then learn the next nonce before theirs expires; here they learn it from a
+//! `use_dpop_nonce` 401 and retry once).
 
 use std::time::Duration;
 

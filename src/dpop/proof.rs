@@ -37,7 +37,7 @@ pub enum InvalidProof {
     /// Longer than [`MAX_PROOF_LEN`].
     #[error("DPoP proof too long")]
     TooLong,
-    /// The header's `typ` is not `dpop+jwt`.
+    /// The header's `typ` is not `dpop+jwt` (or `application/dpop+jwt`).
     #[error("DPoP proof typ is not dpop+jwt")]
     Type,
     /// The header's `alg` is not in the allow-list (which never holds `none` or an HMAC).
@@ -192,7 +192,14 @@ pub fn verify_proof(
         // RFC 7515 §4.1.11: an extension we do not understand must not be ignored.
         return Err(InvalidProof::Malformed);
     }
+    // A media type, compared case-insensitively, with or without `application/` (RFC 7515
+    // §4.1.9).
     let typ = header.typ.as_ref().and_then(Value::as_str);
+    let typ = typ.map(|typ| {
+        typ.get(..12)
+            .filter(|prefix| prefix.eq_ignore_ascii_case("application/"))
+            .map_or(typ, |_| &typ[12..])
+    });
     if !typ.is_some_and(|typ| typ.eq_ignore_ascii_case("dpop+jwt")) {
         return Err(InvalidProof::Type);
     }
@@ -269,11 +276,15 @@ pub fn verify_proof(
     }
 }
 
-/// A base64url (unpadded) JSON object, bounded by the proof's own bound.
+/// A base64url (unpadded) JSON object, bounded by the proof's own bound. Only an object: serde
+/// would read a JSON array into the same struct, which RFC 7515 does not allow.
 fn json_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, InvalidProof> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| InvalidProof::Malformed)?;
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(InvalidProof::Malformed);
+    }
     serde_json::from_slice(&bytes).map_err(|_| InvalidProof::Malformed)
 }
 
@@ -399,10 +410,30 @@ pub fn normalize_uri(uri: &str) -> Option<String> {
         return None;
     }
     let authority = authority.to_ascii_lowercase();
-    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
-    if authority.is_empty() || authority.ends_with(':') {
+    // `host[:port]`, the host a name, an IPv4 address or a bracketed IPv6 one, the port digits.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (inside, after) = v6.split_once(']')?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (&authority[..inside.len() + 2], port)
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority.as_str(), None),
+        },
+    };
+    if host.is_empty() || host == "[]" {
         return None;
     }
+    let authority = match port {
+        Some(port) if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) => return None,
+        Some(port) if port == &default_port[1..] => host.to_owned(),
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
     Some(format!("{scheme}://{authority}{path}"))
 }
 
@@ -432,6 +463,10 @@ mod tests {
             "https://a.example:/x",
             "https://a b/x",
             "https://a.example/x y",
+            "https://a.example:443:443/x",
+            "https://a.example:x/",
+            "http://[::1]x/",
+            "http://[]:80/",
         ] {
             assert_eq!(normalize_uri(bad), None, "{bad}");
         }
