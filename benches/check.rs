@@ -31,6 +31,8 @@
 
 #[path = "../tests/common/baseline.rs"]
 mod baseline;
+#[path = "support/interleave.rs"]
+mod interleave;
 #[path = "../tests/common/provider.rs"]
 mod provider;
 
@@ -44,9 +46,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baseline::{DecodeOnly, Ok200};
 use criterion::{BenchmarkGroup, Criterion, criterion_group, measurement::WallTime};
 use http::{Request, Response, header::AUTHORIZATION};
+use interleave::{Variant, interleaved, one};
 use serde_json::json;
 use tokio::runtime::Runtime;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_jwt_revocation::jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use tower_jwt_revocation::{
     CacheMode, Jwks, JwtRevocationLayer, KeySet, MemoryStore, MokaCache, PgStore, RevocationBackend,
@@ -114,15 +117,6 @@ fn request(token: &str) -> Request<()> {
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .body(())
         .unwrap()
-}
-
-/// One request as a server drives a service: `ready().await`, then `call`.
-async fn one<S>(service: &mut S, req: Request<()>) -> u16
-where
-    S: Service<Request<()>, Response = Response<()>, Error = Infallible>,
-{
-    let ready = service.ready().await.unwrap();
-    black_box(ready.call(req).await.unwrap().status().as_u16())
 }
 
 fn bench_service<S>(
@@ -405,61 +399,6 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
-/// A variant of an interleaved comparison: any service of the stack, boxed.
-type Variant = (
-    &'static str,
-    tower::util::BoxService<Request<()>, Response<()>, Infallible>,
-);
-
-/// Times `variants` on `token` in one process with their batches interleaved (round-robin,
-/// rotating the order each round), so a slow spell of this shared machine (its speed drifts by
-/// up to 2x within a minute) hits all of them alike; criterion's sequential runs of the same
-/// variants differ by more than the differences measured. Each batch takes about 2 ms (its
-/// size calibrated per variant). Appends one JSON line per variant, its median per request, to
-/// `lines`.
-fn interleaved(
-    rt: &Runtime,
-    alg: &str,
-    token: &str,
-    mut variants: Vec<Variant>,
-    rounds: usize,
-    lines: &mut String,
-) {
-    let time = |service: &mut tower::util::BoxService<_, _, _>, calls: u32| {
-        let started = std::time::Instant::now();
-        rt.block_on(async {
-            for _ in 0..calls {
-                assert_eq!(one(service, request(token)).await, 200);
-            }
-        });
-        started.elapsed().as_nanos() as f64 / f64::from(calls)
-    };
-    let batches: Vec<u32> = variants
-        .iter_mut()
-        .map(|(_, service)| {
-            time(service, 20);
-            let per_call = time(service, 50).max(1.0);
-            (2_000_000.0 / per_call).clamp(1.0, 1_000.0) as u32
-        })
-        .collect();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for round in 0..rounds {
-        for k in 0..variants.len() {
-            let i = (round + k) % variants.len();
-            samples[i].push(time(&mut variants[i].1, batches[i]));
-        }
-    }
-    for ((name, _), mut times) in variants.iter().zip(samples) {
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        eprintln!("interleaved/{alg}/{name}: {median:.0} ns");
-        lines.push_str(&format!(
-            "{}\n",
-            json!({"alg": alg, "variant": name, "median_ns": median, "rounds": rounds})
-        ));
-    }
-}
-
 /// A static key, a static `KeySet` and a `Jwks`, interleaved: what a provider's key costs next
 /// to a static one. Writes `target/bench/key_sources.jsonl` for `bench_report`.
 fn key_sources_interleaved(rt: &Runtime) {
@@ -469,37 +408,48 @@ fn key_sources_interleaved(rt: &Runtime) {
         let memory = MemoryStore::new();
         let builder = || JwtRevocationLayer::builder(memory.clone());
         let (jwks, _provider) = loopback_jwks(rt, &alg);
-        let with_keys = |builder| tower::util::BoxService::new(uncached_service(builder, &alg));
+        let with_keys = |name, builder| bearer(name, uncached_service(builder, &alg), &token);
         let variants: Vec<Variant> = vec![
-            (
-                "static_key",
-                with_keys(builder().decoding_key(alg.decoding.clone())),
-            ),
-            (
+            with_keys("static_key", builder().decoding_key(alg.decoding.clone())),
+            with_keys(
                 "static_key_set",
-                with_keys(builder().key_set(KeySet::new().with_key(KID, alg.decoding.clone()))),
+                builder().key_set(KeySet::new().with_key(KID, alg.decoding.clone())),
             ),
-            ("jwks", with_keys(builder().jwks(jwks))),
+            with_keys("jwks", builder().jwks(jwks)),
         ];
-        interleaved(rt, alg.name, &token, variants, 300, &mut lines);
+        interleaved(rt, alg.name, variants, 300, &mut lines);
     }
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write("target/bench/key_sources.jsonl", lines).unwrap();
 }
 
 /// The layer over `backend` with `alg`'s key and validation and the verified-token cache off,
-/// over `Ok200`, boxed for an interleaved comparison.
-fn boxed_layer<B: RevocationBackend>(
+/// over `Ok200`.
+fn uncached_layer<B: RevocationBackend>(
     backend: B,
     alg: &Alg,
-) -> tower::util::BoxService<Request<()>, Response<()>, Infallible> {
+) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Send + 'static {
     let layer = JwtRevocationLayer::builder(backend)
         .decoding_key(alg.decoding.clone())
         .validation(validation(alg))
         .no_verified_token_cache()
         .build()
         .unwrap();
-    tower::util::BoxService::new(layer.layer(Ok200))
+    layer.layer(Ok200)
+}
+
+/// A variant sending `token` as `Bearer` on every request.
+fn bearer<S>(name: &'static str, service: S, token: &str) -> Variant
+where
+    S: Service<Request<()>, Response = Response<()>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let token = token.to_owned();
+    (
+        name,
+        tower::util::BoxService::new(service),
+        Box::new(move || request(&token)),
+    )
 }
 
 /// The per-request variants whose ratios have targets (`decode_only`, the layer over
@@ -523,20 +473,28 @@ fn per_request_interleaved(rt: &Runtime) {
             validation: validation(&alg),
         };
         let mut variants: Vec<Variant> = vec![
-            ("decode_only", tower::util::BoxService::new(decode_only)),
-            ("layer_memory", boxed_layer(memory.clone(), &alg)),
+            bearer("decode_only", decode_only, &token),
+            bearer("layer_memory", uncached_layer(memory.clone(), &alg), &token),
         ];
         if let (Some(pool), Some((lookup, mirror))) = (&pool, &caches) {
-            variants.push(("layer_cache_hit", boxed_layer(lookup.clone(), &alg)));
-            variants.push(("layer_mirror", boxed_layer(mirror.clone(), &alg)));
+            variants.push(bearer(
+                "layer_cache_hit",
+                uncached_layer(lookup.clone(), &alg),
+                &token,
+            ));
+            variants.push(bearer(
+                "layer_mirror",
+                uncached_layer(mirror.clone(), &alg),
+                &token,
+            ));
             let naive = NaivePg {
                 pool: pool.clone(),
                 key: alg.decoding.clone(),
                 validation: validation(&alg),
             };
-            variants.push(("naive_pg", tower::util::BoxService::new(naive)));
+            variants.push(bearer("naive_pg", naive, &token));
         }
-        interleaved(rt, alg.name, &token, variants, 200, &mut lines);
+        interleaved(rt, alg.name, variants, 200, &mut lines);
     }
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write("target/bench/per_request.jsonl", lines).unwrap();

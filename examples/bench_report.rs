@@ -161,6 +161,57 @@ fn key_sources(out: &mut String) {
     ratio_rows(out, &runs, &rows);
 }
 
+/// DPoP (`benches/dpop.rs`): a DPoP request (cached token, fresh ES256 proof) next to the same
+/// layer's bearer request, decode-only and the proof's own check, from `target/bench/dpop.jsonl`.
+fn dpop(out: &mut String) {
+    let runs = loadgen("dpop.jsonl");
+    let _ = writeln!(out, "\n## DPoP (RFC 9449)\n");
+    if runs.is_empty() {
+        let _ = writeln!(out, "Not run.");
+        return;
+    }
+    let rounds = runs.first().and_then(|r| r["rounds"].as_u64()).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "`cargo bench --bench dpop`: HS256 and ES256 access tokens, ES256 proofs signed before each \
+         batch's clock starts, timed in interleaved batches in one process (medians of {rounds} \
+         batches). `layer_bearer` and `layer_dpop` are one layer over `MemoryStore` with DPoP on \
+         and its verified-token cache warm; `proof_only` verifies the request's proof and nothing \
+         else (`dpop::verify_proof`: parse, key, thumbprint, signature), the floor of a DPoP \
+         request.\n"
+    );
+    let _ = writeln!(out, "| variant | HS256 token | ES256 token |\n|---|---|---|");
+    let median = |alg: &str, variant: &str| median_of(&runs, alg, variant);
+    for variant in ["decode_only", "layer_bearer", "proof_only", "layer_dpop"] {
+        let cell = |alg| median(alg, variant).map(human).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(out, "| `{variant}` | {} | {} |", cell("hs256"), cell("es256"));
+    }
+    let above = |alg| match (median(alg, "layer_dpop"), median(alg, "proof_only")) {
+        (Some(dpop), Some(proof)) => human(dpop - proof),
+        _ => "n/a".into(),
+    };
+    let _ = writeln!(out, "\n| | HS256 token | ES256 token |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| the layer's cost above the proof's check (`layer_dpop - proof_only`) | {} | {} |",
+        above("hs256"),
+        above("es256")
+    );
+    let ratios = [
+        ("`layer_dpop / proof_only`", "layer_dpop", "proof_only"),
+        ("`layer_dpop / layer_bearer`", "layer_dpop", "layer_bearer"),
+        ("`layer_dpop / decode_only`", "layer_dpop", "decode_only"),
+    ];
+    for (label, a, b) in ratios {
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} |",
+            ratio(median("hs256", a), median("hs256", b)),
+            ratio(median("es256", a), median("es256", b))
+        );
+    }
+}
+
 /// Writes one HS256/ES256 ratio row per `(label, a, b, target)`: `a`'s median over `b`'s in
 /// `runs`, judged against the target.
 fn ratio_rows(out: &mut String, runs: &[serde_json::Value], rows: &[(&str, &str, &str, Target)]) {
@@ -658,6 +709,7 @@ fn main() {
     }
     per_request(&mut out);
     key_sources(&mut out);
+    dpop(&mut out);
     crypto(&mut out);
     peer(&mut out);
     let _ = writeln!(

@@ -10,6 +10,8 @@ if [ -z "${DATABASE_URL:-}" ] && port_open 127.0.0.1 5432; then
 fi
 
 cargo bench --bench check
+# DPoP: a cached token with a fresh proof, next to bearer, decode-only and the proof alone.
+cargo bench --bench dpop
 # This crate next to jwt-authorizer, in a bench crate of its own (the main build never compiles
 # jwt-authorizer); it writes target/bench/peer.jsonl.
 CARGO_TARGET_DIR="$PWD/target" cargo bench --manifest-path benches/peer/Cargo.toml
