@@ -92,12 +92,9 @@ pub async fn serve<S>(
     let builder = JwtRevocationLayer::builder(store.clone())
         .decoding_key(DecodingKey::from_secret(secret))
         .failure_policy(policy);
-    let layer = match dpop {
-        Some(dpop) => builder.dpop(dpop),
-        None => builder,
-    }
-    .build()
-    .expect("the demo's layer configuration is valid");
+    let layer = store::with_dpop(builder, dpop)
+        .build()
+        .expect("the demo's layer configuration is valid");
     let service = edge::http()
         .layer(layer)
         .service(service_fn(move |request| handle(store.clone(), request)));

@@ -240,12 +240,9 @@ pub fn auth_layer<S: RevocationBackend>(
         .decoding_key(DecodingKey::from_secret(secret))
         .failure_policy(policy)
         .skip_paths(|path| path == LOGIN);
-    match dpop {
-        Some(dpop) => builder.dpop(dpop),
-        None => builder,
-    }
-    .build()
-    .expect("the demo's layer configuration is valid")
+    store::with_dpop(builder, dpop)
+        .build()
+        .expect("the demo's layer configuration is valid")
 }
 
 /// Serves `demo.Auth` on `listener` until the process ends.

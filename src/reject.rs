@@ -132,7 +132,9 @@ impl Rejection {
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
     }
 
-    /// The `WWW-Authenticate` challenge, or `None` for an outage (RFC 6750 has no code for it).
+    /// The `WWW-Authenticate` challenge of a layer without DPoP or resource metadata, or `None`
+    /// for an outage (RFC 6750 has no code for it). [`to_response`](Self::to_response) renders
+    /// the challenge of any configuration (with the `DPoP` one and `resource_metadata`).
     pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
         let settings = RejectSettings {
             realm: realm.map(str::to_owned),

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// Requests decided by the layer, by `outcome`: `authorized`, `anonymous`, `skipped`,
 /// `missing_token`, `malformed`, `invalid_token`, `revoked`, `unavailable` (503 under
 /// `FailurePolicy::Closed`), `fail_open` (let through under `FailurePolicy::Open`),
-/// `insufficient_scope` (403), `keys_unavailable` (503 before a key set was fetched).
+/// `insufficient_scope` (403), `keys_unavailable` (503 before a key set was fetched),
+/// `dpop_refused` (a DPoP binding or proof refused).
 pub const REQUESTS: &str = "jwt_revocation_requests_total";
 /// Checks the backend could not answer (the failure policy decided).
 pub const STORE_ERRORS: &str = "jwt_revocation_store_errors_total";

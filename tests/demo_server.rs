@@ -68,6 +68,16 @@ async fn call(
     (status, headers, json)
 }
 
+/// An environment of these variables only, for the demo's `*_from_vars` readers.
+fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + Copy {
+    move |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 async fn login(app: &Router, sub: &str) -> String {
     let (status, headers, body) = call(app, "POST", "/login", None, Some(json!({"sub": sub}))).await;
     assert_eq!(status, StatusCode::OK);
@@ -855,14 +865,6 @@ mod provider_mode {
 
     #[tokio::test]
     async fn provider_settings_are_checked() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
         assert!(server::provider_from_vars(vars(&[])).unwrap().is_none());
         for bad in [
             &[
@@ -1065,14 +1067,6 @@ mod provider_mode {
 
         #[test]
         fn resource_settings_are_checked() {
-            let vars = |pairs: &'static [(&'static str, &'static str)]| {
-                move |name: &str| {
-                    pairs
-                        .iter()
-                        .find(|(k, _)| *k == name)
-                        .map(|(_, v)| (*v).to_owned())
-                }
-            };
             assert!(server::resource_from_vars(vars(&[])).unwrap().is_none());
             for bad in [
                 &[("DPOP", "required")][..],

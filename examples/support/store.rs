@@ -140,6 +140,17 @@ impl Resource {
     }
 }
 
+/// `builder` with DPoP when `dpop` is given.
+pub fn with_dpop<S, C, R>(
+    builder: tower_jwt_revocation::JwtRevocationBuilder<S, C, R>,
+    dpop: Option<tower_jwt_revocation::dpop::DpopConfig>,
+) -> tower_jwt_revocation::JwtRevocationBuilder<S, C, R> {
+    match dpop {
+        Some(dpop) => builder.dpop(dpop),
+        None => builder,
+    }
+}
+
 /// `RESOURCE_URL` and `DPOP` from the environment, as DPoP settings for the layer.
 pub fn dpop_from_env() -> Result<Option<tower_jwt_revocation::dpop::DpopConfig>, String> {
     Ok(

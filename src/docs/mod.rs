@@ -7,6 +7,7 @@
 //! | [`demo`] | the two commands, the demo server's environment and routes |
 //! | [`keys`] | keys from an identity provider: discovery, JWKS refresh, several issuers, scopes |
 //! | [`receivers`] | OIDC Back-Channel Logout and Shared Signals receivers, keying by issuer |
+//! | [`dpop`] | sender-constrained tokens (DPoP, RFC 9449) and protected-resource metadata (RFC 9728) |
 //! | [`postgres`] | the durable ledger: tables, migrations, the change feed, PgBouncer |
 //! | [`cache`] | the cache tier and its consistency model: lookup and mirror mode |
 //! | [`fleets`] | fan-out on NATS JetStream: relays, instances, staleness, which feed to use |
@@ -32,6 +33,9 @@ pub mod keys {}
 
 #[doc = include_str!("receivers.md")]
 pub mod receivers {}
+
+#[doc = include_str!("dpop.md")]
+pub mod dpop {}
 
 #[doc = include_str!("postgres.md")]
 pub mod postgres {}
