@@ -169,6 +169,15 @@ impl Config {
         };
         let receivers = receivers_from_vars(var);
         let resource = resource_from_vars(var)?;
+        if let Some(resource) = &resource {
+            tracing::info!(resource = %resource.url, "DPoP on: proofs must name this origin in htu");
+            if resource.dpop == tower_jwt_revocation::dpop::DpopPolicy::Required && provider.is_none() {
+                tracing::warn!(
+                    "DPOP=required in HS256 mode: /login mints unbound tokens, which are refused; \
+                     only tokens minted elsewhere with JWT_SECRET and a cnf.jkt pass"
+                );
+            }
+        }
         Ok(Self {
             secret,
             admin_subjects,
@@ -481,7 +490,10 @@ async fn decode_only_auth(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .and_then(|token| decode_only.verify::<DefaultClaims>(token).ok());
+        .and_then(|token| decode_only.verify::<DefaultClaims>(token).ok())
+        // The baseline checks no revocation, but it does not take a sender-constrained token
+        // without its proof either: a bound token (`cnf`) is refused here.
+        .filter(|claims| claims.cnf.is_none());
     match claims {
         Some(claims) => {
             // Where the layer puts them, so the same handlers serve both routes.

@@ -69,8 +69,12 @@ pub struct Metrics {
     pub token_cache_hits: u64,
     /// Tokens the verified-token cache did not hold (verified, and cached if they passed).
     pub token_cache_misses: u64,
-    /// Requests refused for their DPoP binding or proof ([`Rejection::Dpop`]).
+    /// Requests refused for their DPoP binding or proof ([`Rejection::Dpop`]), but for a full
+    /// replay window.
     pub rejected_dpop: u64,
+    /// 503s because the DPoP replay window had no room for an admitted request's proof: the
+    /// window is too small for this instance's load, or one client is filling it.
+    pub dpop_window_full: u64,
 }
 
 /// The layer's counters (see [`crate::telemetry`] for the published names), and the outage
@@ -87,6 +91,7 @@ pub(crate) struct Counters {
     rejected_forbidden: Count,
     rejected_keys_unavailable: Count,
     rejected_dpop: Count,
+    dpop_window_full: Count,
     store_errors: Count,
     fail_open_passes: Count,
     slow_checks: Count,
@@ -112,6 +117,7 @@ impl Default for Counters {
             rejected_forbidden: outcome(&[("outcome", "insufficient_scope")]),
             rejected_keys_unavailable: outcome(&[("outcome", "keys_unavailable")]),
             rejected_dpop: outcome(&[("outcome", "dpop_refused")]),
+            dpop_window_full: outcome(&[("outcome", "dpop_window_full")]),
             fail_open_passes: outcome(&[("outcome", "fail_open")]),
             store_errors: Count::new(telemetry::STORE_ERRORS, &[]),
             slow_checks: Count::new(telemetry::SLOW_CHECKS, &[]),
@@ -146,6 +152,7 @@ impl Counters {
             token_cache_hits: self.token_cache_hits.get(),
             token_cache_misses: self.token_cache_misses.get(),
             rejected_dpop: self.rejected_dpop.get(),
+            dpop_window_full: self.dpop_window_full.get(),
         }
     }
 }
@@ -349,6 +356,7 @@ impl<S, R> Shared<S, R> {
             Rejection::Unavailable => &self.counters.rejected_unavailable,
             Rejection::InsufficientScope => &self.counters.rejected_forbidden,
             Rejection::KeysUnavailable => &self.counters.rejected_keys_unavailable,
+            Rejection::Dpop(DpopError::ReplayWindowFull) => &self.counters.dpop_window_full,
             Rejection::Dpop(_) => &self.counters.rejected_dpop,
         }
         .bump();

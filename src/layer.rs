@@ -368,8 +368,8 @@ impl<S, C, R> JwtRevocationBuilder<S, C, R> {
     }
 
     /// Accepts DPoP-bound tokens (RFC 9449) as `dpop` says: the `DPoP` scheme with a proof on
-    /// every request, checked after the token verified and before its revocation check (see
-    /// [`crate::dpop`]). Without it, a bound token is refused (as a bearer token it would let a
+    /// every request, checked after the token verified and before its revocation check, its
+    /// `jti` recorded in the replay window once the request is admitted (see [`crate::dpop`]). Without it, a bound token is refused (as a bearer token it would let a
     /// thief in) and the `DPoP` scheme is not read.
     pub fn dpop(mut self, dpop: DpopConfig) -> Self {
         self.config.dpop = Some(dpop);

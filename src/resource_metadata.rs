@@ -72,8 +72,9 @@ pub struct ProtectedResourceMetadata {
 }
 
 impl ProtectedResourceMetadata {
-    /// The metadata of the resource identified by `resource`: an absolute `http` or `https` URL
-    /// with a host and no query or fragment (§2), sent as it is given. `bearer_methods_supported`
+    /// The metadata of the resource identified by `resource`: an absolute `https` URL (`http`
+    /// only on loopback, for tests) with a host and no query or fragment (§2), sent as it is
+    /// given. `bearer_methods_supported`
     /// starts as `["header"]`, the only way the layer reads a token besides an optional cookie.
     pub fn new(resource: impl Into<String>) -> Result<Self, ConfigError> {
         let resource = resource.into();
@@ -82,14 +83,26 @@ impl ProtectedResourceMetadata {
             return Err(invalid());
         }
         let normal = normalize_uri(&resource).ok_or_else(invalid)?;
-        let authority_end = normal[normal.find("://").ok_or_else(invalid)? + 3..]
+        // RFC 9728 §2: an `https` identifier; plain `http` only on loopback, for tests.
+        let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
+            .iter()
+            .any(|origin| {
+                normal
+                    .strip_prefix(origin)
+                    .is_some_and(|rest| rest.starts_with([':', '/']))
+            });
+        if !normal.starts_with("https://") && !loopback {
+            return Err(invalid());
+        }
+        // The URL is built from the identifier as given (§3.1: the suffix goes between its host
+        // and its path, a terminating slash of the path dropped), so a client comparing the
+        // document's `resource` with the identifier it started from finds the same text.
+        let after_scheme = resource.find("://").ok_or_else(invalid)? + 3;
+        let authority_end = resource[after_scheme..]
             .find('/')
-            .ok_or_else(invalid)?
-            + normal.find("://").ok_or_else(invalid)?
-            + 3;
-        let origin = normal[..authority_end].to_owned();
-        // §3.1: a terminating slash of the path is dropped before the suffix goes in front of it.
-        let path = normal[authority_end..].trim_end_matches('/').to_owned();
+            .map_or(resource.len(), |slash| after_scheme + slash);
+        let origin = resource[..authority_end].to_owned();
+        let path = resource[authority_end..].trim_end_matches('/').to_owned();
         Ok(Self {
             resource,
             authorization_servers: Vec::new(),

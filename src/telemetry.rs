@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 /// `missing_token`, `malformed`, `invalid_token`, `revoked`, `unavailable` (503 under
 /// `FailurePolicy::Closed`), `fail_open` (let through under `FailurePolicy::Open`),
 /// `insufficient_scope` (403), `keys_unavailable` (503 before a key set was fetched),
-/// `dpop_refused` (a DPoP binding or proof refused).
+/// `dpop_refused` (a DPoP binding or proof refused), `dpop_window_full` (503: the DPoP replay
+/// window had no room).
 pub const REQUESTS: &str = "jwt_revocation_requests_total";
 /// Checks the backend could not answer (the failure policy decided).
 pub const STORE_ERRORS: &str = "jwt_revocation_store_errors_total";

@@ -388,6 +388,16 @@ async fn baseline_route_verifies_tokens_but_checks_no_revocation() {
         call(&app, "GET", "/baseline/me", Some(&token), None).await.0,
         StatusCode::OK
     );
+    // Nor does it take a DPoP-bound token without its proof.
+    let bound = mint_with(
+        Header::default(),
+        json!({"jti": "b", "sub": "pat", "exp": now() + 60, "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+        SECRET,
+    );
+    assert_eq!(
+        call(&app, "GET", "/baseline/me", Some(&bound), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 async fn post_refresh(app: &Router, refresh_token: &str) -> (StatusCode, http::HeaderMap, Value) {

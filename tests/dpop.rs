@@ -52,8 +52,8 @@ fn bearer_token(jti: &str) -> String {
 }
 
 /// What the inner service saw: the token's key binding, from the claims in the extensions.
-async fn send(
-    layer: &JwtRevocationLayer<MemoryStore>,
+async fn send<S: tower_jwt_revocation::RevocationBackend>(
+    layer: &JwtRevocationLayer<S>,
     request: http::request::Builder,
 ) -> (StatusCode, HeaderMap, String) {
     let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
@@ -534,6 +534,12 @@ async fn a_full_replay_window_refuses_with_503_instead_of_forgetting() {
     let (status, headers, _) = send(&layer, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
+    let metrics = layer.metrics();
+    assert_eq!(
+        (metrics.dpop_window_full, metrics.rejected_dpop),
+        (1, 0),
+        "{metrics:?}"
+    );
 }
 
 #[tokio::test]
@@ -934,5 +940,61 @@ async fn a_revoked_tokens_proofs_take_no_room_in_the_replay_window() {
             StatusCode::OK,
             "proof {i}"
         );
+    }
+}
+
+#[tokio::test]
+async fn proofs_are_recorded_on_the_slow_path_and_under_the_open_policy_but_not_for_a_403() {
+    use common::{FailingBackend, SlowPath};
+    use tower_jwt_revocation::FailurePolicy;
+    fn on<B: tower_jwt_revocation::RevocationBackend>(
+        backend: B,
+    ) -> tower_jwt_revocation::JwtRevocationBuilder<B> {
+        JwtRevocationLayer::builder(backend)
+            .decoding_key(DecodingKey::from_secret(common::SECRET))
+            .validation(Validation::new(Algorithm::HS256))
+            .dpop(DpopConfig::new(ORIGIN).replay_capacity(16))
+    }
+    let token = bound_token("paths", ES256);
+    // The slow path (a backend that never answers from memory): a replay is refused there too.
+    let slow = on(SlowPath::new(MemoryStore::new())).build().unwrap();
+    let open = on(FailingBackend { slow: true })
+        .failure_policy(FailurePolicy::Open)
+        .build()
+        .unwrap();
+    let proof = ES256.proof("GET", URL, &token);
+    for (name, status) in [
+        ("slow", send(&slow, dpop_request(&token, &proof)).await.0),
+        ("open", send(&open, dpop_request(&token, &proof)).await.0),
+    ] {
+        assert_eq!(status, StatusCode::OK, "{name}");
+    }
+    for (name, (status, headers, _)) in [
+        ("slow", send(&slow, dpop_request(&token, &proof)).await),
+        ("open", send(&open, dpop_request(&token, &proof)).await),
+    ] {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+        assert!(
+            challenge(&headers).contains("DPoP proof replayed"),
+            "{name}: {headers:?}"
+        );
+    }
+    assert_eq!(open.metrics().fail_open_passes, 1);
+    assert_eq!(slow.metrics().authorized, 1);
+
+    // A token refused for its scope takes no room: 40 refusals, then 16 admitted proofs fill
+    // the 16 slots.
+    let scoped = on(MemoryStore::new()).require_scopes(["admin"]).build().unwrap();
+    for _ in 0..40 {
+        let (status, _, _) = send(&scoped, dpop_request(&token, &ES256.proof("GET", URL, &token))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let mut claims = common::claims("admin", "root");
+    claims["cnf"] = json!({"jkt": ES256.jkt()});
+    claims["scope"] = json!("admin");
+    let admin = mint(claims);
+    for i in 0..16 {
+        let (status, _, _) = send(&scoped, dpop_request(&admin, &ES256.proof("GET", URL, &admin))).await;
+        assert_eq!(status, StatusCode::OK, "proof {i}");
     }
 }

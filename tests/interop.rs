@@ -32,6 +32,21 @@ async fn oauth4webapi_calls_the_demo_with_dpop_proofs_and_nonces() {
         eprintln!("SKIPPED: no node on PATH (Debian package nodejs) for the DPoP interop client");
         return;
     };
+    // oauth4webapi needs Node 20 (a global WebCrypto in modules); Debian 12's nodejs is 18.
+    let version = std::process::Command::new(&node).arg("--version").output().ok();
+    let major = version.as_ref().and_then(|out| {
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix('v')?
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    if major.is_none_or(|major| major < 20) {
+        eprintln!("SKIPPED: the DPoP interop client needs Node 20 or later, found {major:?}");
+        return;
+    }
     if !interop.join("node_modules/oauth4webapi").is_dir() {
         eprintln!(
             "SKIPPED: oauth4webapi is not installed; run `npm ci` in tests/interop (scripts/test.sh does)"

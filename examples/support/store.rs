@@ -118,8 +118,14 @@ pub fn resource_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option
         }
         None => Ok(None),
         Some(url) => {
-            let _checked = tower_jwt_revocation::resource_metadata::ProtectedResourceMetadata::new(&url)
+            let metadata = tower_jwt_revocation::resource_metadata::ProtectedResourceMetadata::new(&url)
                 .map_err(|e| format!("RESOURCE_URL: {e}"))?;
+            // The document's path becomes an axum route: no segment may read as a parameter.
+            if metadata.path().contains([':', '*', '{', '}']) {
+                return Err(format!(
+                    "RESOURCE_URL {url:?}: its path may not hold ':', '*', '{{' or '}}'"
+                ));
+            }
             Ok(Some(Resource {
                 url,
                 dpop,

@@ -241,7 +241,9 @@ impl Verifier {
 
     /// Verifies `token` and returns its claims. A token naming a key a `Jwks`
     /// does not hold is refused here ([`InvalidToken::UnknownKey`]); the layer instead asks the
-    /// key source to fetch and waits for it.
+    /// key source to fetch and waits for it. It checks the token alone: a `cnf` binding (a DPoP
+    /// `jkt`) is the caller's to enforce, as the layer does ([`crate::dpop`]); refuse a token with
+    /// [`Claims::cnf`] where no proof is checked.
     pub fn verify<C: DeserializeOwned>(&self, token: &str) -> Result<Claims<C>, InvalidToken> {
         self.check(token, false)
             .map(|verified| verified.claims)
