@@ -263,6 +263,17 @@ struct AppState<S, X> {
     config: Config,
 }
 
+/// The whole application over a fresh in-memory store and in-memory sessions, with no purger
+/// (for tests; `main` builds its store from the environment).
+pub fn in_memory_app(config: Config) -> Router {
+    let store = tower_jwt_revocation::MemoryStore::new();
+    let sessions = tower_jwt_revocation::session::MemorySessions::new(
+        store.clone(),
+        tower_jwt_revocation::session::SessionConfig::default(),
+    );
+    app(store, sessions, config)
+}
+
 /// The whole application over any store that can both check and record revocations.
 pub fn app<S, X>(store: S, sessions: X, config: Config) -> Router
 where

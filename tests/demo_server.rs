@@ -31,12 +31,7 @@ fn demo() -> Router {
         receivers: None,
         resource: None,
     };
-    let store = MemoryStore::new();
-    server::app(
-        store.clone(),
-        MemorySessions::new(store, SessionConfig::default()),
-        config,
-    )
+    server::in_memory_app(config)
 }
 
 async fn call(
@@ -608,12 +603,7 @@ mod provider_mode {
             receivers: server::receivers_from_vars(vars),
             resource: server::resource_from_vars(vars).unwrap(),
         };
-        let store = MemoryStore::new();
-        server::app(
-            store.clone(),
-            MemorySessions::new(store, SessionConfig::default()),
-            config,
-        )
+        server::in_memory_app(config)
     }
 
     fn token(provider: &Provider, jti: &str, extra: Value) -> String {
@@ -931,12 +921,7 @@ mod provider_mode {
                 receivers: None,
                 resource: server::resource_from_vars(vars).unwrap(),
             };
-            let store = MemoryStore::new();
-            server::app(
-                store.clone(),
-                MemorySessions::new(store, SessionConfig::default()),
-                config,
-            )
+            server::in_memory_app(config)
         }
 
         async fn send(
@@ -1121,12 +1106,7 @@ async fn jwt_audience_in_hs256_mode_is_required_and_carried_by_login_tokens() {
         receivers: None,
         resource: None,
     };
-    let store = MemoryStore::new();
-    let app = server::app(
-        store.clone(),
-        MemorySessions::new(store, SessionConfig::default()),
-        config,
-    );
+    let app = server::in_memory_app(config);
     let token = login(&app, "aud-user").await;
     assert_eq!(
         call(&app, "GET", "/me", Some(&token), None).await.0,

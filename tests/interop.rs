@@ -19,9 +19,7 @@ use std::time::Duration;
 use common::dpop::ES256;
 use common::provider::{Key, Provider, sign};
 use serde_json::{Value, json};
-use tower_jwt_revocation::MemoryStore;
 use tower_jwt_revocation::jsonwebtoken::Algorithm;
-use tower_jwt_revocation::session::{MemorySessions, SessionConfig};
 
 const NONCE_SECRET: &str = "interop nonce secret, at least thirty-two bytes";
 
@@ -76,12 +74,7 @@ async fn oauth4webapi_calls_the_demo_with_dpop_proofs_and_nonces() {
         receivers: None,
         resource: server::resource_from_vars(vars).unwrap(),
     };
-    let store = MemoryStore::new();
-    let app = server::app(
-        store.clone(),
-        MemorySessions::new(store, SessionConfig::default()),
-        config,
-    );
+    let app = server::in_memory_app(config);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut claims = provider.claims("interop-1", "pat");
