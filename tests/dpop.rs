@@ -608,6 +608,42 @@ fn bad_dpop_settings_fail_the_build() {
         build(DpopConfig::new(ORIGIN).max_age(std::time::Duration::ZERO)),
         Some(ConfigError::DpopWindow)
     );
+    // The bounds, at and past them.
+    use std::time::Duration;
+    use tower_jwt_revocation::dpop::{MAX_NONCE_LIFETIME, MAX_REPLAY_CAPACITY, MAX_WINDOW};
+    assert_eq!(MAX_NONCE_LIFETIME, Duration::from_secs(86_400));
+    assert_eq!(MAX_WINDOW, Duration::from_secs(3_600));
+    let nonces = |lifetime| {
+        DpopConfig::new(ORIGIN)
+            .require_nonce(vec![7; 32])
+            .nonce_lifetime(lifetime)
+    };
+    assert_eq!(build(nonces(Duration::from_secs(86_400))), None);
+    assert_eq!(
+        build(nonces(Duration::from_secs(86_401))),
+        Some(ConfigError::DpopWindow)
+    );
+    assert_eq!(
+        build(nonces(Duration::from_millis(999))),
+        Some(ConfigError::DpopWindow)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).max_age(Duration::from_secs(3_595))),
+        None
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).max_age(Duration::from_secs(3_596))),
+        Some(ConfigError::DpopWindow)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).max_age(Duration::from_millis(999))),
+        Some(ConfigError::DpopWindow)
+    );
+    assert_eq!(
+        build(DpopConfig::new(ORIGIN).replay_capacity(MAX_REPLAY_CAPACITY + 1)),
+        Some(ConfigError::ReplayCapacity(MAX_REPLAY_CAPACITY + 1))
+    );
+    assert_eq!(MAX_REPLAY_CAPACITY, 1 << 27);
     let metadata = JwtRevocationLayer::builder(MemoryStore::new())
         .decoding_key(DecodingKey::from_secret(common::SECRET))
         .resource_metadata("https://x.example/\"quoted\"")

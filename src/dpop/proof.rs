@@ -298,18 +298,13 @@ fn key_fits(jwk: &Map<String, Value>, alg: Algorithm) -> bool {
     if stated.is_some_and(|stated| stated != Some(alg)) {
         return false;
     }
+    // The members the key needs are the thumbprint's to require (`jwk_thumbprint`).
     match (member("kty"), alg) {
         (Some("RSA"), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
-        | (Some("RSA"), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => {
-            member("n").is_some() && member("e").is_some()
-        }
-        (Some("EC"), Algorithm::ES256) => {
-            member("crv") == Some("P-256") && member("x").is_some() && member("y").is_some()
-        }
-        (Some("EC"), Algorithm::ES384) => {
-            member("crv") == Some("P-384") && member("x").is_some() && member("y").is_some()
-        }
-        (Some("OKP"), Algorithm::EdDSA) => member("crv") == Some("Ed25519") && member("x").is_some(),
+        | (Some("RSA"), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => true,
+        (Some("EC"), Algorithm::ES256) => member("crv") == Some("P-256"),
+        (Some("EC"), Algorithm::ES384) => member("crv") == Some("P-384"),
+        (Some("OKP"), Algorithm::EdDSA) => member("crv") == Some("Ed25519"),
         _ => false,
     }
 }
@@ -491,6 +486,107 @@ mod tests {
         assert_eq!(jwk_thumbprint(oct.as_object().unwrap()), None);
         let number = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": 1});
         assert_eq!(jwk_thumbprint(number.as_object().unwrap()), None);
+    }
+
+    /// A proof whose header and claims are these, with a signature nobody made: the checks
+    /// before the signature decide what it is refused for, so each bound can be tested at its
+    /// edge with a fixed clock.
+    fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode([7u8; 64])
+        )
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    fn refusal(claims: serde_json::Value) -> InvalidProof {
+        let jwk: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/keys/jwk/p256.json")).unwrap();
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let mut full = serde_json::json!({"jti": "j", "htm": "GET", "htu": "https://a.example/", "iat": NOW});
+        full.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        let expected = Expected {
+            method: "GET",
+            uri: "https://a.example/",
+            access_token: None,
+            jkt: None,
+            now: NOW,
+            max_age: 60,
+            leeway: 5,
+        };
+        crate::verify::install_crypto_provider();
+        verify_proof(unsigned(header, full).as_bytes(), &expected, &[Algorithm::ES256]).unwrap_err()
+    }
+
+    #[test]
+    fn iat_is_bounded_at_exactly_max_age_plus_leeway_and_the_leeway_ahead() {
+        // Past every claim check, an unsigned proof is refused for its signature.
+        assert_eq!(refusal(serde_json::json!({})), InvalidProof::Signature);
+        assert_eq!(
+            refusal(serde_json::json!({"iat": NOW + 5})),
+            InvalidProof::Signature
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": NOW + 6})),
+            InvalidProof::IssuedInFuture
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": NOW - 65})),
+            InvalidProof::Signature
+        );
+        assert_eq!(refusal(serde_json::json!({"iat": NOW - 66})), InvalidProof::Stale);
+        assert_eq!(
+            refusal(serde_json::json!({"iat": NOW - 1_000})),
+            InvalidProof::Stale
+        );
+        // A fraction is rounded down; a negative or text `iat` is no `iat`; a huge one saturates
+        // into the future.
+        assert_eq!(
+            refusal(serde_json::json!({"iat": NOW as f64 + 5.9})),
+            InvalidProof::Signature
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": -5})),
+            InvalidProof::MissingClaim
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": -5.5})),
+            InvalidProof::MissingClaim
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": 1e300})),
+            InvalidProof::IssuedInFuture
+        );
+        assert_eq!(
+            refusal(serde_json::json!({"iat": "soon"})),
+            InvalidProof::MissingClaim
+        );
+    }
+
+    #[test]
+    fn a_proof_of_exactly_the_bound_is_read() {
+        let expected = Expected {
+            method: "GET",
+            uri: "https://a.example/",
+            access_token: None,
+            jkt: None,
+            now: NOW,
+            max_age: 60,
+            leeway: 5,
+        };
+        assert_eq!(
+            verify_proof(&vec![b'a'; MAX_PROOF_LEN], &expected, &[Algorithm::ES256]),
+            Err(InvalidProof::Malformed)
+        );
+        assert_eq!(
+            verify_proof(&vec![b'a'; MAX_PROOF_LEN + 1], &expected, &[Algorithm::ES256]),
+            Err(InvalidProof::TooLong)
+        );
     }
 
     #[test]
