@@ -66,7 +66,7 @@ for group in ${groups[*]}; do
       # binaries): the proof, the replay window and nonces, and the binding check and settings.
       local_shard=$([ "${group##*-}" = a ] && echo 0/2 || echo 1/2)
       case $group in
-        dpop-proof-*) files=(--file src/dpop/proof.rs) ;;
+        dpop-proof-*) files=(--file src/dpop/proof.rs --file src/dpop/htu.rs) ;;
         dpop-window-*) files=(--file src/dpop/replay.rs --file src/dpop/nonce.rs) ;;
         *) files=(--file src/dpop/mod.rs) ;;
       esac

@@ -68,6 +68,7 @@
 //! [`DpopPolicy::Allowed`]; two `DPoP` headers are 400 `invalid_request`; gRPC requests get
 //! status 16. The cases are [`DpopError`] in [`Rejection::Dpop`](crate::Rejection::Dpop).
 
+mod htu;
 mod nonce;
 mod proof;
 mod replay;
@@ -77,10 +78,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, Method};
 use jsonwebtoken::Algorithm;
 
+pub use htu::normalize_uri;
 pub use nonce::MIN_NONCE_SECRET_LEN;
 pub use proof::{
-    Expected, InvalidProof, MAX_JTI_LEN, MAX_PROOF_LEN, VerifiedProof, jwk_thumbprint, normalize_uri,
-    token_hash, verify_proof,
+    Expected, InvalidProof, MAX_JTI_LEN, MAX_PROOF_LEN, VerifiedProof, jwk_thumbprint, token_hash,
+    verify_proof,
 };
 
 pub(crate) use proof::alg_name;
