@@ -405,6 +405,18 @@ mod tests {
 
     const NOW: u64 = 1_000_000;
 
+    /// What the edge tests check against: `GET https://a.example/` at [`NOW`], a 60 s window
+    /// with 5 s of leeway, no token hash or binding asked for.
+    const AT_NOW: Expected<'static> = Expected {
+        method: "GET",
+        uri: "https://a.example/",
+        access_token: None,
+        jkt: None,
+        now: NOW,
+        max_age: 60,
+        leeway: 5,
+    };
+
     fn refusal(claims: serde_json::Value) -> InvalidProof {
         let jwk: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/keys/jwk/p256.json")).unwrap();
@@ -413,17 +425,8 @@ mod tests {
         full.as_object_mut()
             .unwrap()
             .extend(claims.as_object().unwrap().clone());
-        let expected = Expected {
-            method: "GET",
-            uri: "https://a.example/",
-            access_token: None,
-            jkt: None,
-            now: NOW,
-            max_age: 60,
-            leeway: 5,
-        };
         crate::verify::install_crypto_provider();
-        verify_proof(unsigned(header, full).as_bytes(), &expected, &[Algorithm::ES256]).unwrap_err()
+        verify_proof(unsigned(header, full).as_bytes(), &AT_NOW, &[Algorithm::ES256]).unwrap_err()
     }
 
     #[test]
@@ -473,15 +476,7 @@ mod tests {
 
     #[test]
     fn a_proof_of_exactly_the_bound_is_read() {
-        let expected = Expected {
-            method: "GET",
-            uri: "https://a.example/",
-            access_token: None,
-            jkt: None,
-            now: NOW,
-            max_age: 60,
-            leeway: 5,
-        };
+        let expected = AT_NOW;
         assert_eq!(
             verify_proof(&vec![b'a'; MAX_PROOF_LEN], &expected, &[Algorithm::ES256]),
             Err(InvalidProof::Malformed)
@@ -495,13 +490,8 @@ mod tests {
     #[test]
     fn garbage_is_refused_without_a_panic() {
         let expected = Expected {
-            method: "GET",
-            uri: "https://a.example/",
             access_token: Some("t"),
-            jkt: None,
-            now: 1_000_000,
-            max_age: 60,
-            leeway: 5,
+            ..AT_NOW
         };
         let algorithms = [Algorithm::ES256];
         for input in [
